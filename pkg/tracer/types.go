@@ -1,0 +1,262 @@
+// Package tracer observes nf_conntrack: it attaches CO-RE eBPF programs
+// (fentry, else kprobe) or, where they cannot attach, listens to ctnetlink in
+// every network namespace. Every backend delivers the same Event and Counters
+// types, so nothing above this package cares which one runs.
+package tracer
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Backend names the mechanism that observes the conntrack table.
+type Backend string
+
+// Backends, in the order BackendAuto tries them.
+const (
+	BackendAuto    Backend = "auto"
+	BackendFentry  Backend = "fentry"
+	BackendKprobe  Backend = "kprobe"
+	BackendNetlink Backend = "netlink"
+)
+
+// ParseBackend accepts the names of --tracer.backend.
+func ParseBackend(s string) (Backend, error) {
+	switch b := Backend(s); b {
+	case BackendAuto, BackendFentry, BackendKprobe, BackendNetlink:
+		return b, nil
+	}
+	return "", fmt.Errorf("unknown tracer backend %q (want auto, fentry, kprobe or netlink)", s)
+}
+
+// EventType says what happened to an entry.
+type EventType uint8
+
+// Event types; the values match enum ct_event_type in bpf/conntrack.h.
+const (
+	EventCreated   EventType = 1 // confirmed into the hash table
+	EventDestroyed EventType = 2 // a confirmed entry was removed
+	EventFailed    EventType = 3 // an entry could not be created or inserted
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventCreated:
+		return "created"
+	case EventDestroyed:
+		return "destroyed"
+	case EventFailed:
+		return "failed"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// FailReason says why an insert failed; the values match enum ct_fail_reason.
+type FailReason uint8
+
+// Failure reasons.
+const (
+	ReasonNone          FailReason = 0
+	ReasonClashResolved FailReason = 1 // packet path: another CPU won; the packet continued with the winner
+	ReasonConfirmDrop   FailReason = 2 // packet path: NF_DROP at confirm (kernel stat insert_failed)
+	ReasonTableFull     FailReason = 3 // table full and early drop freed nothing (kernel stat drop)
+	ReasonExists        FailReason = 4 // ctnetlink: -EEXIST
+	ReasonNoSpace       FailReason = 5 // ctnetlink: -ENOSPC
+	ReasonOther         FailReason = 6 // ctnetlink: another error
+	NumFailReasons                 = 7
+)
+
+var failReasonNames = [NumFailReasons]string{"none", "clash_resolved", "confirm_drop", "table_full", "exists", "no_space", "other"}
+
+func (r FailReason) String() string {
+	if int(r) < len(failReasonNames) {
+		return failReasonNames[r]
+	}
+	return fmt.Sprintf("reason(%d)", uint8(r))
+}
+
+// Tuple is one direction of a connection. For ICMP and ICMPv6, SrcPort is
+// the echo id and DstPort is type<<8 | code.
+type Tuple struct {
+	Src, Dst         netip.Addr
+	SrcPort, DstPort uint16
+}
+
+// ICMPType returns the ICMP type of an ICMP tuple.
+func (t Tuple) ICMPType() uint8 { return uint8(t.DstPort >> 8) }
+
+// ICMPCode returns the ICMP code of an ICMP tuple.
+func (t Tuple) ICMPCode() uint8 { return uint8(t.DstPort) }
+
+// Event is one change of the conntrack table.
+type Event struct {
+	Type          EventType
+	Time          time.Time // wall clock
+	Cookie        uint64    // identifies the entry while it lives; 0 when unknown
+	NetNS         uint32    // inode number of the entry's network namespace
+	Family        uint8     // unix.AF_INET or unix.AF_INET6
+	Protocol      uint8     // unix.IPPROTO_*
+	Original      Tuple
+	Reply         Tuple
+	Zone          uint16
+	Mark          uint32
+	Status        uint32 // IPS_* bits
+	TCPState      uint8  // TCP_CONNTRACK_*, TCP only
+	Lifetime      time.Duration
+	LifetimeKnown bool       // destroyed, and its creation was seen
+	Reason        FailReason // failed only
+	Error         int32      // failed: the kernel's return value
+}
+
+// Key identifies one set of counters.
+type Key struct {
+	NetNS    uint32
+	Family   uint8
+	Protocol uint8
+}
+
+// NumLifetimeBuckets is the number of lifetime histogram buckets.
+const NumLifetimeBuckets = 28
+
+// LifetimeBucketBound is the upper bound of lifetime bucket i, in seconds:
+// 2^i ms. The last bucket has no bound (+Inf).
+func LifetimeBucketBound(i int) float64 {
+	return float64(uint64(1)<<uint(i)) / 1000
+}
+
+// Values are the counters of one Key since the tracer started.
+type Values struct {
+	Created          uint64
+	Destroyed        uint64
+	DestroyedNoStart uint64 // destroyed, creation not seen: not in the histogram
+	Failed           [NumFailReasons]uint64
+	LifetimeSum      time.Duration
+	LifetimeBuckets  [NumLifetimeBuckets]uint64 // not cumulative
+}
+
+// Add adds o to v.
+func (v *Values) Add(o Values) {
+	v.Created += o.Created
+	v.Destroyed += o.Destroyed
+	v.DestroyedNoStart += o.DestroyedNoStart
+	for i := range v.Failed {
+		v.Failed[i] += o.Failed[i]
+	}
+	v.LifetimeSum += o.LifetimeSum
+	for i := range v.LifetimeBuckets {
+		v.LifetimeBuckets[i] += o.LifetimeBuckets[i]
+	}
+}
+
+// Counters is a snapshot of every Key's counters.
+type Counters map[Key]Values
+
+// LostReason names why events or counter updates were lost.
+type LostReason string
+
+// Reasons for lost events.
+const (
+	LostRingbufFull   LostReason = "ringbuf_full"   // kernel: ring buffer had no room
+	LostPerfFull      LostReason = "perf_full"      // kernel: perf buffer had no room
+	LostCountersFull  LostReason = "counters_full"  // kernel: counters map had no room for a key
+	LostInflightMiss  LostReason = "inflight_miss"  // kernel: return probe without its entry probe
+	LostPerfSamples   LostReason = "perf_lost"      // user space: perf reader reported lost samples
+	LostDecodeError   LostReason = "decode_error"   // user space: a record could not be decoded
+	LostChannelFull   LostReason = "channel_full"   // user space: the Events channel was full
+	LostNetlinkNoBufs LostReason = "netlink_enobufs" // netlink: socket overrun (followed by a resync)
+)
+
+// Namespace is a network namespace and a path that opens it.
+type Namespace struct {
+	Inode uint32
+	Path  string // e.g. /proc/PID/ns/net or /var/run/netns/NAME; "" for the current one
+}
+
+// Info describes what a Tracer runs.
+type Info struct {
+	Backend    Backend
+	Hooks      []string           // attached kernel symbols, e.g. "fexit/__nf_conntrack_confirm"
+	Refused    map[Backend]string // backends tried before this one, and why they failed
+	RingBuffer bool               // eBPF: ring buffer (true) or perf event array
+	Kernel     string             // uname -r
+}
+
+// Tracer observes the conntrack table.
+type Tracer interface {
+	// Info says which backend runs and what it attached.
+	Info() Info
+	// Events is the event stream; closed by Close. Events that do not fit
+	// are counted as LostChannelFull, never blocking the reader.
+	Events() <-chan Event
+	// Counters reads the counters (in-kernel maps for eBPF).
+	Counters() (Counters, error)
+	// Lost returns every lost-event counter by reason.
+	Lost() (map[LostReason]uint64, error)
+	// Programs returns run statistics of the attached eBPF programs (run
+	// count and time need kernel BPF stats enabled, see EnableBPFStats);
+	// nil for the netlink backend.
+	Programs() ([]ProgramStats, error)
+	// Close detaches everything; safe to call more than once.
+	Close() error
+}
+
+// Options configure Open.
+type Options struct {
+	Backend         Backend
+	BTFPath         string // a vmlinux BTF file instead of /sys/kernel/btf/vmlinux
+	RingBufferSize  int    // bytes, a power of two multiple of the page size; 0: 4 MiB
+	PerfBufferSize  int    // bytes per CPU; 0: 256 KiB
+	ForcePerfBuffer bool   // use the perf event array even where ring buffers exist
+	DisableEvents   bool   // counters only, no event stream
+	EventBuffer     int    // capacity of the Events channel; 0: 4096
+	Logger          *zap.Logger
+
+	// Netlink backend: the namespaces to listen in, called at start and
+	// every RescanInterval. nil: only the current namespace.
+	Namespaces        func() ([]Namespace, error)
+	RescanInterval    time.Duration // 0: 10s
+	NetlinkBufferSize int           // socket receive buffer, bytes; 0: 8 MiB
+}
+
+// Open starts a tracer. BackendAuto tries fentry, kprobe, then netlink, and
+// records why each refused in Info.Refused.
+func Open(ctx context.Context, opts Options) (Tracer, error) {
+	return open(ctx, opts)
+}
+
+// ProgramStats are the kernel's run statistics of one attached program.
+type ProgramStats struct {
+	Name     string        // program name, e.g. "fexit_confirm"
+	Hook     string        // e.g. "fexit/__nf_conntrack_confirm"
+	RunCount uint64        // 0 unless BPF stats are enabled
+	RunTime  time.Duration // total time spent in the program
+}
+
+// Entry is one conntrack entry from a table dump.
+type Entry struct {
+	ID       uint32 // CTA_ID
+	Family   uint8
+	Protocol uint8
+	Original Tuple
+	Reply    Tuple
+	Status   uint32 // IPS_* bits (IPS_ASSURED, IPS_SEEN_REPLY, ...)
+	TCPState uint8  // TCP_CONNTRACK_*, TCP only
+	Mark     uint32
+	Zone     uint16
+	Timeout  time.Duration // time left
+}
+
+// KernelStats are the kernel's own conntrack statistics of one network
+// namespace (ctnetlink IPCTNL_MSG_CT_GET_STATS_CPU summed over CPUs, and
+// IPCTNL_MSG_CT_GET_STATS for the entry count), available even where
+// /proc/net/stat/nf_conntrack is not.
+type KernelStats struct {
+	Found, Invalid, Insert, InsertFailed, Drop, EarlyDrop, Error, SearchRestart uint64
+	ClashResolve, ChainTooLong                                                 uint64 // 0 on kernels without them
+	Entries                                                                    uint64 // current number of entries
+	MaxEntries                                                                 uint64 // nf_conntrack_max as the kernel reports it; 0 if not reported
+}
