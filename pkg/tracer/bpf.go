@@ -1,7 +1,458 @@
 package tracer
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/perf"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// hook is one kernel function and the programs that observe it.
+type hook struct {
+	symbol   string
+	optional bool // a static function that a kernel may have inlined
+	fentry   string
+	fexit    string
+	kprobe   string
+	kretprob string
+}
+
+// hooks lists every attach point; see bpf/conntrack.bpf.c for why these.
+var hooks = []hook{
+	{symbol: "__nf_conntrack_confirm", fentry: "fentry_confirm", fexit: "fexit_confirm", kprobe: "kprobe_confirm", kretprob: "kretprobe_confirm"},
+	{symbol: "nf_conntrack_hash_check_insert", fexit: "fexit_check_insert", kprobe: "kprobe_check_insert", kretprob: "kretprobe_check_insert"},
+	{symbol: "nf_ct_delete", fentry: "fentry_delete", kprobe: "kprobe_delete"},
+	{symbol: "__nf_conntrack_alloc", optional: true, fexit: "fexit_alloc", kprobe: "kprobe_alloc", kretprob: "kretprobe_alloc"},
+}
+
+// attachment is one program of a hook in one backend.
+type attachment struct {
+	prog string
+	kind string // fentry, fexit, kprobe, kretprobe
+}
+
+func (h hook) attachments(b Backend) []attachment {
+	var out []attachment
+	add := func(prog, kind string) {
+		if prog != "" {
+			out = append(out, attachment{prog, kind})
+		}
+	}
+	if b == BackendFentry {
+		add(h.fentry, "fentry")
+		add(h.fexit, "fexit")
+	} else {
+		add(h.kprobe, "kprobe")
+		add(h.kretprob, "kretprobe")
+	}
+	return out
+}
+
+// programsFor returns the names of the programs a backend loads.
+func programsFor(b Backend) map[string]bool {
+	names := map[string]bool{}
+	for _, h := range hooks {
+		for _, a := range h.attachments(b) {
+			names[a.prog] = true
+		}
+	}
+	return names
+}
+
+// bpfTracer is the fentry or kprobe backend.
+type bpfTracer struct {
+	log     *zap.Logger
+	objs    conntrackObjects
+	links   []link.Link
+	info    Info
+	progs   []ProgramStats // Name and Hook of each attached program
+	byName  map[string]*ebpf.Program
+	reader  io.Closer
+	events  chan Event
+	boot    time.Duration // wall clock minus CLOCK_MONOTONIC
+	done    chan struct{}
+	lostU   [3]atomic.Uint64 // user space: perf_lost, decode_error, channel_full
+	closing sync.Once
+	closed  error
+}
+
+// loadSpec reads the embedded object and configures it for backend b.
+func loadSpec(opts Options, b Backend, ringbufOK bool) (*ebpf.CollectionSpec, error) {
+	spec, err := loadConntrack()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded BPF object: %w", err)
+	}
+	keep := programsFor(b)
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	useRingbuf := ringbufOK && !opts.ForcePerfBuffer
+	cfg := conntrackCtConfig{EmitEvents: 1}
+	if useRingbuf {
+		cfg.UseRingbuf = 1
+		size := opts.RingBufferSize
+		if size == 0 {
+			size = 4 << 20
+		}
+		if size < os.Getpagesize() || size&(size-1) != 0 {
+			return nil, fmt.Errorf("ring buffer size %d: must be a power of two of at least one page", size)
+		}
+		spec.Maps["events"].MaxEntries = uint32(size)
+	} else {
+		// Never used (the branch is dead for the verifier); keep it creatable
+		// on kernels without ring buffers (before 5.8).
+		spec.Maps["events"] = &ebpf.MapSpec{Name: "events", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	}
+	if opts.DisableEvents {
+		cfg.EmitEvents = 0
+	}
+	if err := spec.Variables["ct_cfg"].Set(cfg); err != nil {
+		return nil, fmt.Errorf("set ct_cfg: %w", err)
+	}
+	return spec, nil
+}
+
+// collectionOptions picks the BTF used for CO-RE relocation.
+func collectionOptions(opts Options) (ebpf.CollectionOptions, error) {
+	var co ebpf.CollectionOptions
+	if opts.BTFPath == "" {
+		if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+			return co, fmt.Errorf("%w: /sys/kernel/btf/vmlinux: %v (give a BTF file with --btf.path)", ErrNoBTF, err)
+		}
+		return co, nil // vmlinux and all module BTF, found by cilium/ebpf
+	}
+	kernel, err := LoadBTF(opts.BTFPath)
+	if err != nil {
+		return co, err
+	}
+	co.Programs.KernelTypes = kernel
+	// nf_conntrack is usually a module: its types are in the module BTF.
+	if mod, err := btf.LoadKernelModuleSpec("nf_conntrack"); err == nil {
+		co.Programs.ExtraRelocationTargets = []*btf.Spec{mod}
+	}
+	return co, nil
+}
+
+// LoadBTF parses a vmlinux BTF file (raw BTF or an ELF with a .BTF section)
+// and says clearly what is wrong with an unusable one.
+func LoadBTF(path string) (*btf.Spec, error) {
+	spec, err := btf.LoadSpec(path)
+	if err != nil {
+		return nil, fmt.Errorf("btf %s: %w", path, err)
+	}
+	return spec, nil
+}
+
+// ValidateBTF checks that path is a readable BTF file; for flag validation.
+func ValidateBTF(path string) error {
+	_, err := LoadBTF(path)
+	return err
+}
 
 func openBPF(opts Options, b Backend) (Tracer, error) {
-	return nil, errors.New("eBPF backend: not implemented yet")
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	}
+	co, err := collectionOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	ringbufOK := features.HaveMapType(ebpf.RingBuf) == nil
+	spec, err := loadSpec(opts, b, ringbufOK)
+	if err != nil {
+		return nil, err
+	}
+	t := &bpfTracer{
+		log:    opts.Logger,
+		byName: map[string]*ebpf.Program{},
+		done:   make(chan struct{}),
+		info: Info{
+			Backend:    b,
+			RingBuffer: ringbufOK && !opts.ForcePerfBuffer,
+			Kernel:     kernelRelease(),
+		},
+	}
+	if err := spec.LoadAndAssign(&t.objs, &co); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			opts.Logger.Debug("verifier log", zap.String("log", fmt.Sprintf("%+v", verr)))
+		}
+		return nil, fmt.Errorf("load %s programs: %w", b, err)
+	}
+	if err := t.attach(b); err != nil {
+		t.Close()
+		return nil, err
+	}
+	if err := t.startReader(opts); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// programByName maps the program names of the spec to the loaded objects.
+func (t *bpfTracer) programByName(name string) *ebpf.Program {
+	p := t.objs.conntrackPrograms
+	all := map[string]*ebpf.Program{
+		"fentry_confirm": p.FentryConfirm, "fexit_confirm": p.FexitConfirm,
+		"fexit_check_insert": p.FexitCheckInsert, "fentry_delete": p.FentryDelete,
+		"fexit_alloc": p.FexitAlloc, "kprobe_confirm": p.KprobeConfirm,
+		"kretprobe_confirm": p.KretprobeConfirm, "kprobe_check_insert": p.KprobeCheckInsert,
+		"kretprobe_check_insert": p.KretprobeCheckInsert, "kprobe_delete": p.KprobeDelete,
+		"kprobe_alloc": p.KprobeAlloc, "kretprobe_alloc": p.KretprobeAlloc,
+	}
+	return all[name]
+}
+
+// attach attaches every program of backend b. A required hook that fails
+// fails the backend; an optional one is logged and left out.
+func (t *bpfTracer) attach(b Backend) error {
+	for _, h := range hooks {
+		var hookLinks []link.Link
+		var err error
+		for _, a := range h.attachments(b) {
+			prog := t.programByName(a.prog)
+			if prog == nil {
+				err = fmt.Errorf("program %s not loaded", a.prog)
+				break
+			}
+			var l link.Link
+			switch a.kind {
+			case "fentry", "fexit":
+				l, err = link.AttachTracing(link.TracingOptions{Program: prog})
+			case "kprobe":
+				l, err = link.Kprobe(h.symbol, prog, nil)
+			case "kretprobe":
+				l, err = link.Kretprobe(h.symbol, prog, nil)
+			}
+			if err != nil {
+				err = fmt.Errorf("attach %s/%s: %w", a.kind, h.symbol, err)
+				break
+			}
+			hookLinks = append(hookLinks, l)
+			t.progs = append(t.progs, ProgramStats{Name: a.prog, Hook: a.kind + "/" + h.symbol})
+			t.byName[a.prog] = prog
+		}
+		if err != nil {
+			for _, l := range hookLinks {
+				l.Close()
+			}
+			t.progs = t.progs[:len(t.progs)-len(hookLinks)]
+			if h.optional {
+				t.log.Warn("optional hook not attached", zap.String("symbol", h.symbol), zap.Error(err))
+				continue
+			}
+			return err
+		}
+		t.links = append(t.links, hookLinks...)
+		for _, a := range h.attachments(b) {
+			t.info.Hooks = append(t.info.Hooks, a.kind+"/"+h.symbol)
+		}
+	}
+	return nil
+}
+
+// startReader opens the ring or perf buffer and starts the decoding loop.
+func (t *bpfTracer) startReader(opts Options) error {
+	size := opts.EventBuffer
+	if size <= 0 {
+		size = 4096
+	}
+	t.events = make(chan Event, size)
+	t.boot = bootOffset()
+	if opts.DisableEvents {
+		close(t.done)
+		return nil
+	}
+	var next func() ([]byte, uint64, error)
+	if t.info.RingBuffer {
+		rd, err := ringbuf.NewReader(t.objs.Events)
+		if err != nil {
+			return fmt.Errorf("open ring buffer: %w", err)
+		}
+		t.reader = rd
+		var rec ringbuf.Record
+		next = func() ([]byte, uint64, error) {
+			err := rd.ReadInto(&rec)
+			return rec.RawSample, 0, err
+		}
+	} else {
+		per := opts.PerfBufferSize
+		if per <= 0 {
+			per = 256 << 10
+		}
+		rd, err := perf.NewReader(t.objs.EventsPerf, per)
+		if err != nil {
+			return fmt.Errorf("open perf buffer: %w", err)
+		}
+		t.reader = rd
+		var rec perf.Record
+		next = func() ([]byte, uint64, error) {
+			err := rd.ReadInto(&rec)
+			return rec.RawSample, rec.LostSamples, err
+		}
+	}
+	go t.readLoop(next)
+	return nil
+}
+
+func (t *bpfTracer) readLoop(next func() ([]byte, uint64, error)) {
+	defer close(t.done)
+	for {
+		raw, lost, err := next()
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, perf.ErrClosed) {
+				return
+			}
+			t.log.Warn("read event buffer", zap.Error(err))
+			continue
+		}
+		if lost > 0 {
+			t.lostU[0].Add(lost)
+			continue
+		}
+		ev, err := decodeEvent(raw, t.boot)
+		if err != nil {
+			t.lostU[1].Add(1)
+			continue
+		}
+		select {
+		case t.events <- ev:
+		default:
+			t.lostU[2].Add(1)
+		}
+	}
+}
+
+// bootOffset is wall clock minus CLOCK_MONOTONIC (bpf_ktime_get_ns).
+func bootOffset() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(time.Now().UnixNano() - ts.Nano())
+}
+
+func (t *bpfTracer) Info() Info { return t.info }
+
+func (t *bpfTracer) setRefused(r map[Backend]string) { t.info.Refused = r }
+
+func (t *bpfTracer) Events() <-chan Event { return t.events }
+
+// Counters sums the per-CPU counters of every key.
+func (t *bpfTracer) Counters() (Counters, error) {
+	out := Counters{}
+	var (
+		key    conntrackCtCounterKey
+		perCPU []conntrackCtCounterValue
+	)
+	it := t.objs.Counters.Iterate()
+	for it.Next(&key, &perCPU) {
+		var v Values
+		for _, c := range perCPU {
+			v.Add(valuesFromKernel(c))
+		}
+		out[Key{NetNS: key.Netns, Family: key.Family, Protocol: key.Protocol}] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read counters map: %w", err)
+	}
+	return out, nil
+}
+
+func valuesFromKernel(c conntrackCtCounterValue) Values {
+	v := Values{
+		Created:          c.Created,
+		Destroyed:        c.Destroyed,
+		DestroyedNoStart: c.DestroyedNoStart,
+		LifetimeSum:      time.Duration(c.LifetimeSumNs),
+	}
+	copy(v.Failed[:], c.Failed[:])
+	copy(v.LifetimeBuckets[:], c.LifetimeBuckets[:])
+	return v
+}
+
+// kernelLostReasons follows enum ct_lost_reason.
+var kernelLostReasons = [...]LostReason{LostRingbufFull, LostPerfFull, LostCountersFull, LostInflightMiss}
+
+func (t *bpfTracer) Lost() (map[LostReason]uint64, error) {
+	out := map[LostReason]uint64{
+		LostPerfSamples: t.lostU[0].Load(),
+		LostDecodeError: t.lostU[1].Load(),
+		LostChannelFull: t.lostU[2].Load(),
+	}
+	for i, reason := range kernelLostReasons {
+		var perCPU []uint64
+		if err := t.objs.Lost.Lookup(uint32(i), &perCPU); err != nil {
+			return out, fmt.Errorf("read lost[%s]: %w", reason, err)
+		}
+		var sum uint64
+		for _, n := range perCPU {
+			sum += n
+		}
+		out[reason] = sum
+	}
+	return out, nil
+}
+
+func (t *bpfTracer) Programs() ([]ProgramStats, error) {
+	out := make([]ProgramStats, 0, len(t.progs))
+	for _, p := range t.progs {
+		s, err := t.byName[p.Name].Stats()
+		if err != nil {
+			return nil, fmt.Errorf("stats of %s: %w", p.Name, err)
+		}
+		p.RunCount, p.RunTime = s.RunCount, s.Runtime
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Hook < out[j].Hook })
+	return out, nil
+}
+
+// Close detaches every program, stops the reader and frees the maps.
+func (t *bpfTracer) Close() error {
+	t.closing.Do(func() {
+		var errs []error
+		for _, l := range t.links {
+			if err := l.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if t.reader != nil {
+			errs = append(errs, t.reader.Close())
+		}
+		if t.events != nil {
+			<-t.done
+			close(t.events)
+		}
+		errs = append(errs, t.objs.Close())
+		t.closed = errors.Join(errs...)
+	})
+	return t.closed
+}
+
+// EnableBPFStats turns on the kernel's run-time statistics of BPF programs
+// (kernel.bpf_stats_enabled, Linux 5.8) until the returned Closer is closed.
+func EnableBPFStats() (io.Closer, error) {
+	c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return nil, fmt.Errorf("enable BPF stats: %w", err)
+	}
+	return c, nil
 }

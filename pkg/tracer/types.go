@@ -160,13 +160,13 @@ type LostReason string
 
 // Reasons for lost events.
 const (
-	LostRingbufFull   LostReason = "ringbuf_full"   // kernel: ring buffer had no room
-	LostPerfFull      LostReason = "perf_full"      // kernel: perf buffer had no room
-	LostCountersFull  LostReason = "counters_full"  // kernel: counters map had no room for a key
-	LostInflightMiss  LostReason = "inflight_miss"  // kernel: return probe without its entry probe
-	LostPerfSamples   LostReason = "perf_lost"      // user space: perf reader reported lost samples
-	LostDecodeError   LostReason = "decode_error"   // user space: a record could not be decoded
-	LostChannelFull   LostReason = "channel_full"   // user space: the Events channel was full
+	LostRingbufFull   LostReason = "ringbuf_full"    // kernel: ring buffer had no room
+	LostPerfFull      LostReason = "perf_full"       // kernel: perf buffer had no room
+	LostCountersFull  LostReason = "counters_full"   // kernel: counters map had no room for a key
+	LostInflightMiss  LostReason = "inflight_miss"   // kernel: return probe without its entry probe
+	LostPerfSamples   LostReason = "perf_lost"       // user space: perf reader reported lost samples
+	LostDecodeError   LostReason = "decode_error"    // user space: a record could not be decoded
+	LostChannelFull   LostReason = "channel_full"    // user space: the Events channel was full
 	LostNetlinkNoBufs LostReason = "netlink_enobufs" // netlink: socket overrun (followed by a resync)
 )
 
@@ -256,7 +256,7 @@ type Entry struct {
 // /proc/net/stat/nf_conntrack is not.
 type KernelStats struct {
 	Found, Invalid, Insert, InsertFailed, Drop, EarlyDrop, Error, SearchRestart uint64
-	ClashResolve, ChainTooLong                                                 uint64 // 0 on kernels without them
-	Entries                                                                    uint64 // current number of entries
-	MaxEntries                                                                 uint64 // nf_conntrack_max as the kernel reports it; 0 if not reported
+	ClashResolve, ChainTooLong                                                  uint64 // 0 on kernels without them
+	Entries                                                                     uint64 // current number of entries
+	MaxEntries                                                                  uint64 // nf_conntrack_max as the kernel reports it; 0 if not reported
 }

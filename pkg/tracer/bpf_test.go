@@ -1,0 +1,265 @@
+package tracer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+)
+
+// requireRoot skips tests that need root, saying why.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: needs root (BPF, network namespaces)")
+	}
+}
+
+// TestEventLayout pins the decoder's offsets to the generated struct.
+func TestEventLayout(t *testing.T) {
+	var ev conntrackCtEvent
+	if got := int(unsafe.Sizeof(ev)); got != eventSize {
+		t.Fatalf("sizeof(struct ct_event) = %d, decoder assumes %d", got, eventSize)
+	}
+	if got := int(unsafe.Sizeof(conntrackCtTuple{})); got != tupleSize {
+		t.Fatalf("sizeof(struct ct_tuple) = %d, decoder assumes %d", got, tupleSize)
+	}
+	offsets := map[string][2]uintptr{
+		"netns":    {unsafe.Offsetof(ev.Netns), 24},
+		"zone":     {unsafe.Offsetof(ev.Zone), 40},
+		"type":     {unsafe.Offsetof(ev.Type), 42},
+		"flags":    {unsafe.Offsetof(ev.Flags), 47},
+		"original": {unsafe.Offsetof(ev.Original), 48},
+		"reply":    {unsafe.Offsetof(ev.Reply), 48 + tupleSize},
+	}
+	for name, o := range offsets {
+		if o[0] != o[1] {
+			t.Errorf("offset of %s = %d, decoder assumes %d", name, o[0], o[1])
+		}
+	}
+}
+
+// TestDecodeEvent encodes events with the generated Go type, the same layout
+// the kernel writes, and decodes them.
+func TestDecodeEvent(t *testing.T) {
+	raw := conntrackCtEvent{
+		TimestampNs: 5e9, LifetimeNs: 1500e6, Cookie: 0xffff8880deadbeef,
+		Netns: 4026531840, Mark: 7, Status: 0x18e, Error: 0, Zone: 3,
+		Type: 2, Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP, TcpState: 3, Flags: 1,
+	}
+	src := netip.MustParseAddr("fd00::1").As16()
+	dst := netip.MustParseAddr("fd00::2").As16()
+	raw.Original = conntrackCtTuple{SrcAddr: src, DstAddr: dst, SrcPort: 40000, DstPort: 80}
+	raw.Reply = conntrackCtTuple{SrcAddr: dst, DstAddr: src, SrcPort: 80, DstPort: 40000}
+	var buf bytes.Buffer
+	if err := binary.Write(&buf, binary.LittleEndian, raw); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := decodeEvent(buf.Bytes(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Type != EventDestroyed || !ev.LifetimeKnown || ev.Lifetime != 1500*time.Millisecond {
+		t.Errorf("type/lifetime: %+v", ev)
+	}
+	if ev.Time != time.Unix(6, 0) {
+		t.Errorf("time = %v, want 6s after the epoch", ev.Time)
+	}
+	if ev.NetNS != 4026531840 || ev.Zone != 3 || ev.Mark != 7 || ev.TCPState != 3 {
+		t.Errorf("scalars: %+v", ev)
+	}
+	want := Tuple{Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"), SrcPort: 40000, DstPort: 80}
+	if ev.Original != want {
+		t.Errorf("original = %+v, want %+v", ev.Original, want)
+	}
+	if ev.Reply.Src != want.Dst || ev.Reply.DstPort != 40000 {
+		t.Errorf("reply = %+v", ev.Reply)
+	}
+
+	// IPv4 and ICMP: 4-byte addresses, id and type/code.
+	raw.Family, raw.Protocol, raw.Type, raw.Flags = unix.AF_INET, unix.IPPROTO_ICMP, 1, 0
+	raw.Original = conntrackCtTuple{SrcPort: 0x1234, DstPort: 8 << 8}
+	copy(raw.Original.SrcAddr[:], []byte{10, 0, 0, 1})
+	buf.Reset()
+	binary.Write(&buf, binary.LittleEndian, raw)
+	ev, err = decodeEvent(buf.Bytes(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ev.Original.Src.Is4() || ev.Original.Src.String() != "10.0.0.1" {
+		t.Errorf("IPv4 source = %v", ev.Original.Src)
+	}
+	if ev.Original.ICMPType() != 8 || ev.Original.ICMPCode() != 0 || ev.Original.SrcPort != 0x1234 {
+		t.Errorf("icmp: %+v", ev.Original)
+	}
+	if ev.LifetimeKnown || ev.Lifetime != 0 {
+		t.Errorf("created event has a lifetime: %+v", ev)
+	}
+}
+
+// TestDecodeEventRejectsGarbage: short records and unknown enums are errors.
+func TestDecodeEventRejectsGarbage(t *testing.T) {
+	if _, err := decodeEvent(make([]byte, eventSize-1), 0); err == nil {
+		t.Error("short record accepted")
+	}
+	bad := make([]byte, eventSize)
+	bad[42] = 9
+	if _, err := decodeEvent(bad, 0); err == nil {
+		t.Error("unknown type accepted")
+	}
+	bad[42], bad[43] = 1, 200
+	if _, err := decodeEvent(bad, 0); err == nil {
+		t.Error("unknown reason accepted")
+	}
+}
+
+// FuzzDecodeEvent: any input is decoded or rejected, never a panic.
+func FuzzDecodeEvent(f *testing.F) {
+	f.Add(make([]byte, eventSize))
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		ev, err := decodeEvent(raw, 0)
+		if err == nil && (ev.Type < EventCreated || ev.Type > EventFailed) {
+			t.Fatalf("accepted type %d", ev.Type)
+		}
+	})
+}
+
+// TestProgramsLoad runs every program of both eBPF backends through the
+// verifier with CO-RE relocation against this kernel's BTF, without attach.
+func TestProgramsLoad(t *testing.T) {
+	requireRoot(t)
+	for _, b := range []Backend{BackendFentry, BackendKprobe} {
+		for _, perfBuf := range []bool{false, true} {
+			name := string(b) + map[bool]string{false: "/ringbuf", true: "/perf"}[perfBuf]
+			t.Run(name, func(t *testing.T) {
+				if err := rlimit.RemoveMemlock(); err != nil {
+					t.Fatal(err)
+				}
+				opts := Options{ForcePerfBuffer: perfBuf}
+				co, err := collectionOptions(opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				spec, err := loadSpec(opts, b, true)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := len(spec.Programs), len(programsFor(b)); got != want || want == 0 {
+					t.Fatalf("%d programs in spec, want %d", got, want)
+				}
+				coll, err := ebpf.NewCollectionWithOptions(spec, co)
+				if b == BackendFentry && errors.Is(err, unix.EPERM) && os.Getenv("CTAGENT_VMTEST") == "" {
+					t.Skipf("skipped: this kernel refuses to load tracing programs (%v); the VM matrix loads them", err)
+				}
+				if err != nil {
+					var verr *ebpf.VerifierError
+					if errors.As(err, &verr) {
+						t.Fatalf("verifier: %+v", verr)
+					}
+					t.Fatal(err)
+				}
+				defer coll.Close()
+				for name := range programsFor(b) {
+					if coll.Programs[name] == nil {
+						t.Errorf("program %s not loaded", name)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestUserBTFPath relocates against a user-given BTF file (the host's own
+// vmlinux BTF copied elsewhere) and rejects a file that is not BTF.
+func TestUserBTFPath(t *testing.T) {
+	requireRoot(t)
+	raw, err := os.ReadFile("/sys/kernel/btf/vmlinux")
+	if err != nil {
+		t.Skipf("skipped: no kernel BTF to copy: %v", err)
+	}
+	dir := t.TempDir()
+	good := dir + "/vmlinux.btf"
+	os.WriteFile(good, raw, 0o600)
+	opts := Options{BTFPath: good}
+	co, err := collectionOptions(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if co.Programs.KernelTypes == nil {
+		t.Fatal("KernelTypes not set from --btf.path")
+	}
+	spec, err := loadSpec(opts, BackendKprobe, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, co)
+	if err != nil {
+		t.Fatalf("load with user BTF: %v", err)
+	}
+	coll.Close()
+
+	bad := dir + "/not-btf"
+	os.WriteFile(bad, []byte("this is not BTF"), 0o600)
+	if err := ValidateBTF(bad); err == nil {
+		t.Error("a text file was accepted as BTF")
+	}
+	if err := ValidateBTF(dir + "/missing"); err == nil {
+		t.Error("a missing file was accepted as BTF")
+	}
+}
+
+// TestBackendFailover: where eBPF cannot attach (this host: no kprobes,
+// fentry attach refused), auto mode ends on netlink and says why the others
+// were refused; forcing an eBPF backend is a clear error naming the symbol.
+func TestBackendFailover(t *testing.T) {
+	requireRoot(t)
+	if os.Getenv("CTAGENT_VMTEST") != "" {
+		t.Skip("skipped: in the VM eBPF attaches; failover is a host test")
+	}
+	log := zaptest.NewLogger(t)
+	tr, err := Open(t.Context(), Options{Backend: BackendKprobe, Logger: log})
+	if err == nil {
+		tr.Close()
+		t.Skip("skipped: kprobes attach on this kernel, nothing to fail over from")
+	}
+	if !bytes.Contains([]byte(err.Error()), []byte("__nf_conntrack_confirm")) {
+		t.Errorf("kprobe error does not name the symbol: %v", err)
+	}
+	tr, err = Open(t.Context(), Options{Backend: BackendAuto, Logger: log})
+	if err != nil {
+		t.Fatalf("auto: %v", err)
+	}
+	defer tr.Close()
+	info := tr.Info()
+	if info.Backend != BackendNetlink {
+		t.Fatalf("auto chose %s, want netlink", info.Backend)
+	}
+	for _, b := range []Backend{BackendFentry, BackendKprobe} {
+		if info.Refused[b] == "" {
+			t.Errorf("no refusal reason recorded for %s: %v", b, info.Refused)
+		}
+	}
+	if err := tr.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Errorf("second close: %v", err)
+	}
+}
+
+// TestLifetimeBucketBounds: bucket bounds are 2^i ms.
+func TestLifetimeBucketBounds(t *testing.T) {
+	if LifetimeBucketBound(0) != 0.001 || LifetimeBucketBound(10) != 1.024 {
+		t.Errorf("bounds: %v %v", LifetimeBucketBound(0), LifetimeBucketBound(10))
+	}
+}
