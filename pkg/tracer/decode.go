@@ -48,12 +48,12 @@ func decodeEvent(raw []byte, boot time.Duration) (Event, error) {
 	if !ev.LifetimeKnown {
 		ev.Lifetime = 0
 	}
-	ev.Original = decodeTuple(raw[48:48+tupleSize], ev.Family)
-	ev.Reply = decodeTuple(raw[48+tupleSize:48+2*tupleSize], ev.Family)
+	ev.Original = decodeRawTuple(raw[48:48+tupleSize], ev.Family)
+	ev.Reply = decodeRawTuple(raw[48+tupleSize:48+2*tupleSize], ev.Family)
 	return ev, nil
 }
 
-func decodeTuple(raw []byte, family uint8) Tuple {
+func decodeRawTuple(raw []byte, family uint8) Tuple {
 	t := Tuple{
 		SrcPort: binary.LittleEndian.Uint16(raw[32:]),
 		DstPort: binary.LittleEndian.Uint16(raw[34:]),
