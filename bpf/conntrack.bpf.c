@@ -417,10 +417,15 @@ int BPF_PROG(fentry_delete, struct nf_conn *ct)
 SEC("fexit/__nf_conntrack_alloc")
 int BPF_PROG(fexit_alloc, struct net *net, const struct nf_conntrack_zone *zone,
 	     const struct nf_conntrack_tuple *orig,
-	     const struct nf_conntrack_tuple *repl, gfp_t gfp, u32 hash,
-	     struct nf_conn *ret)
+	     const struct nf_conntrack_tuple *repl)
 {
-	alloc_exit(ctx, net, orig, repl, (long)ret);
+	long ret = 0;
+
+	/* The verifier types the return value as a trusted struct nf_conn
+	 * pointer, which cannot be narrowed to an errno: read the raw slot
+	 * (argument 6, after net, zone, orig, repl, gfp, hash). */
+	bpf_probe_read_kernel(&ret, sizeof(ret), &ctx[6]);
+	alloc_exit(ctx, net, orig, repl, ret);
 	return 0;
 }
 

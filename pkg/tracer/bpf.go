@@ -76,7 +76,7 @@ func programsFor(b Backend) map[string]bool {
 // bpfTracer is the fentry or kprobe backend.
 type bpfTracer struct {
 	log     *zap.Logger
-	objs    conntrackObjects
+	coll    *ebpf.Collection
 	links   []link.Link
 	info    Info
 	progs   []ProgramStats // Name and Hook of each attached program
@@ -188,7 +188,7 @@ func openBPF(opts Options, b Backend) (Tracer, error) {
 			Kernel:     kernelRelease(),
 		},
 	}
-	if err := spec.LoadAndAssign(&t.objs, &co); err != nil {
+	if t.coll, err = ebpf.NewCollectionWithOptions(spec, co); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			opts.Logger.Debug("verifier log", zap.String("log", fmt.Sprintf("%+v", verr)))
@@ -206,18 +206,9 @@ func openBPF(opts Options, b Backend) (Tracer, error) {
 	return t, nil
 }
 
-// programByName maps the program names of the spec to the loaded objects.
+// programByName returns a loaded program.
 func (t *bpfTracer) programByName(name string) *ebpf.Program {
-	p := t.objs.conntrackPrograms
-	all := map[string]*ebpf.Program{
-		"fentry_confirm": p.FentryConfirm, "fexit_confirm": p.FexitConfirm,
-		"fexit_check_insert": p.FexitCheckInsert, "fentry_delete": p.FentryDelete,
-		"fexit_alloc": p.FexitAlloc, "kprobe_confirm": p.KprobeConfirm,
-		"kretprobe_confirm": p.KretprobeConfirm, "kprobe_check_insert": p.KprobeCheckInsert,
-		"kretprobe_check_insert": p.KretprobeCheckInsert, "kprobe_delete": p.KprobeDelete,
-		"kprobe_alloc": p.KprobeAlloc, "kretprobe_alloc": p.KretprobeAlloc,
-	}
-	return all[name]
+	return t.coll.Programs[name]
 }
 
 // attach attaches every program of backend b. A required hook that fails
@@ -282,7 +273,7 @@ func (t *bpfTracer) startReader(opts Options) error {
 	}
 	var next func() ([]byte, uint64, error)
 	if t.info.RingBuffer {
-		rd, err := ringbuf.NewReader(t.objs.Events)
+		rd, err := ringbuf.NewReader(t.coll.Maps["events"])
 		if err != nil {
 			return fmt.Errorf("open ring buffer: %w", err)
 		}
@@ -297,7 +288,7 @@ func (t *bpfTracer) startReader(opts Options) error {
 		if per <= 0 {
 			per = 256 << 10
 		}
-		rd, err := perf.NewReader(t.objs.EventsPerf, per)
+		rd, err := perf.NewReader(t.coll.Maps["events_perf"], per)
 		if err != nil {
 			return fmt.Errorf("open perf buffer: %w", err)
 		}
@@ -362,7 +353,7 @@ func (t *bpfTracer) Counters() (Counters, error) {
 		key    conntrackCtCounterKey
 		perCPU []conntrackCtCounterValue
 	)
-	it := t.objs.Counters.Iterate()
+	it := t.coll.Maps["counters"].Iterate()
 	for it.Next(&key, &perCPU) {
 		var v Values
 		for _, c := range perCPU {
@@ -399,7 +390,7 @@ func (t *bpfTracer) Lost() (map[LostReason]uint64, error) {
 	}
 	for i, reason := range kernelLostReasons {
 		var perCPU []uint64
-		if err := t.objs.Lost.Lookup(uint32(i), &perCPU); err != nil {
+		if err := t.coll.Maps["lost"].Lookup(uint32(i), &perCPU); err != nil {
 			return out, fmt.Errorf("read lost[%s]: %w", reason, err)
 		}
 		var sum uint64
@@ -441,7 +432,9 @@ func (t *bpfTracer) Close() error {
 			<-t.done
 			close(t.events)
 		}
-		errs = append(errs, t.objs.Close())
+		if t.coll != nil {
+			t.coll.Close()
+		}
 		t.closed = errors.Join(errs...)
 	})
 	return t.closed
