@@ -1,10 +1,610 @@
 package tracer
 
+// The netlink backend: one ctnetlink event socket (groups NEW and DESTROY)
+// per network namespace, counters aggregated in Go.
+//
+// Namespaces come from Options.Namespaces (nil: the current namespace),
+// called at Open and every RescanInterval; Namespace.Inode labels events
+// and counters, Path opens the namespace ("" = the current one, whatever
+// Inode says; a Path whose inode differs from a non-zero Inode is refused).
+// A listener holds its namespace alive until the namespace disappears from
+// the list. Open fails only if no listed namespace could be opened; the
+// others are retried at every rescan.
+//
+// Counters per Key{NetNS, Family, Protocol}: Created from NEW, Destroyed
+// from DESTROY, lifetimes from a CTA_ID -> time-of-NEW map per namespace.
+// Failures per Key{NetNS: inode} (Family, Protocol 0), appearing with the
+// first failure: kernel stat insert_failed -> ReasonConfirmDrop, drop ->
+// ReasonTableFull, clash_resolve -> ReasonClashResolved, as deltas since the
+// listener started, refreshed by Counters and at every rescan.
+//
+// What it cannot see, compared with the eBPF backends:
+//   - Insert failures arrive only as the kernel's per-namespace statistics
+//     (insert_failed, drop, clash_resolve), polled as deltas; they are
+//     counted under Key{NetNS: inode} with Family and Protocol 0 because
+//     the kernel does not split them. ctnetlink -EEXIST/-ENOSPC are not
+//     counted by the kernel at all and are invisible here.
+//   - The kernel sends DESTROY only for entries that carry the event
+//     extension, which (with the default net.netfilter.nf_conntrack_events=2)
+//     it adds only while a listener exists: entries created before the
+//     listener started produce no DESTROY event. With nf_conntrack_events=1
+//     they do, and count as DestroyedNoStart.
+//   - Lifetimes are measured between the receipt of NEW and DESTROY in user
+//     space, or, when NEW was not seen, taken from the kernel's CTA_TIMESTAMP
+//     (only present with net.netfilter.nf_conntrack_timestamp=1).
+//   - A socket overrun (ENOBUFS) loses events; it is counted as
+//     LostNetlinkNoBufs and followed by a table dump that prunes the
+//     lifetime map.
+
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
+const (
+	defaultRescanInterval    = 10 * time.Second
+	defaultNetlinkBufferSize = 8 << 20
+	defaultEventBuffer       = 4096
+
+	// warnEvery rate-limits the warnings of one listener.
+	warnEvery = 10 * time.Second
+	// resyncEvery is the least time between two resync dumps of one
+	// namespace: the dump runs on the listener's goroutine, and on a big
+	// table back-to-back dumps would cause the next overrun.
+	resyncEvery = 5 * time.Second
+	// suspectGrace is how long an entry missing from a resync dump keeps
+	// its first-seen time: DESTROY events queued before the dump may still
+	// be in the socket buffer.
+	suspectGrace = 10 * time.Second
+)
+
+// netlinkHooks are what the netlink backend "attaches" to.
+var netlinkHooks = []string{"ctnetlink/NEW", "ctnetlink/DESTROY"}
+
+type netlinkTracer struct {
+	opts   Options
+	log    *zap.Logger
+	events chan Event
+
+	infoMu sync.Mutex
+	info   Info
+
+	mu        sync.Mutex // guards listeners and openFailed
+	listeners map[uint32]*nlListener
+	// openFailed remembers namespaces whose listener could not start, so
+	// that the warning is logged once and retries log at debug.
+	openFailed map[uint32]bool
+
+	cmu      sync.Mutex // guards counters
+	counters map[Key]*Values
+
+	lostChannelFull, lostNoBufs, lostDecode atomic.Uint64
+
+	stop      chan struct{}
+	wg        sync.WaitGroup // the rescan loop
+	closeOnce sync.Once
+	closeErr  error
+}
+
 func openNetlink(ctx context.Context, opts Options) (Tracer, error) {
-	return nil, errors.New("netlink backend: not implemented yet")
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.RescanInterval <= 0 {
+		opts.RescanInterval = defaultRescanInterval
+	}
+	if opts.NetlinkBufferSize <= 0 {
+		opts.NetlinkBufferSize = defaultNetlinkBufferSize
+	}
+	if opts.EventBuffer <= 0 {
+		opts.EventBuffer = defaultEventBuffer
+	}
+	t := &netlinkTracer{
+		opts:       opts,
+		log:        opts.Logger.With(zap.String("backend", string(BackendNetlink))),
+		events:     make(chan Event, opts.EventBuffer),
+		info:       Info{Backend: BackendNetlink, Hooks: netlinkHooks, Kernel: kernelRelease()},
+		listeners:  map[uint32]*nlListener{},
+		openFailed: map[uint32]bool{},
+		counters:   map[Key]*Values{},
+		stop:       make(chan struct{}),
+	}
+	nss, err := t.namespaces()
+	if err != nil {
+		return nil, fmt.Errorf("list network namespaces: %w", err)
+	}
+	var errs []error
+	for _, ns := range nss {
+		if err := t.startListener(ns); err != nil {
+			errs = append(errs, fmt.Errorf("netns %d: %w", ns.Inode, err))
+		}
+	}
+	if len(errs) > 0 && len(t.listeners) == 0 {
+		return nil, errors.Join(errs...)
+	}
+	for _, err := range errs {
+		t.log.Warn("ctnetlink listener did not start, retrying at rescan", zap.Error(err))
+	}
+	t.log.Info("ctnetlink listening", zap.Int("namespaces", len(t.listeners)),
+		zap.Duration("rescan", opts.RescanInterval), zap.Int("buffer", opts.NetlinkBufferSize))
+	t.wg.Add(1)
+	go t.rescanLoop()
+	return t, nil
+}
+
+// namespaces returns the namespaces to listen in.
+func (t *netlinkTracer) namespaces() ([]Namespace, error) {
+	if t.opts.Namespaces != nil {
+		return t.opts.Namespaces()
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		return nil, fmt.Errorf("stat /proc/self/ns/net: %w", err)
+	}
+	return []Namespace{{Inode: uint32(st.Ino)}}, nil
+}
+
+func (t *netlinkTracer) rescanLoop() {
+	defer t.wg.Done()
+	tick := time.NewTicker(t.opts.RescanInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+			t.rescan()
+		}
+	}
+}
+
+// rescan starts listeners in new namespaces, closes those of namespaces
+// that are gone (after reading their final statistics) and refreshes the
+// failure counters of the others.
+func (t *netlinkTracer) rescan() {
+	nss, err := t.namespaces()
+	if err != nil {
+		t.log.Warn("list network namespaces", zap.Error(err))
+		return
+	}
+	want := make(map[uint32]Namespace, len(nss))
+	for _, ns := range nss {
+		if _, dup := want[ns.Inode]; !dup {
+			want[ns.Inode] = ns
+		}
+	}
+	var gone, keep []*nlListener
+	t.mu.Lock()
+	for ino, l := range t.listeners {
+		if _, ok := want[ino]; ok {
+			keep = append(keep, l)
+			delete(want, ino)
+		} else {
+			gone = append(gone, l)
+			delete(t.listeners, ino)
+		}
+	}
+	for ino := range t.openFailed {
+		if _, ok := want[ino]; !ok {
+			delete(t.openFailed, ino)
+		}
+	}
+	t.mu.Unlock()
+
+	for _, l := range gone {
+		if err := l.refreshFailed(); err != nil {
+			t.log.Debug("final conntrack stats", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
+		}
+		if err := l.close(); err != nil {
+			t.log.Debug("close ctnetlink listener", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
+		}
+		t.log.Debug("ctnetlink listener closed", zap.Uint32("netns", l.ns.Inode))
+	}
+	for _, l := range keep {
+		if err := l.refreshFailed(); err != nil {
+			t.log.Debug("conntrack stats", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
+		}
+	}
+	for _, ns := range want {
+		select {
+		case <-t.stop:
+			return
+		default:
+		}
+		err := t.startListener(ns)
+		t.mu.Lock()
+		logged := t.openFailed[ns.Inode]
+		if err != nil {
+			t.openFailed[ns.Inode] = true
+		} else {
+			delete(t.openFailed, ns.Inode)
+		}
+		t.mu.Unlock()
+		switch {
+		case err == nil:
+			t.log.Debug("ctnetlink listener started", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path))
+		case !logged:
+			t.log.Warn("ctnetlink listener did not start, retrying at rescan", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path), zap.Error(err))
+		default:
+			t.log.Debug("ctnetlink listener did not start", zap.Uint32("netns", ns.Inode), zap.Error(err))
+		}
+	}
+}
+
+// nlListener listens in one namespace.
+type nlListener struct {
+	t  *netlinkTracer
+	ns Namespace
+
+	ev      *nlSock // event socket, read by run only
+	closing atomic.Bool
+	done    chan struct{}
+
+	qmu     sync.Mutex // guards q, qClosed and lastCPU
+	q       *nlSock    // request socket: statistics, resync dumps
+	qClosed bool
+	lastCPU map[uint16]cpuStats
+
+	// Owned by run.
+	firstSeen     map[uint32]time.Time // CTA_ID -> receipt of NEW
+	suspects      map[uint32]struct{}  // missing from the last resync dump
+	suspectsAt    time.Time
+	lastResync    time.Time
+	resyncPending bool
+	lastWarn      time.Time
+	suppressed    int
+}
+
+func (t *netlinkTracer) startListener(ns Namespace) error {
+	ev, err := dialNetfilter(ns)
+	if err != nil {
+		return err
+	}
+	got, err := ev.setReadBuffer(t.opts.NetlinkBufferSize)
+	if err != nil {
+		ev.close()
+		return err
+	}
+	if got < t.opts.NetlinkBufferSize {
+		t.log.Info("netlink receive buffer smaller than asked", zap.Uint32("netns", ns.Inode),
+			zap.Int("asked", t.opts.NetlinkBufferSize), zap.Int("got", got))
+	}
+	if err := ev.joinGroups(nfnlgrpConntrackNew, nfnlgrpConntrackDestroy); err != nil {
+		ev.close()
+		return err
+	}
+	q, err := dialNetfilter(ns)
+	if err != nil {
+		ev.close()
+		return err
+	}
+	l := &nlListener{
+		t:         t,
+		ns:        ns,
+		ev:        ev,
+		q:         q,
+		done:      make(chan struct{}),
+		lastCPU:   map[uint16]cpuStats{},
+		firstSeen: map[uint32]time.Time{},
+	}
+	// Baseline for the failure deltas, taken after joining the groups.
+	if err := l.refreshFailed(); err != nil {
+		t.log.Warn("conntrack stats baseline", zap.Uint32("netns", ns.Inode), zap.Error(err))
+	}
+	t.mu.Lock()
+	if old := t.listeners[ns.Inode]; old != nil {
+		t.mu.Unlock()
+		ev.close()
+		q.close()
+		return fmt.Errorf("already listening in netns %d", ns.Inode)
+	}
+	t.listeners[ns.Inode] = l
+	t.mu.Unlock()
+	go l.run()
+	return nil
+}
+
+// close stops the listener and waits for its goroutine.
+func (l *nlListener) close() error {
+	l.closing.Store(true)
+	err := l.ev.close()
+	// Closing q without qmu unblocks a request in flight.
+	err = errors.Join(err, l.q.close())
+	<-l.done
+	l.qmu.Lock()
+	l.qClosed = true
+	l.qmu.Unlock()
+	return err
+}
+
+// refreshFailed reads the per-CPU statistics and adds what changed since
+// the last read to the namespace's failure counters. Per-CPU counters are
+// 32-bit in ctnetlink; the differences are taken modulo 2^32.
+func (l *nlListener) refreshFailed() error {
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	if l.qClosed || l.closing.Load() {
+		return nil
+	}
+	cpus, err := l.q.statsCPU()
+	if err != nil {
+		return err
+	}
+	var insertFailed, drop, clash uint64
+	for _, c := range cpus {
+		if last, ok := l.lastCPU[c.CPU]; ok {
+			insertFailed += uint64(c.InsertFailed - last.InsertFailed)
+			drop += uint64(c.Drop - last.Drop)
+			clash += uint64(c.ClashResolve - last.ClashResolve)
+		}
+		l.lastCPU[c.CPU] = c
+	}
+	if insertFailed|drop|clash == 0 {
+		return nil
+	}
+	l.t.cmu.Lock()
+	v := l.t.valuesLocked(Key{NetNS: l.ns.Inode})
+	v.Failed[ReasonConfirmDrop] += insertFailed
+	v.Failed[ReasonTableFull] += drop
+	v.Failed[ReasonClashResolved] += clash
+	l.t.cmu.Unlock()
+	return nil
+}
+
+// valuesLocked returns the counters of k, creating them; t.cmu held.
+func (t *netlinkTracer) valuesLocked(k Key) *Values {
+	v := t.counters[k]
+	if v == nil {
+		v = &Values{}
+		t.counters[k] = v
+	}
+	return v
+}
+
+func (l *nlListener) run() {
+	defer close(l.done)
+	for {
+		b, err := l.ev.recv()
+		if err != nil {
+			if l.closing.Load() {
+				return
+			}
+			switch {
+			case errors.Is(err, unix.ENOBUFS):
+				l.t.lostNoBufs.Add(1)
+				l.warn("ctnetlink socket overrun (ENOBUFS): events lost, resyncing; raise the netlink buffer size",
+					zap.Int("buffer", l.t.opts.NetlinkBufferSize))
+				l.resyncPending = true
+				l.maybeResync()
+			case errors.Is(err, errTruncated):
+				l.t.lostDecode.Add(1)
+			default:
+				l.warn("ctnetlink receive failed, retrying", zap.Error(err))
+				select {
+				case <-l.t.stop:
+					return
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		now := time.Now()
+		msgs, perr := splitMessages(b)
+		for _, msg := range msgs {
+			l.handle(msg, now)
+		}
+		if perr != nil {
+			l.t.lostDecode.Add(1)
+		}
+		l.maybeResync()
+		if l.suspects != nil && now.Sub(l.suspectsAt) > suspectGrace {
+			for id := range l.suspects {
+				delete(l.firstSeen, id)
+			}
+			l.suspects = nil
+		}
+	}
+}
+
+// handle accounts one message and sends its event.
+func (l *nlListener) handle(msg nlMessage, now time.Time) {
+	ev, m, ok, err := decodeEventMessage(msg)
+	if err != nil {
+		l.t.lostDecode.Add(1)
+		return
+	}
+	if !ok {
+		return
+	}
+	ev.Time = now.Round(0) // wall clock only, like the eBPF backends
+	ev.NetNS = l.ns.Inode
+	switch ev.Type {
+	case EventCreated:
+		if m.HasID {
+			l.firstSeen[m.ID] = now
+		}
+	case EventDestroyed:
+		if seen, ok := l.firstSeen[m.ID]; ok && m.HasID {
+			ev.Lifetime, ev.LifetimeKnown = now.Sub(seen), true
+			delete(l.firstSeen, m.ID)
+		} else if m.Start != 0 && m.Stop >= m.Start {
+			ev.Lifetime, ev.LifetimeKnown = time.Duration(m.Stop-m.Start), true
+		}
+		delete(l.suspects, m.ID)
+	}
+	l.t.account(&ev)
+	if l.t.opts.DisableEvents {
+		return
+	}
+	select {
+	case l.t.events <- ev:
+	default:
+		l.t.lostChannelFull.Add(1)
+	}
+}
+
+// account adds an event to the counters of its key.
+func (t *netlinkTracer) account(ev *Event) {
+	t.cmu.Lock()
+	defer t.cmu.Unlock()
+	v := t.valuesLocked(Key{NetNS: ev.NetNS, Family: ev.Family, Protocol: ev.Protocol})
+	switch ev.Type {
+	case EventCreated:
+		v.Created++
+	case EventDestroyed:
+		v.Destroyed++
+		if !ev.LifetimeKnown {
+			v.DestroyedNoStart++
+			return
+		}
+		v.LifetimeSum += ev.Lifetime
+		v.LifetimeBuckets[lifetimeBucket(ev.Lifetime)]++
+	}
+}
+
+// warn logs at warn level, at most once per warnEvery per listener; the
+// next message says how many were suppressed. Called from run only.
+func (l *nlListener) warn(msg string, fields ...zap.Field) {
+	now := time.Now()
+	if !l.lastWarn.IsZero() && now.Sub(l.lastWarn) < warnEvery {
+		l.suppressed++
+		return
+	}
+	fields = append(fields, zap.Uint32("netns", l.ns.Inode), zap.Int("suppressed", l.suppressed))
+	l.t.log.Warn(msg, fields...)
+	l.lastWarn, l.suppressed = now, 0
+}
+
+// maybeResync runs a pending resync unless the last one was less than
+// resyncEvery ago.
+func (l *nlListener) maybeResync() {
+	if !l.resyncPending || time.Since(l.lastResync) < resyncEvery {
+		return
+	}
+	l.resyncPending = false
+	l.lastResync = time.Now()
+	l.resync()
+}
+
+// resync dumps the table after an overrun. Entries whose NEW was seen but
+// which are no longer in the table lost their DESTROY (or it is still
+// queued): they become suspects and are forgotten after suspectGrace.
+// The socket itself stays open: after ENOBUFS it keeps delivering.
+func (l *nlListener) resync() {
+	present := make(map[uint32]struct{}, len(l.firstSeen))
+	l.qmu.Lock()
+	var err error
+	if l.qClosed {
+		err = os.ErrClosed
+	} else {
+		_, _, err = l.q.dump(func(m *ctMessage) {
+			if _, ok := l.firstSeen[m.ID]; ok {
+				present[m.ID] = struct{}{}
+			}
+		})
+	}
+	l.qmu.Unlock()
+	if err != nil {
+		if !l.closing.Load() {
+			l.warn("ctnetlink resync dump failed", zap.Error(err))
+		}
+		return
+	}
+	for id := range l.suspects { // missing twice: forget now
+		if _, ok := present[id]; !ok {
+			delete(l.firstSeen, id)
+		}
+	}
+	l.suspects = map[uint32]struct{}{}
+	l.suspectsAt = time.Now()
+	for id := range l.firstSeen {
+		if _, ok := present[id]; !ok {
+			l.suspects[id] = struct{}{}
+		}
+	}
+}
+
+func (t *netlinkTracer) Info() Info {
+	t.infoMu.Lock()
+	defer t.infoMu.Unlock()
+	info := t.info
+	info.Hooks = slices.Clone(info.Hooks)
+	return info
+}
+
+func (t *netlinkTracer) setRefused(r map[Backend]string) {
+	t.infoMu.Lock()
+	defer t.infoMu.Unlock()
+	t.info.Refused = r
+}
+
+func (t *netlinkTracer) Events() <-chan Event { return t.events }
+
+// Counters returns the counters. The failure counters (Key{NetNS: inode},
+// Family and Protocol 0) are refreshed from the kernel's statistics of
+// every namespace first.
+func (t *netlinkTracer) Counters() (Counters, error) {
+	t.mu.Lock()
+	ls := make([]*nlListener, 0, len(t.listeners))
+	for _, l := range t.listeners {
+		ls = append(ls, l)
+	}
+	t.mu.Unlock()
+	for _, l := range ls {
+		if err := l.refreshFailed(); err != nil {
+			t.log.Debug("conntrack stats", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
+		}
+	}
+	t.cmu.Lock()
+	defer t.cmu.Unlock()
+	out := make(Counters, len(t.counters))
+	for k, v := range t.counters {
+		out[k] = *v
+	}
+	return out, nil
+}
+
+func (t *netlinkTracer) Lost() (map[LostReason]uint64, error) {
+	return map[LostReason]uint64{
+		LostChannelFull:   t.lostChannelFull.Load(),
+		LostNetlinkNoBufs: t.lostNoBufs.Load(),
+		LostDecodeError:   t.lostDecode.Load(),
+	}, nil
+}
+
+func (t *netlinkTracer) Programs() ([]ProgramStats, error) { return nil, nil }
+
+// Close closes every socket, waits for every goroutine and closes the
+// Events channel. Counters and Lost keep answering afterwards.
+func (t *netlinkTracer) Close() error {
+	t.closeOnce.Do(func() {
+		close(t.stop)
+		t.wg.Wait()
+		t.mu.Lock()
+		ls := t.listeners
+		t.listeners = map[uint32]*nlListener{}
+		t.mu.Unlock()
+		var errs []error
+		for _, l := range ls {
+			if err := l.close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		close(t.events)
+		t.closeErr = errors.Join(errs...)
+		t.log.Debug("ctnetlink tracer closed")
+	})
+	return t.closeErr
 }

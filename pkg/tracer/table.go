@@ -1,14 +1,144 @@
 package tracer
 
-import "errors"
+import (
+	"fmt"
 
-// DumpTable calls fn for every entry (IPv4 and IPv6) of the conntrack table
-// of ns.
-func DumpTable(ns Namespace, fn func(Entry)) error {
-	return errors.New("DumpTable: not implemented yet")
+	"golang.org/x/sys/unix"
+)
+
+// SkippedError is returned by DumpTable when some messages of the dump could
+// not be decoded. Every other entry was delivered: callers that can live
+// with a partial dump check for it with errors.As.
+type SkippedError struct {
+	Skipped int   // messages skipped
+	First   error // why the first one was skipped
 }
 
-// ReadKernelStats reads the kernel's conntrack statistics of ns.
+func (e *SkippedError) Error() string {
+	return fmt.Sprintf("conntrack dump: skipped %d undecodable messages, first: %v", e.Skipped, e.First)
+}
+
+func (e *SkippedError) Unwrap() error { return e.First }
+
+// DumpTable calls fn for every entry (IPv4 and IPv6) of the conntrack table
+// of ns. Namespace.Path "" is the current network namespace; otherwise the
+// socket is opened in the namespace at Path (Inode, if set, must match)
+// without moving the calling thread. Entries are streamed: fn runs while
+// the dump is read, so it must not block for long. Messages that cannot be
+// decoded are skipped and reported as *SkippedError at the end.
+func DumpTable(ns Namespace, fn func(Entry)) error {
+	s, err := dialNetfilter(ns)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	skipped, first, err := s.dump(func(m *ctMessage) { fn(m.Entry) })
+	if err != nil {
+		return fmt.Errorf("conntrack dump: %w", err)
+	}
+	if skipped > 0 {
+		return &SkippedError{Skipped: skipped, First: first}
+	}
+	return nil
+}
+
+// dump dumps both families of the table and calls fn for every decodable
+// entry; it returns how many messages were skipped and why the first was.
+func (s *nlSock) dump(fn func(*ctMessage)) (skipped int, first error, err error) {
+	err = s.query(ipctnlMsgCtGet, unix.AF_UNSPEC, unix.NLM_F_DUMP, nil, func(msg nlMessage) error {
+		if mt, ok := ctMsgType(msg.Type); !ok || mt != ipctnlMsgCtNew {
+			return nil // dump entries are sent as IPCTNL_MSG_CT_NEW
+		}
+		m, err := decodeCT(msg.Data)
+		if err != nil {
+			if skipped == 0 {
+				first = err
+			}
+			skipped++
+			return nil
+		}
+		fn(&m)
+		return nil
+	})
+	return skipped, first, err
+}
+
+// ReadKernelStats reads the kernel's conntrack statistics of ns: the
+// per-CPU counters (IPCTNL_MSG_CT_GET_STATS_CPU) summed over CPUs and the
+// entry count and limit (IPCTNL_MSG_CT_GET_STATS). Namespace is interpreted
+// as in DumpTable.
 func ReadKernelStats(ns Namespace) (KernelStats, error) {
-	return KernelStats{}, errors.New("ReadKernelStats: not implemented yet")
+	s, err := dialNetfilter(ns)
+	if err != nil {
+		return KernelStats{}, err
+	}
+	defer s.close()
+	return s.kernelStats()
+}
+
+func (s *nlSock) kernelStats() (KernelStats, error) {
+	var ks KernelStats
+	cpus, err := s.statsCPU()
+	if err != nil {
+		return ks, err
+	}
+	for _, c := range cpus {
+		ks.Found += uint64(c.Found)
+		ks.Invalid += uint64(c.Invalid)
+		ks.Insert += uint64(c.Insert)
+		ks.InsertFailed += uint64(c.InsertFailed)
+		ks.Drop += uint64(c.Drop)
+		ks.EarlyDrop += uint64(c.EarlyDrop)
+		ks.Error += uint64(c.Error)
+		ks.SearchRestart += uint64(c.Restart)
+		ks.ClashResolve += uint64(c.ClashResolve)
+		ks.ChainTooLong += uint64(c.ChainTooLong)
+	}
+	var gerr error
+	err = s.query(ipctnlMsgCtGetStats, unix.AF_UNSPEC, 0, nil, func(msg nlMessage) error {
+		if mt, ok := ctMsgType(msg.Type); !ok || mt != ipctnlMsgCtGetStats {
+			return nil
+		}
+		e, m, err := decodeStatsGlobal(msg.Data)
+		if err != nil {
+			gerr = err
+			return nil
+		}
+		ks.Entries, ks.MaxEntries = uint64(e), uint64(m)
+		return nil
+	})
+	if err == nil {
+		err = gerr
+	}
+	if err != nil {
+		return ks, fmt.Errorf("conntrack global stats: %w", err)
+	}
+	return ks, nil
+}
+
+// statsCPU reads the per-CPU conntrack counters, one element per CPU.
+func (s *nlSock) statsCPU() ([]cpuStats, error) {
+	var (
+		out  []cpuStats
+		derr error
+	)
+	err := s.query(ipctnlMsgCtGetStatsCPU, unix.AF_UNSPEC, unix.NLM_F_DUMP, nil, func(msg nlMessage) error {
+		if mt, ok := ctMsgType(msg.Type); !ok || mt != ipctnlMsgCtGetStatsCPU {
+			return nil
+		}
+		c, err := decodeStatsCPU(msg.Data)
+		if err != nil {
+			derr = err
+			return nil
+		}
+		out = append(out, c)
+		return nil
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("conntrack per-CPU stats: %w", err)
+	}
+	return out, nil
 }

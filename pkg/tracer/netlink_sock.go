@@ -1,0 +1,198 @@
+package tracer
+
+// A minimal NETLINK_NETFILTER socket opened inside a network namespace:
+// requests with sequence checks, streamed dump replies (no whole-table
+// buffering) and multicast receive with ENOBUFS reporting.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/mdlayher/socket"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// nlRecvBufSize is large enough for any datagram ctnetlink sends: dump
+// skbs are capped at 32 KiB by netlink_recvmsg, events are a few hundred bytes.
+const nlRecvBufSize = 64 << 10
+
+// nlQueryTimeout bounds every request/reply exchange.
+const nlQueryTimeout = 10 * time.Second
+
+// errTruncated means a datagram did not fit the receive buffer.
+var errTruncated = errors.New("netlink datagram truncated")
+
+// nlSock is a NETLINK_NETFILTER socket. Requests (query) must not run
+// concurrently on one socket; receive may run while another goroutine
+// calls close.
+type nlSock struct {
+	c   *socket.Conn
+	rc  syscall.RawConn
+	seq uint32
+	buf []byte
+}
+
+// dialNetfilter opens a NETLINK_NETFILTER socket in ns (Path "" = the
+// namespace of the calling thread, which is the process's own unless the
+// caller locked its thread into another). The calling thread's namespace is
+// never changed: the socket is created on a separate, locked thread.
+func dialNetfilter(ns Namespace) (*nlSock, error) {
+	cfg := &socket.Config{}
+	if ns.Path != "" {
+		h, err := netns.GetFromPath(ns.Path)
+		if err != nil {
+			return nil, fmt.Errorf("open network namespace %s: %w", ns.Path, err)
+		}
+		defer h.Close()
+		if ns.Inode != 0 {
+			var st unix.Stat_t
+			if err := unix.Fstat(int(h), &st); err != nil {
+				return nil, fmt.Errorf("stat network namespace %s: %w", ns.Path, err)
+			}
+			if uint32(st.Ino) != ns.Inode {
+				return nil, fmt.Errorf("network namespace %s is inode %d, want %d", ns.Path, st.Ino, ns.Inode)
+			}
+		}
+		cfg.NetNS = int(h)
+	}
+	c, err := socket.Socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_NETFILTER, "netlink", cfg)
+	if err != nil {
+		return nil, fmt.Errorf("netlink socket: %w", err)
+	}
+	if err := c.Bind(&unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("netlink bind: %w", err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &nlSock{c: c, rc: rc, buf: make([]byte, nlRecvBufSize)}, nil
+}
+
+func (s *nlSock) close() error { return s.c.Close() }
+
+// joinGroups subscribes the socket to ctnetlink multicast groups.
+func (s *nlSock) joinGroups(groups ...int) error {
+	for _, g := range groups {
+		if err := s.c.SetsockoptInt(unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, g); err != nil {
+			return fmt.Errorf("join netlink group %d: %w", g, err)
+		}
+	}
+	return nil
+}
+
+// setReadBuffer sets SO_RCVBUFFORCE (root), else SO_RCVBUF (capped by
+// net.core.rmem_max), and returns the size the kernel reports.
+func (s *nlSock) setReadBuffer(n int) (int, error) {
+	if err := s.c.SetReadBuffer(n); err != nil {
+		return 0, fmt.Errorf("set netlink receive buffer to %d: %w", n, err)
+	}
+	return s.c.ReadBuffer()
+}
+
+// recv reads one datagram into s.buf. The error is the poller's
+// (closed, deadline) or the syscall's (e.g. ENOBUFS).
+func (s *nlSock) recv() ([]byte, error) {
+	var (
+		n, rflags int
+		serr      error
+	)
+	err := s.rc.Read(func(fd uintptr) bool {
+		n, _, rflags, _, serr = unix.Recvmsg(int(fd), s.buf, nil, unix.MSG_DONTWAIT)
+		return serr != unix.EAGAIN && serr != unix.EINTR
+	})
+	if err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, serr
+	}
+	if rflags&unix.MSG_TRUNC != 0 {
+		return nil, errTruncated
+	}
+	return s.buf[:n], nil
+}
+
+// query sends one ctnetlink request and calls fn for every data message of
+// the reply. Dump requests end at NLMSG_DONE; others are sent with
+// NLM_F_ACK and end at the acknowledgement. Messages of earlier,
+// abandoned requests are skipped by sequence number. An error from fn is
+// recorded and returned after the reply has been read completely.
+func (s *nlSock) query(msgType uint8, family uint8, flags uint16, attrs []byte, fn func(nlMessage) error) error {
+	s.seq++
+	if s.seq == 0 {
+		s.seq = 1
+	}
+	dump := flags&unix.NLM_F_DUMP == unix.NLM_F_DUMP
+	flags |= unix.NLM_F_REQUEST
+	if !dump {
+		flags |= unix.NLM_F_ACK
+	}
+	req := make([]byte, nlmsgHdrLen+nfgenLen, nlmsgHdrLen+nfgenLen+len(attrs))
+	req = append(req, attrs...)
+	binary.NativeEndian.PutUint32(req[0:4], uint32(len(req)))
+	binary.NativeEndian.PutUint16(req[4:6], nfnlSubsysCTNetlink<<8|uint16(msgType))
+	binary.NativeEndian.PutUint16(req[6:8], flags)
+	binary.NativeEndian.PutUint32(req[8:12], s.seq)
+	req[nlmsgHdrLen] = family // nfgenmsg: family, version 0, res_id 0
+
+	if err := s.c.SetReadDeadline(time.Now().Add(nlQueryTimeout)); err != nil {
+		return err
+	}
+	defer s.c.SetReadDeadline(time.Time{})
+	if err := s.c.Sendto(context.Background(), req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("netlink send: %w", err)
+	}
+	var fnErr error
+	for {
+		b, err := s.recv()
+		if err != nil {
+			return fmt.Errorf("netlink receive: %w", err)
+		}
+		msgs, perr := splitMessages(b)
+		for _, m := range msgs {
+			if m.Seq != s.seq {
+				continue
+			}
+			switch m.Type {
+			case unix.NLMSG_NOOP:
+				continue
+			case unix.NLMSG_ERROR, unix.NLMSG_DONE:
+				if errno := nlErrno(m.Data); errno != 0 {
+					return errno
+				}
+				if m.Type == unix.NLMSG_DONE || !dump {
+					return fnErr
+				}
+				continue
+			case unix.NLMSG_OVERRUN:
+				return fmt.Errorf("netlink overrun")
+			}
+			if err := fn(m); err != nil && fnErr == nil {
+				fnErr = err
+			}
+		}
+		if perr != nil {
+			return fmt.Errorf("netlink reply: %w", perr)
+		}
+	}
+}
+
+// nlErrno returns the error of an NLMSG_ERROR or NLMSG_DONE payload (a
+// negative errno, 0 for an acknowledgement).
+func nlErrno(data []byte) syscall.Errno {
+	if len(data) < 4 {
+		return 0
+	}
+	if e := int32(binary.NativeEndian.Uint32(data[:4])); e < 0 {
+		return syscall.Errno(-e)
+	}
+	return 0
+}
