@@ -1,0 +1,246 @@
+package labnet
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// IOTimeout bounds every read and write of the traffic helpers.
+const IOTimeout = 3 * time.Second
+
+// Link is a veth pair between two namespaces, with one IPv4 and one IPv6
+// address on each end: 10.X.Y.1|2/24 and fd00:1ab:X:Y::1|2/64 (A is .1).
+type Link struct {
+	A, B     *NS
+	AIf, BIf string
+	A4, B4   netip.Addr
+	A6, B6   netip.Addr
+}
+
+var subnet atomic.Uint32
+
+// Connect links a and b (either may be Root) with a veth pair, adds the
+// addresses (IPv6 without duplicate address detection) and brings both
+// ends up. The pair goes with its namespaces, or in t.Cleanup.
+func Connect(t testing.TB, a, b *NS) *Link {
+	t.Helper()
+	s := subnet.Add(1)
+	x, y := byte(150+os.Getpid()%100), byte(s)
+	l := &Link{A: a, B: b, AIf: Name("va"), BIf: Name("vb")}
+	l.A4 = netip.AddrFrom4([4]byte{10, x, y, 1})
+	l.B4 = netip.AddrFrom4([4]byte{10, x, y, 2})
+	l.A6 = netip.MustParseAddr(fmt.Sprintf("fd00:1ab:%x:%x::1", x, y))
+	l.B6 = netip.MustParseAddr(fmt.Sprintf("fd00:1ab:%x:%x::2", x, y))
+	args := []string{"link", "add", l.AIf}
+	if a.Name != "" {
+		args = append(args, "netns", a.Name)
+	}
+	args = append(args, "type", "veth", "peer", "name", l.BIf)
+	if b.Name != "" {
+		args = append(args, "netns", b.Name)
+	}
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	t.Cleanup(func() { _, _ = a.Exec("ip", "link", "del", l.AIf) })
+	for _, e := range []struct {
+		n      *NS
+		ifn    string
+		v4, v6 netip.Addr
+	}{{a, l.AIf, l.A4, l.A6}, {b, l.BIf, l.B4, l.B6}} {
+		e.n.MustExec("ip", "addr", "add", e.v4.String()+"/24", "dev", e.ifn)
+		e.n.MustExec("ip", "addr", "add", e.v6.String()+"/64", "dev", e.ifn, "nodad")
+		e.n.MustExec("ip", "link", "set", e.ifn, "up")
+	}
+	return l
+}
+
+// ServeTCP starts a TCP echo server on port, IPv4 and IPv6, in n; it stops
+// in t.Cleanup.
+func (n *NS) ServeTCP(port uint16) {
+	n.t.Helper()
+	var ln net.Listener
+	if err := n.Do(func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: listen tcp %d: %v", n.Name, port, err)
+	}
+	n.t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// ServeUDP starts a UDP echo server on port, IPv4 and IPv6, in n; it stops
+// in t.Cleanup.
+func (n *NS) ServeUDP(port uint16) {
+	n.t.Helper()
+	var pc net.PacketConn
+	if err := n.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: listen udp %d: %v", n.Name, port, err)
+	}
+	n.t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			m, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:m], from)
+		}
+	}()
+}
+
+// DialTCP connects from n to dst, exchanges one message with an echo
+// server, and returns the open connection: its conntrack entry stays
+// ESTABLISHED until the connection closes. It is closed in t.Cleanup.
+func (n *NS) DialTCP(dst netip.AddrPort) net.Conn {
+	n.t.Helper()
+	var c net.Conn
+	if err := n.Do(func() (err error) {
+		d := net.Dialer{Timeout: IOTimeout}
+		c, err = d.Dial("tcp", dst.String())
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: dial tcp %s: %v", n.Name, dst, err)
+	}
+	n.t.Cleanup(func() { c.Close() })
+	n.echo(c)
+	return c
+}
+
+// TCPRoundTrip connects from n to dst, exchanges one message with an echo
+// server and closes; the entry goes on in TIME_WAIT or CLOSE. It returns
+// the local address used.
+func (n *NS) TCPRoundTrip(dst netip.AddrPort) netip.AddrPort {
+	n.t.Helper()
+	c := n.DialTCP(dst)
+	defer c.Close()
+	return c.LocalAddr().(*net.TCPAddr).AddrPort()
+}
+
+// UDPRoundTrip sends one datagram from n to dst and reads the echo; it
+// returns the local address used.
+func (n *NS) UDPRoundTrip(dst netip.AddrPort) netip.AddrPort {
+	n.t.Helper()
+	var c *net.UDPConn
+	if err := n.Do(func() (err error) {
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: dial udp %s: %v", n.Name, dst, err)
+	}
+	defer c.Close()
+	n.echo(c)
+	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// UDPSend sends one datagram from n to dst and reads nothing: with no
+// server, the entry stays UNREPLIED (an ICMP port unreachable does not
+// count as a reply).
+func (n *NS) UDPSend(dst netip.AddrPort) {
+	n.t.Helper()
+	var c *net.UDPConn
+	if err := n.Do(func() (err error) {
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: dial udp %s: %v", n.Name, dst, err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("labnet")); err != nil {
+		n.t.Fatalf("netns %q: send udp %s: %v", n.Name, dst, err)
+	}
+}
+
+func (n *NS) echo(c net.Conn) {
+	n.t.Helper()
+	msg := []byte("labnet echo\n")
+	_ = c.SetDeadline(time.Now().Add(IOTimeout))
+	if _, err := c.Write(msg); err != nil {
+		n.t.Fatalf("netns %q: write %s: %v", n.Name, c.RemoteAddr(), err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		n.t.Fatalf("netns %q: echo from %s: %v", n.Name, c.RemoteAddr(), err)
+	}
+	_ = c.SetDeadline(time.Time{})
+}
+
+// Ping sends one ICMP or ICMPv6 echo request with id from n to dst over a
+// raw socket and waits for the reply.
+func (n *NS) Ping(dst netip.Addr, id uint16) {
+	n.t.Helper()
+	network, reqType, repType := "ip4:icmp", byte(8), byte(0)
+	if dst.Is6() {
+		network, reqType, repType = "ip6:ipv6-icmp", 128, 129
+	}
+	var c net.PacketConn
+	if err := n.Do(func() (err error) {
+		c, err = net.ListenPacket(network, "")
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: %s socket: %v", n.Name, network, err)
+	}
+	defer c.Close()
+	msg := make([]byte, 16)
+	msg[0] = reqType
+	binary.BigEndian.PutUint16(msg[4:], id)
+	binary.BigEndian.PutUint16(msg[6:], 1)
+	copy(msg[8:], "labnet!!")
+	if dst.Is4() { // the kernel computes ICMPv6 checksums
+		binary.BigEndian.PutUint16(msg[2:], checksum(msg))
+	}
+	_ = c.SetDeadline(time.Now().Add(IOTimeout))
+	if _, err := c.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		n.t.Fatalf("netns %q: ping %s: %v", n.Name, dst, err)
+	}
+	buf := make([]byte, 1500)
+	for {
+		m, _, err := c.ReadFrom(buf)
+		if err != nil {
+			n.t.Fatalf("netns %q: ping %s id %d: no reply: %v", n.Name, dst, id, err)
+		}
+		if m >= 8 && buf[0] == repType && binary.BigEndian.Uint16(buf[4:]) == id {
+			return
+		}
+	}
+}
+
+// checksum is the Internet checksum (RFC 1071).
+func checksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return ^uint16(s)
+}

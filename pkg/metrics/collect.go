@@ -1,0 +1,454 @@
+package metrics
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
+)
+
+// sample is the data behind one netns label value: a namespace, or the
+// overflow of several.
+type sample struct {
+	inode   uint32
+	netns   string
+	st      *nsState // nil for the overflow
+	listed  bool     // the namespace source lists it: table gauges are exported
+	path    string
+	rank    int64                      // entries, to choose the namespaces kept under MaxNamespaces
+	entries map[famProto]int64         // nil: unknown (never dumped, or counters unreadable)
+	values  map[famProto]tracer.Values // counters
+	rec     *reconInfo                 // nil: never dumped
+	kstats  *tracer.KernelStats        // nil: not read
+	id      Identity
+	ids     []string // identity label values
+}
+
+// merge adds s into the overflow sample o.
+func (o *sample) merge(s *sample) {
+	if s.entries != nil {
+		if o.entries == nil {
+			o.entries = map[famProto]int64{}
+		}
+		for k, v := range s.entries {
+			o.entries[k] += v
+		}
+	}
+	for k, v := range s.values {
+		if o.values == nil {
+			o.values = map[famProto]tracer.Values{}
+		}
+		sum := o.values[k]
+		sum.Add(v)
+		o.values[k] = sum
+	}
+	if s.listed {
+		o.listed = true
+		if s.rec != nil {
+			if o.rec == nil {
+				o.rec = s.rec.clone()
+			} else {
+				o.rec.merge(s.rec)
+			}
+		}
+	}
+	if s.kstats != nil {
+		if o.kstats == nil {
+			o.kstats = &tracer.KernelStats{}
+		}
+		addKernelStats(o.kstats, s.kstats)
+	}
+}
+
+func addKernelStats(a, b *tracer.KernelStats) {
+	a.Found += b.Found
+	a.Invalid += b.Invalid
+	a.Insert += b.Insert
+	a.InsertFailed += b.InsertFailed
+	a.Drop += b.Drop
+	a.EarlyDrop += b.EarlyDrop
+	a.Error += b.Error
+	a.SearchRestart += b.SearchRestart
+	a.ClashResolve += b.ClashResolve
+	a.ChainTooLong += b.ChainTooLong
+	a.Entries += b.Entries
+	a.MaxEntries = max(a.MaxEntries, b.MaxEntries)
+}
+
+// Collect reads the tracer's counters and the namespaces' kernel statistics
+// and sends every metric.
+func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
+	start := time.Now()
+	m := emitter{ch: ch, e: e}
+
+	c, cerr := e.tr.Counters()
+	if cerr != nil {
+		e.scrapeError(srcCounters, cerr)
+	}
+	byNS := groupCounters(c)
+	list := e.src.Namespaces()
+
+	e.mu.Lock()
+	e.observe(e.now(), list, byNS, cerr == nil)
+	samples := make([]*sample, 0, len(e.ns))
+	needDump := false
+	for inode, st := range e.ns {
+		s := &sample{inode: inode, netns: strconv.FormatUint(uint64(inode), 10), st: st, listed: st.listed, path: st.path, rec: st.rec}
+		if n := byNS[inode]; n != nil {
+			s.values = n.byKey
+		}
+		if st.listed && st.base != nil && cerr == nil {
+			s.entries = st.base.entries(byNS[inode])
+			for k := range st.dumpedKeys {
+				if _, ok := s.entries[k]; !ok {
+					s.entries[k] = 0
+				}
+			}
+			s.rank = sumEntries(s.entries)
+		}
+		if st.listed && st.base == nil && !st.dumping {
+			needDump = true
+		}
+		samples = append(samples, s)
+	}
+	kept, folded := e.fold(samples)
+	tracked := len(e.ns)
+	reconDur, reconDone := e.reconDur, e.reconDone
+	e.mu.Unlock()
+
+	// Identities, outside e.mu: a lookup may rescan /proc. A namespace that
+	// left the source keeps the identity it had, so its counters keep their
+	// labels until they expire.
+	if len(e.idLabels) > 0 {
+		fresh := make([]bool, len(kept))
+		for i, s := range kept {
+			s.id, fresh[i] = e.src.Lookup(s.inode)
+		}
+		e.mu.Lock()
+		for i, s := range kept {
+			if fresh[i] {
+				s.st.id = s.id
+			} else {
+				s.id = s.st.id
+			}
+		}
+		e.mu.Unlock()
+	}
+	for _, s := range kept {
+		s.ids = make([]string, len(e.idLabels))
+		for i, l := range e.idLabels {
+			s.ids[i] = s.id.label(l)
+		}
+	}
+	if needDump {
+		select {
+		case e.kick <- struct{}{}:
+		default:
+		}
+	}
+
+	if !e.noStats {
+		e.readKernelStats(samples)
+	}
+	for _, s := range kept {
+		m.sample(s)
+	}
+	if len(folded) > 0 {
+		of := &sample{netns: overflowNetns, ids: make([]string, len(e.idLabels))}
+		for _, s := range folded {
+			of.merge(s)
+		}
+		m.sample(of)
+	}
+
+	e.collectGlobal(m)
+	m.val(mNamespaces, float64(tracked))
+	m.val(mNamespacesFolded, float64(len(folded)))
+	m.val(mNamespacesFoldedTotal, float64(e.foldedTotal.Load()))
+	if reconDone {
+		m.val(mReconcileDuration, reconDur.Seconds())
+	}
+	m.val(mReconcileErrors, float64(e.reconErrs.Load()))
+	for i, src := range scrapeSources {
+		m.val(mScrapeErrors, float64(e.scrapeErrs[i].Load()), src)
+	}
+	m.val(mScrapeDuration, time.Since(start).Seconds())
+}
+
+// fold orders the samples and, beyond MaxNamespaces, splits off those with
+// the fewest entries (ties: higher inode first) to be folded into the
+// overflow. kept comes back ordered by inode. e.mu is held.
+func (e *Exporter) fold(samples []*sample) (kept, folded []*sample) {
+	slices.SortFunc(samples, func(a, b *sample) int {
+		if c := cmp.Compare(b.rank, a.rank); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.inode, b.inode)
+	})
+	kept = samples
+	if e.maxNS > 0 && len(samples) > e.maxNS {
+		kept, folded = samples[:e.maxNS], samples[e.maxNS:]
+	}
+	for _, s := range kept {
+		s.st.folded = false
+	}
+	for _, s := range folded {
+		if !s.st.folded {
+			s.st.folded = true
+			e.foldedTotal.Add(1)
+		}
+	}
+	slices.SortFunc(kept, func(a, b *sample) int { return cmp.Compare(a.inode, b.inode) })
+	return kept, folded
+}
+
+// readKernelStats reads the kernel statistics of every listed namespace,
+// at most cap(e.statsSlots) at a time, each within e.statsTO.
+func (e *Exporter) readKernelStats(samples []*sample) {
+	var wg sync.WaitGroup
+	for _, s := range samples {
+		if s.listed {
+			wg.Go(func() { s.kstats = e.kernelStats(s) })
+		}
+	}
+	wg.Wait()
+}
+
+var errStatsBusy = errors.New("the previous read has not returned yet")
+
+func (e *Exporter) kernelStats(s *sample) *tracer.KernelStats {
+	ns := tracer.Namespace{Inode: s.inode, Path: s.path}
+	if !s.st.statsBusy.CompareAndSwap(false, true) {
+		e.scrapeError(srcKernelStats, fmt.Errorf("netns %d: %w", ns.Inode, errStatsBusy))
+		return nil
+	}
+	e.statsSlots <- struct{}{}
+	defer func() { <-e.statsSlots }()
+	type result struct {
+		ks  tracer.KernelStats
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		defer s.st.statsBusy.Store(false)
+		var r result
+		if r.err = checkPath(ns); r.err == nil {
+			r.ks, r.err = e.readStats(ns)
+		}
+		res <- r
+	}()
+	t := time.NewTimer(e.statsTO)
+	defer t.Stop()
+	select {
+	case r := <-res:
+		if r.err != nil {
+			e.scrapeError(srcKernelStats, fmt.Errorf("netns %d (%s): %w", ns.Inode, ns.Path, r.err))
+			return nil
+		}
+		return &r.ks
+	case <-t.C:
+		e.scrapeError(srcKernelStats, fmt.Errorf("netns %d (%s): timed out after %v", ns.Inode, ns.Path, e.statsTO))
+		return nil
+	}
+}
+
+// checkPath verifies that ns.Path still opens namespace ns.Inode: paths like
+// /proc/PID/ns/net name another namespace once PID exits and is reused.
+func checkPath(ns tracer.Namespace) error {
+	if ns.Path == "" {
+		return nil
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(ns.Path, &st); err != nil {
+		return err
+	}
+	if uint32(st.Ino) != ns.Inode {
+		return fmt.Errorf("%s is now namespace %d: %w", ns.Path, st.Ino, os.ErrNotExist)
+	}
+	return nil
+}
+
+func (e *Exporter) scrapeError(src string, err error) {
+	e.scrapeErrs[sourceIndex(src)].Add(1)
+	e.log.Debug("scrape error", zap.String("source", src), zap.Error(err))
+}
+
+// collectGlobal sends the metrics that are not per namespace.
+func (e *Exporter) collectGlobal(m emitter) {
+	for _, s := range []struct {
+		file string
+		i    int
+	}{{"nf_conntrack_max", mLimit}, {"nf_conntrack_buckets", mBuckets}} {
+		v, ok, err := e.readSysctl(s.file)
+		if err != nil {
+			e.scrapeError(srcSysctl, err)
+		}
+		if ok {
+			m.val(s.i, v)
+		}
+	}
+
+	m.val(mBuildInfo, 1, e.version, e.revision, runtime.Version())
+
+	info := e.tr.Info()
+	m.val(mTracerInfo, 1, string(info.Backend), strconv.FormatBool(info.RingBuffer), info.Kernel)
+	for _, b := range slices.Sorted(maps.Keys(info.Refused)) {
+		m.val(mTracerRefused, 1, string(b), shortReason(info.Refused[b]))
+	}
+	for _, h := range slices.Compact(slices.Sorted(slices.Values(info.Hooks))) {
+		m.val(mTracerHooks, 1, h)
+	}
+
+	for t := tracer.EventCreated; t <= tracer.EventFailed; t++ {
+		m.val(mEvents, float64(e.events[t].Load()), t.String())
+	}
+	if n := e.events[0].Load(); n > 0 {
+		m.val(mEvents, float64(n), "other")
+	}
+
+	if lost, err := e.tr.Lost(); err != nil {
+		e.scrapeError(srcLost, err)
+	} else {
+		for _, r := range slices.Sorted(maps.Keys(lost)) {
+			m.val(mEventsLost, float64(lost[r]), string(r))
+		}
+	}
+
+	if progs, err := e.tr.Programs(); err != nil {
+		e.scrapeError(srcPrograms, err)
+	} else {
+		seen := map[[2]string]bool{}
+		for _, p := range progs {
+			if k := [2]string{p.Name, p.Hook}; !seen[k] {
+				seen[k] = true
+				m.val(mProgramRunCount, float64(p.RunCount), p.Name, p.Hook)
+				m.val(mProgramRunSeconds, p.RunTime.Seconds(), p.Name, p.Hook)
+			}
+		}
+	}
+}
+
+// readSysctl reads a net.netfilter sysctl; a missing file is no value and no
+// error.
+func (e *Exporter) readSysctl(name string) (float64, bool, error) {
+	b, err := os.ReadFile(filepath.Join(e.procRoot, "sys/net/netfilter", name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("sysctl %s: %w", name, err)
+	}
+	return float64(v), true, nil
+}
+
+// shortReason keeps the last part of an error chain ("a: b: c" → "c"), at
+// most 64 bytes, for a label value.
+func shortReason(msg string) string {
+	msg, _, _ = strings.Cut(msg, "\n")
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		msg = msg[i+2:]
+	}
+	msg = strings.TrimSpace(msg)
+	for len(msg) > 64 {
+		_, size := utf8.DecodeLastRuneInString(msg)
+		msg = msg[:len(msg)-size]
+	}
+	if msg == "" {
+		return "unknown"
+	}
+	return msg
+}
+
+// emitter sends const metrics of defs.
+type emitter struct {
+	ch chan<- prometheus.Metric
+	e  *Exporter
+}
+
+func (m emitter) val(i int, v float64, lv ...string) {
+	m.ch <- prometheus.MustNewConstMetric(m.e.descs[i], defs[i].kind.valueType(), v, lv...)
+}
+
+// sample sends the per-namespace metrics of s.
+func (m emitter) sample(s *sample) {
+	base := append([]string{s.netns}, s.ids...)
+	lv := func(extra ...string) []string {
+		return append(base[:len(base):len(base)], extra...)
+	}
+
+	for _, k := range slices.Sorted(maps.Keys(s.entries)) {
+		m.val(mEntries, float64(max(s.entries[k], 0)), lv(familyName(k.family()), protocolName(k.protocol()))...)
+	}
+	for _, k := range slices.Sorted(maps.Keys(s.values)) {
+		v := s.values[k]
+		fam, proto := familyName(k.family()), protocolName(k.protocol())
+		for r, n := range v.Failed {
+			if r != int(tracer.ReasonNone) && n > 0 {
+				m.val(mInsertFailed, float64(n), lv(fam, proto, tracer.FailReason(r).String())...)
+			}
+		}
+		if v.Created|v.Destroyed == 0 {
+			continue // failure counters only (netlink keeps them without family and protocol)
+		}
+		m.val(mCreated, float64(v.Created), lv(fam, proto)...)
+		m.val(mDestroyed, float64(v.Destroyed), lv(fam, proto)...)
+		count, sum, buckets := lifetimeHistogram(&v)
+		m.ch <- prometheus.MustNewConstHistogram(m.e.descs[mLifetime], count, sum, buckets, lv(fam, proto)...)
+	}
+
+	if s.listed && s.rec != nil {
+		r := s.rec
+		for st := uint8(tcpStateNone + 1); st <= tcpStateSynSent2; st++ {
+			m.val(mEntriesByState, float64(r.tcpStates[st]), lv(tcpStateName(st))...)
+		}
+		for _, st := range slices.Sorted(maps.Keys(r.tcpStates)) {
+			if (st == tcpStateNone || st > tcpStateSynSent2) && r.tcpStates[st] > 0 {
+				m.val(mEntriesByState, float64(r.tcpStates[st]), lv(tcpStateName(st))...)
+			}
+		}
+		m.val(mEntriesUnreplied, float64(r.unreplied), base...)
+		m.val(mEntriesAssured, float64(r.assured), base...)
+		m.val(mReconcileCorrections, float64(r.corrections), base...)
+		m.val(mReconcileLastCorrection, float64(r.lastCorrection), base...)
+		m.val(mReconcileLastTimestamp, float64(r.at.UnixNano())/1e9, base...)
+	}
+
+	if ks := s.kstats; ks != nil {
+		m.val(mKernelEntries, float64(ks.Entries), base...)
+		for i, st := range kernelStats {
+			m.val(mKernelStat+i, float64(st.get(ks)), base...)
+		}
+	}
+}
+
+// lifetimeHistogram turns the tracer's lifetime buckets (not cumulative,
+// the last one unbounded) into a Prometheus histogram.
+func lifetimeHistogram(v *tracer.Values) (count uint64, sum float64, buckets map[float64]uint64) {
+	buckets = make(map[float64]uint64, tracer.NumLifetimeBuckets-1)
+	for i := range tracer.NumLifetimeBuckets - 1 {
+		count += v.LifetimeBuckets[i]
+		buckets[tracer.LifetimeBucketBound(i)] = count
+	}
+	count += v.LifetimeBuckets[tracer.NumLifetimeBuckets-1]
+	return count, v.LifetimeSum.Seconds(), buckets
+}

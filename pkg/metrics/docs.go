@@ -1,0 +1,97 @@
+package metrics
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Markdown returns the metrics reference, docs/metrics.md. It is rendered
+// from the metric table that Collect builds its descriptors from, so the
+// two cannot disagree; TestMetricsDocUpToDate fails when the file is stale
+// and rewrites it with -update.
+func Markdown() string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# Metrics\n\n")
+	w("<!-- Generated from pkg/metrics/defs.go by `go test ./pkg/metrics -run TestMetricsDocUpToDate -update`. Do not edit. -->\n\n")
+	w("ctagent exports these metrics at `/metrics`. Counters end in `_total`; times are in seconds.\n\n")
+
+	w("## Per-namespace labels\n\n")
+	w("Metrics marked *per namespace* carry, first, these labels:\n\n")
+	w("- `netns`: the inode number of the network namespace in decimal, as in `ls -Li /proc/PID/ns/net`; " +
+		"or `overflow` for the namespaces folded together beyond the namespace limit.\n")
+	w("- the identity labels chosen in the configuration, in this order, any of:\n")
+	for _, l := range IdentityLabels {
+		w("  - `%s`: %s\n", l, identityLabelDocs[l])
+	}
+	w("\n  Identity labels are looked up at scrape time, not per event. A namespace whose owner is unknown, " +
+		"and the `overflow` series, have them empty.\n\n")
+
+	w("## Cardinality\n\n")
+	w("Each namespace has its own series. With the namespace limit set, only the namespaces with the most " +
+		"entries (ties: lower inode first) keep theirs; the others are summed into `netns=\"overflow\"` and " +
+		"counted in `ctagent_namespaces_folded`. Summed counters of the overflow series can decrease when a " +
+		"namespace moves in or out of it.\n\n")
+	w("A namespace that left the namespace source (it no longer exists) loses its table gauges "+
+		"(`ctagent_conntrack_entries*`, `ctagent_conntrack_kernel_*`, `ctagent_reconcile_*`) at once, and its counters "+
+		"once they have not changed for the stale period (default %s).\n\n", durationDoc(DefaultStaleAfter))
+
+	w("## Entry counts\n\n")
+	w("`ctagent_conntrack_entries` costs no work per event: each namespace's table is dumped once "+
+		"(at start, or when the namespace appears), and at scrape time the entries are that dump's count plus the "+
+		"entries created minus the entries destroyed since, from the tracer's counters. A table dump every "+
+		"reconciliation interval (default %v) sets a new baseline; the difference between the dump and the "+
+		"prediction is exported as `ctagent_reconcile_last_correction` and accumulates in "+
+		"`ctagent_reconcile_corrections_total`. The by-state, assured and unreplied gauges come from the last dump "+
+		"only. `ctagent_conntrack_kernel_entries` is the kernel's own count, read at scrape time.\n\n",
+		durationDoc(DefaultReconcileInterval))
+
+	w("## Reference\n\n")
+	w("| Metric | Type | Labels | Help | Label values and cardinality |\n")
+	w("| --- | --- | --- | --- | --- |\n")
+	for _, d := range defs {
+		var labels []string
+		if d.perNS {
+			labels = append(labels, "`netns`", "*identity*")
+		}
+		for _, l := range d.labels {
+			labels = append(labels, "`"+l+"`")
+		}
+		scope := "Global"
+		if d.perNS {
+			scope = "Per namespace"
+		}
+		w("| `%s` | %s | %s | %s | %s %s |\n", d.name, d.kind, orDash(strings.Join(labels, ", ")),
+			cell(d.help), scope+".", cell(d.notes))
+	}
+	return b.String()
+}
+
+var identityLabelDocs = map[string]string{
+	LabelNetnsName:    "the namespace's name, e.g. under /var/run/netns.",
+	LabelPod:          "the Kubernetes pod that owns the namespace.",
+	LabelPodNamespace: "the Kubernetes namespace of that pod.",
+	LabelContainer:    "the ID of a container in the namespace.",
+	LabelComm:         "the command name of a process in the namespace.",
+}
+
+// durationDoc formats d without zero units: 60s, 5m.
+func durationDoc(d time.Duration) string {
+	switch {
+	case d <= time.Minute && d%time.Second == 0:
+		return fmt.Sprintf("%ds", d/time.Second)
+	case d < time.Hour && d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+	return d.String()
+}
+
+func cell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

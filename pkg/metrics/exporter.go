@@ -1,0 +1,361 @@
+// Package metrics exports what a tracer.Tracer observes of the conntrack
+// table as Prometheus metrics, per network namespace.
+//
+// The hot path never touches Go: entry counts come from the tracer's
+// counters, read at scrape time, on top of a baseline table dump per
+// namespace that a periodic reconciliation renews. Identity labels (pod,
+// container, ...) are added at scrape time from a Namespaces source, and the
+// number of namespaces with their own series can be capped.
+//
+// The metric reference, docs/metrics.md, is generated from the same metric
+// table Collect uses: see Markdown.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
+)
+
+// Identity is what the exporter may say about a network namespace beyond its
+// inode number, one field per identity label. Empty fields make empty label
+// values.
+type Identity struct {
+	Name         string // netns_name: e.g. the name under /var/run/netns
+	Pod          string // pod: Kubernetes pod name
+	PodNamespace string // pod_namespace: Kubernetes namespace of Pod
+	Container    string // container: container ID
+	Comm         string // comm: command name of a process in the namespace
+}
+
+// Namespaces is the source of network namespaces: which exist now, where to
+// open them, and who owns them. cmd/ctagent adapts a netns.Resolver to it.
+// Both methods are called at scrape time and must be cheap (cached).
+type Namespaces interface {
+	// Namespaces lists the network namespaces that exist now. A Path of ""
+	// means the exporter's own namespace.
+	Namespaces() []tracer.Namespace
+	// Lookup returns the identity of a namespace, false if unknown.
+	Lookup(inode uint32) (Identity, bool)
+}
+
+// NamespaceFuncs adapts two functions to Namespaces. A nil Identity
+// function knows no identities.
+type NamespaceFuncs struct {
+	List     func() []tracer.Namespace
+	Identity func(inode uint32) (Identity, bool)
+}
+
+// Namespaces calls f.List.
+func (f NamespaceFuncs) Namespaces() []tracer.Namespace { return f.List() }
+
+// Lookup calls f.Identity.
+func (f NamespaceFuncs) Lookup(inode uint32) (Identity, bool) {
+	if f.Identity == nil {
+		return Identity{}, false
+	}
+	return f.Identity(inode)
+}
+
+// Defaults of Options.
+const (
+	DefaultStaleAfter         = 5 * time.Minute
+	DefaultReconcileInterval  = 60 * time.Second
+	DefaultRescanInterval     = 10 * time.Second
+	DefaultKernelStatsTimeout = 2 * time.Second
+)
+
+// netlinkSettle is how long after a table dump the exporter reads the
+// counters of the netlink backend, for them to include the events of the
+// entries the dump saw.
+const netlinkSettle = 50 * time.Millisecond
+
+// Options configure New.
+type Options struct {
+	// Tracer provides counters, lost events and program statistics. Required.
+	Tracer tracer.Tracer
+	// Namespaces lists namespaces and their identities. nil: only the
+	// exporter's own namespace, without identity.
+	Namespaces Namespaces
+	// Labels are the identity labels added to per-namespace series after
+	// netns, a subset of IdentityLabels. They appear in IdentityLabels order.
+	Labels []string
+	// MaxNamespaces caps the namespaces with series of their own; the rest
+	// (those with the fewest entries, then the highest inode numbers) are
+	// summed into netns="overflow". 0: no cap.
+	MaxNamespaces int
+	// StaleAfter is how long the series of a namespace stay after it left the
+	// namespace source and its counters stopped changing. 0: 5m.
+	StaleAfter time.Duration
+	// ReconcileInterval is the period of the table dumps that correct the
+	// entry gauges. 0: 60s; negative: never (only the first dump of each
+	// namespace).
+	ReconcileInterval time.Duration
+	// RescanInterval is how often Run asks the namespace source for new
+	// namespaces to dump and reads the counters to expire stale ones, so
+	// memory stays bounded without scrapes. 0: 10s.
+	RescanInterval time.Duration
+	// KernelStatsTimeout bounds the scrape-time read of one namespace's
+	// kernel statistics. 0: 2s.
+	KernelStatsTimeout time.Duration
+	// DisableKernelStats skips the scrape-time kernel statistics
+	// (ctagent_conntrack_kernel_*).
+	DisableKernelStats bool
+	// Logger; nil: no logging.
+	Logger *zap.Logger
+	// Version and Revision label ctagent_build_info.
+	Version, Revision string
+}
+
+// Exporter is a prometheus.Collector of conntrack metrics. Register it on a
+// dedicated registry; call Start, then Run in a goroutine.
+type Exporter struct {
+	tr          tracer.Tracer
+	src         Namespaces
+	idLabels    []string
+	maxNS       int
+	staleAfter  time.Duration
+	reconcile   time.Duration
+	rescan      time.Duration
+	statsTO     time.Duration
+	noStats     bool
+	log         *zap.Logger
+	version     string
+	revision    string
+	descs       []*prometheus.Desc
+	kick        chan struct{}
+	ready       atomic.Bool
+	events      [4]atomic.Uint64 // by tracer.EventType; 0: other
+	scrapeErrs  [numSources]atomic.Uint64
+	reconErrs   atomic.Uint64
+	foldedTotal atomic.Uint64
+	passMu      sync.Mutex // one baseline pass at a time
+	settle      time.Duration
+
+	// Replaced by tests.
+	now       func() time.Time
+	dump      func(tracer.Namespace, func(tracer.Entry)) error
+	readStats func(tracer.Namespace) (tracer.KernelStats, error)
+	procRoot  string
+
+	mu         sync.Mutex
+	ns         map[uint32]*nsState
+	tombs      map[uint32]uint64 // dropped namespaces: counter activity when dropped
+	reconDur   time.Duration
+	reconDone  bool
+	statsSlots chan struct{}
+}
+
+// New checks opts and returns an Exporter.
+func New(opts Options) (*Exporter, error) {
+	if opts.Tracer == nil {
+		return nil, errors.New("metrics: Options.Tracer is nil")
+	}
+	labels, err := identityLabels(opts.Labels)
+	if err != nil {
+		return nil, err
+	}
+	if opts.MaxNamespaces < 0 {
+		return nil, fmt.Errorf("metrics: MaxNamespaces %d is negative", opts.MaxNamespaces)
+	}
+	if opts.StaleAfter < 0 || opts.RescanInterval < 0 || opts.KernelStatsTimeout < 0 {
+		return nil, errors.New("metrics: StaleAfter, RescanInterval and KernelStatsTimeout must not be negative")
+	}
+	e := &Exporter{
+		tr:         opts.Tracer,
+		src:        opts.Namespaces,
+		idLabels:   labels,
+		maxNS:      opts.MaxNamespaces,
+		staleAfter: cmpOr(opts.StaleAfter, DefaultStaleAfter),
+		reconcile:  cmpOr(opts.ReconcileInterval, DefaultReconcileInterval),
+		rescan:     cmpOr(opts.RescanInterval, DefaultRescanInterval),
+		statsTO:    cmpOr(opts.KernelStatsTimeout, DefaultKernelStatsTimeout),
+		noStats:    opts.DisableKernelStats,
+		log:        opts.Logger,
+		version:    opts.Version,
+		revision:   opts.Revision,
+		kick:       make(chan struct{}, 1),
+		now:        time.Now,
+		dump:       tracer.DumpTable,
+		readStats:  tracer.ReadKernelStats,
+		procRoot:   "/proc",
+		ns:         map[uint32]*nsState{},
+		tombs:      map[uint32]uint64{},
+		statsSlots: make(chan struct{}, 8),
+	}
+	if e.log == nil {
+		e.log = zap.NewNop()
+	}
+	if opts.Tracer.Info().Backend == tracer.BackendNetlink {
+		// Its counters trail the kernel by the time events take through
+		// netlink sockets and goroutines: read them that much after a dump.
+		e.settle = netlinkSettle
+	}
+	if e.src == nil {
+		self, err := selfNamespace()
+		if err != nil {
+			return nil, fmt.Errorf("metrics: no Namespaces and own namespace unknown: %w", err)
+		}
+		e.src = NamespaceFuncs{List: func() []tracer.Namespace { return []tracer.Namespace{self} }}
+	}
+	e.descs = make([]*prometheus.Desc, len(defs))
+	for i, d := range defs {
+		var vl []string
+		if d.perNS {
+			vl = append([]string{labelNetns}, labels...)
+		}
+		vl = append(vl, d.labels...)
+		e.descs[i] = prometheus.NewDesc(d.name, d.help, vl, nil)
+	}
+	return e, nil
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// identityLabels validates Options.Labels and returns them in
+// IdentityLabels order.
+func identityLabels(in []string) ([]string, error) {
+	seen := map[string]bool{}
+	for _, l := range in {
+		if !slices.Contains(IdentityLabels, l) {
+			return nil, fmt.Errorf("metrics: unknown identity label %q (want one of %v)", l, IdentityLabels)
+		}
+		if seen[l] {
+			return nil, fmt.Errorf("metrics: identity label %q given twice", l)
+		}
+		seen[l] = true
+	}
+	var out []string
+	for _, l := range IdentityLabels {
+		if seen[l] {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+func selfNamespace() (tracer.Namespace, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		return tracer.Namespace{}, err
+	}
+	return tracer.Namespace{Inode: uint32(st.Ino)}, nil
+}
+
+// CountEvent counts one event of the tracer's event stream in
+// ctagent_events_total. The caller owns Tracer.Events() (it may log or
+// forward events too) and calls CountEvent for each; it is one atomic add.
+func (e *Exporter) CountEvent(ev tracer.Event) {
+	i := int(ev.Type)
+	if i >= len(e.events) {
+		i = 0
+	}
+	e.events[i].Add(1)
+}
+
+// Ready reports whether the entry gauges can be trusted: Start dumped the
+// listed namespaces (or a later pass of Run dumped one after Start failed).
+// Namespaces that appear later are dumped by Run; until then they have
+// counters but no entry gauges.
+func (e *Exporter) Ready() bool { return e.ready.Load() }
+
+// Start dumps the conntrack table of every listed namespace once, so the
+// entry gauges are right before any event, and makes Ready true. It fails
+// when namespaces were listed and none could be dumped (Ready stays false
+// until a later pass of Run dumps one), or when ctx ends.
+func (e *Exporter) Start(ctx context.Context) error {
+	e.refresh()
+	n, failed, err := e.baselinePass(ctx, false)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if n > 0 && failed == n {
+		return fmt.Errorf("metrics: no namespace could be dumped: %w", err)
+	}
+	e.ready.Store(true)
+	return nil
+}
+
+// Run keeps the exporter up to date until ctx ends: it dumps new
+// namespaces, expires stale ones, and reconciles every namespace's entries
+// with a table dump every ReconcileInterval.
+func (e *Exporter) Run(ctx context.Context) {
+	rescan := time.NewTicker(e.rescan)
+	defer rescan.Stop()
+	var reconcile <-chan time.Time
+	if e.reconcile > 0 {
+		t := time.NewTicker(e.reconcile)
+		defer t.Stop()
+		reconcile = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-rescan.C:
+			e.refresh()
+			e.baselineNew(ctx)
+		case <-e.kick:
+			e.baselineNew(ctx)
+		case <-reconcile:
+			e.refresh()
+			start := time.Now()
+			n, failed, err := e.baselinePass(ctx, false)
+			d := time.Since(start)
+			e.mu.Lock()
+			e.reconDur, e.reconDone = d, true
+			e.mu.Unlock()
+			if failed > 0 {
+				e.log.Warn("reconciliation: table dumps failed", zap.Int("namespaces", n), zap.Int("failed", failed), zap.Error(err))
+			} else {
+				e.log.Debug("reconciliation done", zap.Int("namespaces", n), zap.Duration("took", d))
+			}
+		}
+	}
+}
+
+func (e *Exporter) baselineNew(ctx context.Context) {
+	n, failed, err := e.baselinePass(ctx, true)
+	if n > failed {
+		e.ready.Store(true)
+	}
+	if failed > 0 {
+		e.log.Warn("table dumps of new namespaces failed", zap.Int("namespaces", n), zap.Int("failed", failed), zap.Error(err))
+	}
+}
+
+// refresh lists the namespaces, reads the counters and expires stale
+// namespaces.
+func (e *Exporter) refresh() {
+	list := e.src.Namespaces()
+	c, err := e.tr.Counters()
+	if err != nil {
+		e.log.Debug("reading counters", zap.Error(err))
+	}
+	byNS := groupCounters(c)
+	e.mu.Lock()
+	e.observe(e.now(), list, byNS, err == nil)
+	e.mu.Unlock()
+}
+
+// Describe sends every descriptor.
+func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range e.descs {
+		ch <- d
+	}
+}

@@ -1,0 +1,815 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
+)
+
+var update = flag.Bool("update", false, "rewrite docs/metrics.md")
+
+// TestMetricsDocUpToDate fails when docs/metrics.md is not what Markdown
+// renders; -update rewrites it.
+func TestMetricsDocUpToDate(t *testing.T) {
+	path := filepath.Join("..", "..", "docs", "metrics.md")
+	want := Markdown()
+	if *update {
+		if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (generate it: go test ./pkg/metrics -run TestMetricsDocUpToDate -update)", err)
+	}
+	if string(got) != want {
+		t.Fatalf("%s is stale: go test ./pkg/metrics -run TestMetricsDocUpToDate -update", path)
+	}
+}
+
+// fakeTracer serves fixed counters; only for the pure parts of the
+// exporter. The end-to-end test uses the real tracer.
+type fakeTracer struct {
+	mu       sync.Mutex
+	counters tracer.Counters
+	err      error
+	info     tracer.Info
+	lost     map[tracer.LostReason]uint64
+	progs    []tracer.ProgramStats
+}
+
+func (f *fakeTracer) Info() tracer.Info           { return f.info }
+func (f *fakeTracer) Events() <-chan tracer.Event { return nil }
+func (f *fakeTracer) Close() error                { return nil }
+func (f *fakeTracer) Programs() ([]tracer.ProgramStats, error) {
+	return f.progs, nil
+}
+
+func (f *fakeTracer) Lost() (map[tracer.LostReason]uint64, error) { return f.lost, nil }
+
+func (f *fakeTracer) Counters() (tracer.Counters, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	c := make(tracer.Counters, len(f.counters))
+	for k, v := range f.counters {
+		c[k] = v
+	}
+	return c, nil
+}
+
+// set replaces the counters of k.
+func (f *fakeTracer) set(k tracer.Key, created, destroyed uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.counters == nil {
+		f.counters = tracer.Counters{}
+	}
+	v := f.counters[k]
+	v.Created, v.Destroyed = created, destroyed
+	f.counters[k] = v
+}
+
+// fakeNS is a namespace source with a settable list.
+type fakeNS struct {
+	mu   sync.Mutex
+	list []tracer.Namespace
+	ids  map[uint32]Identity
+}
+
+func (f *fakeNS) Namespaces() []tracer.Namespace {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]tracer.Namespace(nil), f.list...)
+}
+
+func (f *fakeNS) Lookup(inode uint32) (Identity, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, ok := f.ids[inode]
+	return id, ok
+}
+
+func (f *fakeNS) setList(inodes ...uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.list = nil
+	for _, i := range inodes {
+		f.list = append(f.list, tracer.Namespace{Inode: i, Path: ""})
+	}
+}
+
+// fakeTables are conntrack tables to dump, by namespace.
+type fakeTables struct {
+	mu sync.Mutex
+	t  map[uint32][]tracer.Entry
+}
+
+func (f *fakeTables) dump(ns tracer.Namespace, fn func(tracer.Entry)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	entries, ok := f.t[ns.Inode]
+	if !ok {
+		return errors.New("no such namespace")
+	}
+	for _, e := range entries {
+		fn(e)
+	}
+	return nil
+}
+
+func (f *fakeTables) set(inode uint32, entries ...tracer.Entry) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.t == nil {
+		f.t = map[uint32][]tracer.Entry{}
+	}
+	f.t[inode] = entries
+}
+
+func tcpEntry(state uint8, status uint32) tracer.Entry {
+	return tracer.Entry{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, TCPState: state, Status: status}
+}
+
+func udpEntry(family uint8, status uint32) tracer.Entry {
+	return tracer.Entry{Family: family, Protocol: unix.IPPROTO_UDP, Status: status}
+}
+
+func key(ns uint32, family, proto uint8) tracer.Key {
+	return tracer.Key{NetNS: ns, Family: family, Protocol: proto}
+}
+
+// clock is an injectable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+type fixture struct {
+	tr     *fakeTracer
+	ns     *fakeNS
+	tables *fakeTables
+	clock  *clock
+	e      *Exporter
+	reg    *prometheus.Registry
+}
+
+func newFixture(t *testing.T, opts Options) *fixture {
+	t.Helper()
+	f := &fixture{
+		tr:     &fakeTracer{info: tracer.Info{Backend: tracer.BackendNetlink, Kernel: "6.18.0"}},
+		ns:     &fakeNS{ids: map[uint32]Identity{}},
+		tables: &fakeTables{},
+		clock:  &clock{t: time.Unix(1_700_000_000, 0)},
+	}
+	opts.Tracer, opts.Namespaces = f.tr, f.ns
+	e, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.now = f.clock.now
+	e.dump = f.tables.dump
+	e.readStats = func(ns tracer.Namespace) (tracer.KernelStats, error) {
+		return tracer.KernelStats{Entries: uint64(ns.Inode), Found: 1}, nil
+	}
+	e.procRoot = t.TempDir() // no sysctls
+	f.e = e
+	f.reg = prometheus.NewPedanticRegistry()
+	f.reg.MustRegister(e)
+	return f
+}
+
+// scrape gathers and indexes the metrics: family name → label signature →
+// value (counter, gauge, or histogram sample count).
+func (f *fixture) scrape(t *testing.T) map[string]map[string]float64 {
+	t.Helper()
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	return index(mfs)
+}
+
+func index(mfs []*dto.MetricFamily) map[string]map[string]float64 {
+	out := map[string]map[string]float64{}
+	for _, mf := range mfs {
+		series := map[string]float64{}
+		for _, m := range mf.Metric {
+			var v float64
+			switch {
+			case m.Counter != nil:
+				v = m.Counter.GetValue()
+			case m.Gauge != nil:
+				v = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				v = float64(m.Histogram.GetSampleCount())
+			}
+			series[sig(m.Label)] = v
+		}
+		out[mf.GetName()] = series
+	}
+	return out
+}
+
+func sig(lps []*dto.LabelPair) string {
+	var parts []string
+	for _, lp := range lps {
+		parts = append(parts, lp.GetName()+"="+lp.GetValue())
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func TestIdentityLabelsValidated(t *testing.T) {
+	tr := &fakeTracer{}
+	for _, tc := range []struct {
+		in   []string
+		want []string
+		err  string
+	}{
+		{in: nil, want: nil},
+		{in: []string{"comm", "pod", "netns_name"}, want: []string{"netns_name", "pod", "comm"}},
+		{in: []string{"pod_namespace", "container"}, want: []string{"pod_namespace", "container"}},
+		{in: []string{"pod", "uid"}, err: `unknown identity label "uid"`},
+		{in: []string{"netns"}, err: `unknown identity label "netns"`},
+		{in: []string{"pod", "pod"}, err: `"pod" given twice`},
+	} {
+		e, err := New(Options{Tracer: tr, Labels: tc.in})
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("Labels %q: error %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("Labels %q: %v", tc.in, err)
+			continue
+		}
+		if fmt.Sprint(e.idLabels) != fmt.Sprint(tc.want) {
+			t.Errorf("Labels %q: got %q, want %q", tc.in, e.idLabels, tc.want)
+		}
+	}
+	if _, err := New(Options{}); err == nil {
+		t.Error("New without Tracer: no error")
+	}
+	if _, err := New(Options{Tracer: tr, MaxNamespaces: -1}); err == nil {
+		t.Error("New with MaxNamespaces -1: no error")
+	}
+}
+
+func TestLifetimeHistogramCumulative(t *testing.T) {
+	var v tracer.Values
+	v.LifetimeBuckets[0] = 2                           // <= 1ms
+	v.LifetimeBuckets[3] = 5                           // <= 8ms
+	v.LifetimeBuckets[tracer.NumLifetimeBuckets-2] = 1 // <= last bound
+	v.LifetimeBuckets[tracer.NumLifetimeBuckets-1] = 4 // +Inf
+	v.LifetimeSum = 1500 * time.Millisecond
+	v.Created, v.Destroyed = 12, 12
+
+	count, sum, buckets := lifetimeHistogram(&v)
+	if count != 12 {
+		t.Errorf("count %d, want 12", count)
+	}
+	if sum != 1.5 {
+		t.Errorf("sum %v, want 1.5", sum)
+	}
+	if len(buckets) != tracer.NumLifetimeBuckets-1 {
+		t.Fatalf("%d buckets, want %d (the +Inf one is implicit)", len(buckets), tracer.NumLifetimeBuckets-1)
+	}
+	want := map[float64]uint64{0.001: 2, 0.002: 2, 0.004: 2, 0.008: 7, 0.016: 7}
+	for b, n := range want {
+		if buckets[b] != n {
+			t.Errorf("bucket le=%v: %d, want %d", b, buckets[b], n)
+		}
+	}
+	last := tracer.LifetimeBucketBound(tracer.NumLifetimeBuckets - 2)
+	if buckets[last] != 8 {
+		t.Errorf("bucket le=%v: %d, want 8", last, buckets[last])
+	}
+
+	// Through the registry: the exported histogram ends in +Inf = count.
+	f := newFixture(t, Options{})
+	f.ns.setList(7)
+	f.tr.counters = tracer.Counters{key(7, unix.AF_INET, unix.IPPROTO_TCP): v}
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ctagent_conntrack_lifetime_seconds" {
+			continue
+		}
+		h := mf.Metric[0].Histogram
+		if h.GetSampleCount() != 12 || h.GetSampleSum() != 1.5 {
+			t.Errorf("histogram count %d sum %v", h.GetSampleCount(), h.GetSampleSum())
+		}
+		bs := h.GetBucket()
+		if len(bs) != tracer.NumLifetimeBuckets-1 || bs[0].GetUpperBound() != 0.001 || bs[0].GetCumulativeCount() != 2 {
+			t.Errorf("buckets %v", bs)
+		}
+		if got := bs[len(bs)-1].GetCumulativeCount(); got != 8 {
+			t.Errorf("last finite bucket %d, want 8", got)
+		}
+		return
+	}
+	t.Fatal("no ctagent_conntrack_lifetime_seconds")
+}
+
+func TestEntriesFromBaselineAndCounters(t *testing.T) {
+	f := newFixture(t, Options{Labels: []string{"netns_name"}})
+	const ns = 4026531999
+	f.ns.setList(ns)
+	f.ns.ids[ns] = Identity{Name: "blue"}
+	tcp4, udp6 := key(ns, unix.AF_INET, unix.IPPROTO_TCP), key(ns, unix.AF_INET6, unix.IPPROTO_UDP)
+	f.tr.set(tcp4, 100, 90) // before the exporter: must not count
+	f.tables.set(ns,
+		tcpEntry(3, ipsAssured|ipsSeenReply), tcpEntry(3, ipsAssured|ipsSeenReply), tcpEntry(1, 0),
+		udpEntry(unix.AF_INET6, ipsSeenReply))
+
+	if f.e.Ready() {
+		t.Fatal("ready before Start")
+	}
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !f.e.Ready() {
+		t.Fatal("not ready after Start")
+	}
+	l := "netns=4026531999,netns_name=blue"
+	m := f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv4,protocol=tcp", 3)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv6,protocol=udp", 1)
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=established", 2)
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=syn_sent", 1)
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=time_wait", 0)
+	expect(t, m, "ctagent_conntrack_entries_assured", l, 2)
+	expect(t, m, "ctagent_conntrack_entries_unreplied", l, 1)
+	expect(t, m, "ctagent_conntrack_created_total", l+",family=ipv4,protocol=tcp", 100)
+	expect(t, m, "ctagent_reconcile_last_correction", l, 0)
+	expect(t, m, "ctagent_reconcile_last_timestamp_seconds", l, 1_700_000_000)
+	expect(t, m, "ctagent_conntrack_kernel_entries", l, ns)
+
+	// Events: 5 TCP created, 1 destroyed; 2 UDPv6 created.
+	f.tr.set(tcp4, 105, 91)
+	f.tr.set(udp6, 2, 0)
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv4,protocol=tcp", 7)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv6,protocol=udp", 3)
+
+	// The table says otherwise (events were missed): reconciliation
+	// corrects by -4 and the new baseline holds.
+	f.tables.set(ns, tcpEntry(3, ipsAssured|ipsSeenReply), tcpEntry(3, ipsAssured|ipsSeenReply), tcpEntry(7, ipsSeenReply),
+		udpEntry(unix.AF_INET6, ipsSeenReply), udpEntry(unix.AF_INET6, 0), udpEntry(unix.AF_INET6, 0))
+	f.clock.advance(time.Minute)
+	if _, failed, err := f.e.baselinePass(context.Background(), false); failed != 0 {
+		t.Fatal(err)
+	}
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv4,protocol=tcp", 3)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv6,protocol=udp", 3)
+	expect(t, m, "ctagent_reconcile_last_correction", l, -4)
+	expect(t, m, "ctagent_reconcile_corrections_total", l, 4)
+	expect(t, m, "ctagent_reconcile_last_timestamp_seconds", l, 1_700_000_060)
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=time_wait", 1)
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=syn_sent", 0)
+	expect(t, m, "ctagent_conntrack_entries_unreplied", l, 2)
+
+	f.tr.set(tcp4, 106, 95) // one more, four fewer: clamped at 0
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv4,protocol=tcp", 0)
+
+	// A counter read error: the entry gauges go, the scrape error counts.
+	f.tr.err = errors.New("map gone")
+	m = f.scrape(t)
+	if _, ok := m["ctagent_conntrack_entries"]; ok {
+		t.Error("entries exported without counters")
+	}
+	expect(t, m, "ctagent_scrape_errors_total", "source=counters", 1)
+	expect(t, m, "ctagent_conntrack_entries_assured", l, 2) // from the dump: still there
+}
+
+func TestStartFailsWhenNothingCanBeDumped(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.ns.setList(1, 2) // no tables: every dump fails
+	err := f.e.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "no namespace could be dumped") {
+		t.Fatalf("Start: %v", err)
+	}
+	if f.e.Ready() {
+		t.Error("ready although nothing was dumped")
+	}
+	m := f.scrape(t)
+	expect(t, m, "ctagent_reconcile_errors_total", "", 2)
+	if _, ok := m["ctagent_conntrack_entries"]; ok {
+		t.Error("entries exported without a baseline")
+	}
+	// One table appears: a pass of Run dumps it and the exporter is ready.
+	f.tables.set(1)
+	f.e.baselineNew(context.Background())
+	if !f.e.Ready() {
+		t.Error("not ready after a successful dump")
+	}
+}
+
+func TestNamespaceWithoutPathGetsCounters(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.ns.setList(1)
+	f.tables.set(1)
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Namespace 9 is not listed (no path to dump it) but has events.
+	f.tr.set(key(9, unix.AF_INET6, unix.IPPROTO_ICMPV6), 4, 1)
+	f.tr.set(key(9, unix.AF_INET, 200), 1, 0)
+	m := f.scrape(t)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv6,netns=9,protocol=icmpv6", 4)
+	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv6,netns=9,protocol=icmpv6", 1)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=9,protocol=other:200", 1)
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv6,netns=9,protocol=icmpv6")
+
+	// Failures without family and protocol (netlink): only insert_failed.
+	f.tr.mu.Lock()
+	v := f.tr.counters[key(1, 0, 0)]
+	v.Failed[tracer.ReasonConfirmDrop] = 2
+	f.tr.counters[key(1, 0, 0)] = v
+	f.tr.mu.Unlock()
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_insert_failed_total", "family=unspec,netns=1,protocol=unspec,reason=confirm_drop", 2)
+	absent(t, m, "ctagent_conntrack_insert_failed_total", "family=unspec,netns=1,protocol=unspec,reason=table_full")
+	absent(t, m, "ctagent_conntrack_created_total", "family=unspec,netns=1,protocol=unspec")
+	absent(t, m, "ctagent_conntrack_lifetime_seconds", "family=unspec,netns=1,protocol=unspec")
+	absent(t, m, "ctagent_conntrack_entries", "family=unspec,netns=1,protocol=unspec")
+	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=9")
+	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=1", 1)
+	expect(t, m, "ctagent_namespaces", "", 2)
+}
+
+func TestStaleNamespacesExpire(t *testing.T) {
+	f := newFixture(t, Options{StaleAfter: time.Minute, Labels: []string{"netns_name"}})
+	f.ns.setList(1, 2)
+	f.ns.ids[2] = Identity{Name: "two"}
+	f.tables.set(1)
+	f.tables.set(2)
+	k2 := key(2, unix.AF_INET, unix.IPPROTO_UDP)
+	f.tr.set(k2, 3, 0)
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m := f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp", 0)
+	expect(t, m, "ctagent_namespaces", "", 2)
+
+	// Namespace 2 is gone: its table gauges go at once, its counters stay
+	// for StaleAfter after their last change.
+	f.ns.setList(1)
+	delete(f.ns.ids, 2) // the source forgets it: its series keep their labels
+	f.tr.set(k2, 3, 3)  // its entries are destroyed with it
+	m = f.scrape(t)
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp")
+	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two")
+	absent(t, m, "ctagent_reconcile_last_timestamp_seconds", "netns=2,netns_name=two")
+	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 3)
+
+	f.clock.advance(50 * time.Second)
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 3)
+	expect(t, m, "ctagent_namespaces", "", 2)
+
+	f.clock.advance(20 * time.Second) // 70s since the last change
+	m = f.scrape(t)
+	if hasNetns(m, "2") {
+		t.Error("namespace 2 still exported after StaleAfter")
+	}
+	expect(t, m, "ctagent_namespaces", "", 1)
+
+	// The tracer still reports its counters, unchanged: it stays gone.
+	f.clock.advance(time.Hour)
+	m = f.scrape(t)
+	if hasNetns(m, "2") {
+		t.Error("namespace 2 back without a counter change")
+	}
+
+	// A change (the inode was reused, or late events): it is back, its old
+	// identity forgotten.
+	f.tr.set(k2, 4, 3)
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=2,netns_name=,protocol=udp", 4)
+
+	// Counter changes alone keep an unlisted namespace alive.
+	for i := range 3 {
+		f.clock.advance(50 * time.Second)
+		f.tr.set(k2, uint64(5+i), 3)
+		m = f.scrape(t)
+		if _, ok := m["ctagent_conntrack_created_total"][canon("family=ipv4,netns=2,netns_name=,protocol=udp")]; !ok {
+			t.Fatal("an active namespace expired")
+		}
+	}
+
+	// Run's rescan expires namespaces without any scrape.
+	f.clock.advance(2 * time.Minute)
+	f.e.refresh()
+	f.e.mu.Lock()
+	_, tracked := f.e.ns[2]
+	f.e.mu.Unlock()
+	if tracked {
+		t.Error("refresh did not expire namespace 2")
+	}
+}
+
+func TestOverflowFolding(t *testing.T) {
+	f := newFixture(t, Options{MaxNamespaces: 2, Labels: []string{"pod"}})
+	// Entries: ns 10: 1, ns 11: 3, ns 12: 3, ns 13: 0, ns 14: 5.
+	sizes := map[uint32]int{10: 1, 11: 3, 12: 3, 13: 0, 14: 5}
+	var inodes []uint32
+	for ns, n := range sizes {
+		inodes = append(inodes, ns)
+		var es []tracer.Entry
+		for range n {
+			es = append(es, udpEntry(unix.AF_INET, 0))
+		}
+		f.tables.set(ns, es...)
+		f.tr.set(key(ns, unix.AF_INET, unix.IPPROTO_UDP), 10, 0)
+		f.ns.ids[ns] = Identity{Pod: fmt.Sprintf("pod-%d", ns)}
+	}
+	f.ns.setList(inodes...)
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m := f.scrape(t)
+	// Kept: 14 (5 entries) and 11 (3, lower inode than 12).
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=14,pod=pod-14,protocol=udp", 5)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=11,pod=pod-11,protocol=udp", 3)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,pod=,protocol=udp", 4)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=overflow,pod=,protocol=udp", 30)
+	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=overflow,pod=", 10+12+13)
+	expect(t, m, "ctagent_conntrack_entries_unreplied", "netns=overflow,pod=", 4)
+	expect(t, m, "ctagent_namespaces", "", 5)
+	expect(t, m, "ctagent_namespaces_folded", "", 3)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 3)
+	netns := map[string]bool{}
+	for s := range m["ctagent_conntrack_created_total"] {
+		for _, kv := range strings.Split(s, ",") {
+			if v, ok := strings.CutPrefix(kv, "netns="); ok {
+				netns[v] = true
+			}
+		}
+	}
+	if len(netns) != 3 {
+		t.Errorf("netns values %v, want 2 namespaces and overflow", netns)
+	}
+
+	// Same scrape again: nothing newly folded.
+	m = f.scrape(t)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 3)
+
+	// Namespace 13 grows to 9 entries: it displaces 11.
+	f.tr.set(key(13, unix.AF_INET, unix.IPPROTO_UDP), 19, 0)
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=13,pod=pod-13,protocol=udp", 9)
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=11,pod=pod-11,protocol=udp")
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,pod=,protocol=udp", 7)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 4)
+}
+
+func TestGlobalMetrics(t *testing.T) {
+	f := newFixture(t, Options{Version: "1.2.3", Revision: "abc"})
+	f.tr.info = tracer.Info{
+		Backend: tracer.BackendKprobe, RingBuffer: true, Kernel: "6.18.0",
+		Hooks:   []string{"kprobe/__nf_conntrack_confirm", "kprobe/nf_ct_delete"},
+		Refused: map[tracer.Backend]string{tracer.BackendFentry: "fentry: loading fexit_confirm: attach: " + strings.Repeat("x", 100)},
+	}
+	f.tr.lost = map[tracer.LostReason]uint64{tracer.LostRingbufFull: 3}
+	f.tr.progs = []tracer.ProgramStats{{Name: "kprobe_confirm", Hook: "kprobe/__nf_conntrack_confirm", RunCount: 10, RunTime: 2 * time.Millisecond}}
+	root := t.TempDir()
+	dir := filepath.Join(root, "sys/net/netfilter")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "nf_conntrack_max"), []byte("262144\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.e.procRoot = root
+	f.e.CountEvent(tracer.Event{Type: tracer.EventCreated})
+	f.e.CountEvent(tracer.Event{Type: tracer.EventCreated})
+	f.e.CountEvent(tracer.Event{Type: tracer.EventFailed})
+	f.e.CountEvent(tracer.Event{Type: 99})
+
+	m := f.scrape(t)
+	expect(t, m, "ctagent_conntrack_limit", "", 262144)
+	if _, ok := m["ctagent_conntrack_buckets"]; ok {
+		t.Error("ctagent_conntrack_buckets without its sysctl")
+	}
+	expect(t, m, "ctagent_tracer_info", "backend=kprobe,kernel=6.18.0,ring_buffer=true", 1)
+	expect(t, m, "ctagent_tracer_backend_refused", "backend=fentry,reason="+strings.Repeat("x", 64), 1)
+	expect(t, m, "ctagent_tracer_hooks", "hook=kprobe/nf_ct_delete", 1)
+	expect(t, m, "ctagent_events_total", "type=created", 2)
+	expect(t, m, "ctagent_events_total", "type=destroyed", 0)
+	expect(t, m, "ctagent_events_total", "type=failed", 1)
+	expect(t, m, "ctagent_events_total", "type=other", 1)
+	expect(t, m, "ctagent_events_lost_total", "reason=ringbuf_full", 3)
+	expect(t, m, "ctagent_bpf_program_run_count_total", "hook=kprobe/__nf_conntrack_confirm,program=kprobe_confirm", 10)
+	expect(t, m, "ctagent_bpf_program_run_seconds_total", "hook=kprobe/__nf_conntrack_confirm,program=kprobe_confirm", 0.002)
+	expect(t, m, "ctagent_scrape_errors_total", "source=sysctl", 0)
+	if _, ok := m["ctagent_scrape_duration_seconds"][""]; !ok {
+		t.Error("no ctagent_scrape_duration_seconds")
+	}
+	for s := range m["ctagent_build_info"] {
+		if !strings.HasPrefix(s, "goversion=go") || !strings.HasSuffix(s, "revision=abc,version=1.2.3") {
+			t.Errorf("ctagent_build_info{%s}", s)
+		}
+	}
+
+	// Every family in the doc is what the registry knows, and back.
+	for name := range m {
+		if !strings.Contains(Markdown(), "`"+name+"`") {
+			t.Errorf("%s is not in the docs", name)
+		}
+	}
+}
+
+func TestShortReason(t *testing.T) {
+	for in, want := range map[string]string{
+		"eBPF backend: not implemented yet":            "not implemented yet",
+		"load: program x: operation not supported\nxx": "operation not supported",
+		"":                      "unknown",
+		"plain reason":          "plain reason",
+		strings.Repeat("é", 40): strings.Repeat("é", 32),
+	} {
+		if got := shortReason(in); got != want {
+			t.Errorf("shortReason(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestKernelStatsTimeout(t *testing.T) {
+	f := newFixture(t, Options{KernelStatsTimeout: 50 * time.Millisecond})
+	f.ns.setList(1)
+	release := make(chan struct{})
+	defer close(release)
+	f.e.readStats = func(tracer.Namespace) (tracer.KernelStats, error) {
+		<-release
+		return tracer.KernelStats{}, nil
+	}
+	start := time.Now()
+	m := f.scrape(t)
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("scrape took %v with a hung read", d)
+	}
+	expect(t, m, "ctagent_scrape_errors_total", "source=kernel_stats", 1)
+	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=1")
+	// The hung read is still running: the next scrape does not start
+	// another.
+	m = f.scrape(t)
+	expect(t, m, "ctagent_scrape_errors_total", "source=kernel_stats", 2)
+}
+
+func expect(t *testing.T, m map[string]map[string]float64, name, labels string, want float64) {
+	t.Helper()
+	labels = canon(labels)
+	got, ok := m[name][labels]
+	if !ok {
+		t.Errorf("%s{%s}: missing; have %v", name, labels, keys(m[name]))
+		return
+	}
+	if got != want {
+		t.Errorf("%s{%s} = %v, want %v", name, labels, got, want)
+	}
+}
+
+func absent(t *testing.T, m map[string]map[string]float64, name, labels string) {
+	t.Helper()
+	labels = canon(labels)
+	if v, ok := m[name][labels]; ok {
+		t.Errorf("%s{%s} = %v, want no series", name, labels, v)
+	}
+}
+
+func keys(m map[string]float64) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// canon sorts the pairs of "a=1,b=2" as sig does.
+func canon(labels string) string {
+	if labels == "" {
+		return ""
+	}
+	parts := strings.Split(labels, ",")
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+// hasNetns reports whether any series has netns=v.
+func hasNetns(m map[string]map[string]float64, v string) bool {
+	for _, ss := range m {
+		for s := range ss {
+			for _, kv := range strings.Split(s, ",") {
+				if kv == "netns="+v {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func TestRunDumpsNewNamespacesAndReconciles(t *testing.T) {
+	f := newFixture(t, Options{RescanInterval: 20 * time.Millisecond, ReconcileInterval: 100 * time.Millisecond})
+	f.ns.setList(1)
+	f.tables.set(1, udpEntry(unix.AF_INET, 0))
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.e.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	// A namespace appears: Run dumps it without waiting for reconciliation.
+	f.tables.set(2, udpEntry(unix.AF_INET6, 0), udpEntry(unix.AF_INET6, 0))
+	f.ns.setList(1, 2)
+	waitFor(t, func() bool {
+		_, ok := f.scrape(t)["ctagent_conntrack_entries"][canon("family=ipv6,netns=2,protocol=udp")]
+		return ok
+	})
+	m := f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv6,netns=2,protocol=udp", 2)
+
+	// Namespace 1's table changes behind the counters' back: the periodic
+	// reconciliation finds out.
+	f.tables.set(1)
+	waitFor(t, func() bool {
+		return f.scrape(t)["ctagent_reconcile_corrections_total"]["netns=1"] == 1
+	})
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=1,protocol=udp", 0)
+	expect(t, m, "ctagent_reconcile_last_correction", "netns=1", -1)
+	if _, ok := m["ctagent_reconcile_duration_seconds"][""]; !ok {
+		t.Error("no ctagent_reconcile_duration_seconds after a reconciliation")
+	}
+}
+
+func TestOwnNamespaceByDefault(t *testing.T) {
+	self, err := selfNamespace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Options{Tracer: &fakeTracer{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := e.src.Namespaces()
+	if len(got) != 1 || got[0].Inode != self.Inode || got[0].Path != "" {
+		t.Errorf("default namespaces %+v, want the own one (%d)", got, self.Inode)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
