@@ -1,0 +1,82 @@
+package tracer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"os"
+	"testing"
+)
+
+// BenchmarkDecode compares the event decoder with a reflection-based
+// binary.Read of the generated struct (the baseline).
+func BenchmarkDecode(b *testing.B) {
+	raw := make([]byte, eventSize)
+	raw[42], raw[44] = byte(EventCreated), 2
+	b.Run("baseline=binary.Read", func(b *testing.B) {
+		var ev conntrackCtEvent
+		for b.Loop() {
+			if err := binary.Read(bytes.NewReader(raw), binary.LittleEndian, &ev); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decodeEvent", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := decodeEvent(raw, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkConntrackOverhead measures what the programs add to the creation
+// and destruction of a conntrack entry: every iteration sends one UDP packet
+// to a new port on loopback in a namespace with a ct rule (one new entry),
+// and every 4096 packets the table is flushed. baseline runs with no tracer.
+// Needs attach, so it runs in the VM matrix (make bench).
+func BenchmarkConntrackOverhead(b *testing.B) {
+	if os.Getenv("CTAGENT_VMTEST") == "" {
+		b.Skip("skipped: attaches eBPF programs; runs in the qemu kernel matrix (make bench)")
+	}
+	labRequire(b, "ip", "nft", "conntrack")
+	ns := newLabNS(b)
+	ns.enableConntrack()
+	var conn net.PacketConn
+	if err := ns.Do(func() (err error) {
+		conn, err = net.ListenPacket("udp4", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	payload := []byte("x")
+	for _, backend := range []Backend{"baseline", BackendFentry, BackendKprobe} {
+		b.Run(fmt.Sprintf("backend=%s", backend), func(b *testing.B) {
+			if backend != "baseline" {
+				tr, err := Open(b.Context(), Options{Backend: backend, DisableEvents: false})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer tr.Close()
+				go func() {
+					for range tr.Events() {
+					}
+				}()
+			}
+			ns.ctFlush()
+			port := 1
+			for b.Loop() {
+				conn.WriteTo(payload, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+				port++
+				if port == 4096 {
+					b.StopTimer()
+					ns.ctFlush()
+					port = 1
+					b.StartTimer()
+				}
+			}
+		})
+	}
+}
