@@ -78,8 +78,14 @@ vmtest: ## Boot the Debian 6.1 and 6.12 kernels under qemu and run the eBPF test
 	scripts/vmtest.sh $(VMTEST_DIR)/*.test
 
 .PHONY: bench
-bench: ## Benchmarks, reported as ratios against a baseline in the same run
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./pkg/... | tee .cache/bench.txt
+bench: ## Benchmarks: host, and in-kernel overhead in the VM; ratios to a baseline of the same run
+	mkdir -p .cache $(VMTEST_DIR)
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./pkg/... | tee .cache/bench-host.txt
+	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/bench-tracer.test ./pkg/tracer
+	VMTEST_ARGS="-test.run '^TestEventLayout$$' -test.bench Overhead -test.benchtime 20000x -test.count 3" \
+	  scripts/vmtest.sh -k debian-6.12 $(VMTEST_DIR)/bench-tracer.test | tee .cache/bench-vm.txt
+	@echo; echo "== ratios (median ns/op over a baseline run in the same invocation) =="
+	@awk -f scripts/benchratio.awk .cache/bench-host.txt .cache/bench-vm.txt
 
 .PHONY: ci
 ci: deps lint check-generate test fuzz vmtest ## Everything CI runs (the README's test command)

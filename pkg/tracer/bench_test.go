@@ -34,7 +34,8 @@ func BenchmarkDecode(b *testing.B) {
 // BenchmarkConntrackOverhead measures what the programs add to the creation
 // and destruction of a conntrack entry: every iteration sends one UDP packet
 // to a new port on loopback in a namespace with a ct rule (one new entry),
-// and every 4096 packets the table is flushed. baseline runs with no tracer.
+// and every 4096 packets the table is flushed. baseline runs with no tracer;
+// events=off measures the in-kernel part alone (counters, no event stream).
 // Needs attach, so it runs in the VM matrix (make bench).
 func BenchmarkConntrackOverhead(b *testing.B) {
 	if os.Getenv("CTAGENT_VMTEST") == "" {
@@ -52,10 +53,19 @@ func BenchmarkConntrackOverhead(b *testing.B) {
 	}
 	defer conn.Close()
 	payload := []byte("x")
-	for _, backend := range []Backend{"baseline", BackendFentry, BackendKprobe} {
-		b.Run(fmt.Sprintf("backend=%s", backend), func(b *testing.B) {
-			if backend != "baseline" {
-				tr, err := Open(b.Context(), Options{Backend: backend, DisableEvents: false})
+	type variant struct {
+		backend Backend
+		events  bool
+	}
+	variants := []variant{{"baseline", false}, {BackendFentry, true}, {BackendFentry, false}, {BackendKprobe, true}, {BackendKprobe, false}}
+	for _, v := range variants {
+		name := fmt.Sprintf("backend=%s", v.backend)
+		if v.backend != "baseline" {
+			name += map[bool]string{true: ",events=on", false: ",events=off"}[v.events]
+		}
+		b.Run(name, func(b *testing.B) {
+			if v.backend != "baseline" {
+				tr, err := Open(b.Context(), Options{Backend: v.backend, DisableEvents: !v.events})
 				if err != nil {
 					b.Fatal(err)
 				}
