@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -122,10 +124,33 @@ func loadSpec(opts Options, b Backend, ringbufOK bool) (*ebpf.CollectionSpec, er
 	if opts.DisableEvents {
 		cfg.EmitEvents = 0
 	}
+	spec.Maps["starts"].MaxEntries = startsCapacity(readConntrackMax())
 	if err := spec.Variables["ct_cfg"].Set(cfg); err != nil {
 		return nil, fmt.Errorf("set ct_cfg: %w", err)
 	}
 	return spec, nil
+}
+
+// startsCapacity sizes the LRU of creation times to the table limit, so that
+// live entries are not evicted (which would lose their lifetime), within
+// bounds that keep the map between about 1 and 130 MiB.
+func startsCapacity(conntrackMax uint64) uint32 {
+	const lo, hi = 1 << 14, 1 << 21
+	return uint32(min(max(conntrackMax, lo), hi))
+}
+
+// readConntrackMax returns net.netfilter.nf_conntrack_max, or its usual
+// default when it cannot be read (nf_conntrack not loaded yet).
+func readConntrackMax() uint64 {
+	raw, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
+	if err != nil {
+		return 262144
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(raw)), 10, 64)
+	if err != nil {
+		return 262144
+	}
+	return n
 }
 
 // collectionOptions picks the BTF used for CO-RE relocation.

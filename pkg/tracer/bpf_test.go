@@ -263,3 +263,16 @@ func TestLifetimeBucketBounds(t *testing.T) {
 		t.Errorf("bounds: %v %v", LifetimeBucketBound(0), LifetimeBucketBound(10))
 	}
 }
+
+// TestStartsCapacity: the creation-time LRU follows nf_conntrack_max within
+// bounds.
+func TestStartsCapacity(t *testing.T) {
+	for _, c := range []struct {
+		max  uint64
+		want uint32
+	}{{0, 1 << 14}, {262144, 262144}, {1 << 30, 1 << 21}} {
+		if got := startsCapacity(c.max); got != c.want {
+			t.Errorf("startsCapacity(%d) = %d, want %d", c.max, got, c.want)
+		}
+	}
+}
