@@ -151,6 +151,7 @@ type Exporter struct {
 	mu         sync.Mutex
 	ns         map[uint32]*nsState
 	tombs      map[uint32]uint64 // dropped namespaces: counter activity when dropped
+	forget     []uint32          // expired namespaces whose tracer counters refresh drops
 	reconDur   time.Duration
 	reconDone  bool
 	statsSlots chan struct{}
@@ -350,7 +351,16 @@ func (e *Exporter) refresh() {
 	byNS := groupCounters(c)
 	e.mu.Lock()
 	e.observe(e.now(), list, byNS, err == nil)
+	forget := e.forget
+	e.forget = nil
 	e.mu.Unlock()
+	// The tracer's counters of expired namespaces go too, so that its maps
+	// do not grow with namespace churn.
+	for _, inode := range forget {
+		if err := e.tr.Forget(inode); err != nil {
+			e.log.Debug("forget namespace counters", zap.Uint32("netns", inode), zap.Error(err))
+		}
+	}
 }
 
 // Describe sends every descriptor.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -51,11 +52,22 @@ type fakeTracer struct {
 	info     tracer.Info
 	lost     map[tracer.LostReason]uint64
 	progs    []tracer.ProgramStats
+	// forgotten lists the namespaces passed to Forget.
+	forgotten []uint32
 }
 
 func (f *fakeTracer) Info() tracer.Info           { return f.info }
 func (f *fakeTracer) Events() <-chan tracer.Event { return nil }
 func (f *fakeTracer) Close() error                { return nil }
+
+// Forget records which namespaces the exporter let go.
+func (f *fakeTracer) Forget(inode uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.forgotten = append(f.forgotten, inode)
+	return nil
+}
+
 func (f *fakeTracer) Programs() ([]tracer.ProgramStats, error) {
 	return f.progs, nil
 }
@@ -542,6 +554,12 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	f.e.mu.Unlock()
 	if tracked {
 		t.Error("refresh did not expire namespace 2")
+	}
+	f.tr.mu.Lock()
+	forgotten := slices.Clone(f.tr.forgotten)
+	f.tr.mu.Unlock()
+	if !slices.Contains(forgotten, 2) || slices.Contains(forgotten, 1) {
+		t.Errorf("tracer told to forget %v, want namespace 2 (and never the listed 1)", forgotten)
 	}
 }
 

@@ -218,6 +218,7 @@ func (e *Exporter) observe(now time.Time, list []tracer.Namespace, byNS map[uint
 		if !st.listed && now.Sub(st.lastSeen) > e.staleAfter {
 			delete(e.ns, inode)
 			e.tombs[inode] = st.activity
+			e.forget = append(e.forget, inode)
 		}
 	}
 }

@@ -427,6 +427,31 @@ func (t *bpfTracer) Lost() (map[LostReason]uint64, error) {
 	return out, nil
 }
 
+// Forget deletes every counters key of the namespace from the kernel map.
+func (t *bpfTracer) Forget(netns uint32) error {
+	m := t.coll.Maps["counters"]
+	var (
+		key    conntrackCtCounterKey
+		perCPU []conntrackCtCounterValue
+		keys   []conntrackCtCounterKey
+	)
+	it := m.Iterate()
+	for it.Next(&key, &perCPU) {
+		if key.Netns == netns {
+			keys = append(keys, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("forget netns %d: iterate counters: %w", netns, err)
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget netns %d: %w", netns, err)
+		}
+	}
+	return nil
+}
+
 func (t *bpfTracer) Programs() ([]ProgramStats, error) {
 	out := make([]ProgramStats, 0, len(t.progs))
 	for _, p := range t.progs {

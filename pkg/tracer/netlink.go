@@ -586,6 +586,19 @@ func (t *netlinkTracer) Lost() (map[LostReason]uint64, error) {
 
 func (t *netlinkTracer) Programs() ([]ProgramStats, error) { return nil, nil }
 
+// Forget drops the counters of a namespace; its listener, if any, keeps
+// running (the rescan closes it once the namespace is no longer listed).
+func (t *netlinkTracer) Forget(netns uint32) error {
+	t.cmu.Lock()
+	defer t.cmu.Unlock()
+	for k := range t.counters {
+		if k.NetNS == netns {
+			delete(t.counters, k)
+		}
+	}
+	return nil
+}
+
 // Close closes every socket, waits for every goroutine and closes the
 // Events channel. Counters and Lost keep answering afterwards.
 func (t *netlinkTracer) Close() error {

@@ -200,6 +200,10 @@ type Tracer interface {
 	// count and time need kernel BPF stats enabled, see EnableBPFStats);
 	// nil for the netlink backend.
 	Programs() ([]ProgramStats, error)
+	// Forget drops the counters of a network namespace that is gone, so
+	// that the counter maps do not grow with namespace churn. Counting
+	// starts from zero if the namespace shows up again.
+	Forget(netns uint32) error
 	// Close detaches everything; safe to call more than once.
 	Close() error
 }
