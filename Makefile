@@ -61,7 +61,8 @@ lint: ## gofmt and go vet
 
 .PHONY: test
 test: ## Host tests: unit, verifier load, netlink backend, metrics, e2e with Prometheus (root)
-	$(GO) test -count=1 ./...
+	@# -p 1: packages share the host's global nf_conntrack_max, which some tests lower briefly.
+	$(GO) test -p 1 -count=1 ./...
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target briefly
