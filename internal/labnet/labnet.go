@@ -1,19 +1,25 @@
-// Package labnet is a test lab for conntrack: throw-away network
+// Package labnet is the test lab for conntrack: throw-away network
 // namespaces joined by veth pairs, nftables rules that make conntrack track
-// their traffic, real TCP, UDP and ICMP traffic over IPv4 and IPv6 made with
-// Go's net package inside a namespace, and the conntrack CLI as ground
-// truth. Everything a test creates is removed in t.Cleanup.
+// their traffic (and NAT it), real TCP, UDP and ICMP traffic over IPv4 and
+// IPv6 made with Go's net package inside a namespace, and the conntrack CLI
+// and /proc/net/stat/nf_conntrack as ground truth. Everything a test
+// creates is removed in t.Cleanup.
 //
 // It needs root and the ip, nft and conntrack tools; Require skips a test,
-// saying why, when they are missing.
+// saying why, when they are missing. The same code runs on the host and in
+// the qemu kernel matrix (scripts/vmtest.sh copies the tools in). It does
+// not depend on the packages it tests: entries are Records with Tuples of
+// netip.Addr and ports, which convert to tracer.Tuple.
 //
 //	labnet.Require(t, "ip", "nft", "conntrack")
 //	a, b := labnet.New(t), labnet.New(t)
 //	link := labnet.Connect(t, a, b)        // veth, IPv4 and IPv6 on each end
 //	a.EnableConntrack()
 //	b.EnableConntrack()
+//	b.AddRedirect("tcp", 80, 8080)         // DNAT: reply tuples differ
 //	b.ServeTCP(8080)
-//	a.TCPRoundTrip(netip.AddrPortFrom(link.B4, 8080))
+//	local := a.TCPRoundTrip(netip.AddrPortFrom(link.B4, 80))
+//	entries := b.CTList()                  // conntrack -L, both families
 //	n := b.CTCount()                       // conntrack -C inside b
 package labnet
 
@@ -27,6 +33,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,7 +43,7 @@ import (
 func Require(t testing.TB, tools ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root (network namespaces, conntrack)")
+		t.Skipf("skipped: needs root (network namespaces, conntrack, BPF); euid %d", os.Geteuid())
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -184,7 +191,8 @@ func (n *NS) Do(fn func() error) error {
 	return fnErr
 }
 
-// NFT loads an nftables ruleset (nft -f -) in n.
+// NFT loads an nftables ruleset (nft -f -) in n. Statements inside a
+// chain need a newline or ';' after each.
 func (n *NS) NFT(ruleset string) {
 	n.t.Helper()
 	cmd := n.Command("nft", "-f", "-")
@@ -195,7 +203,8 @@ func (n *NS) NFT(ruleset string) {
 }
 
 // EnableConntrack adds an inet table whose ct rules make conntrack track
-// IPv4 and IPv6 traffic in n; every packet is accepted.
+// IPv4 and IPv6 traffic in n (the hooks run only when some rule or
+// ctnetlink uses them); every packet is accepted.
 func (n *NS) EnableConntrack() {
 	n.t.Helper()
 	n.NFT(`table inet labnet {
@@ -203,4 +212,28 @@ func (n *NS) EnableConntrack() {
 	chain out { type filter hook output priority -150; ct state new counter; }
 }
 `)
+}
+
+// AddRedirect adds a DNAT rule in n: proto ("tcp" or "udp") to port is
+// redirected to the local port to, for IPv4 and IPv6. The reply tuples of
+// those entries then carry the port to.
+func (n *NS) AddRedirect(proto string, port, to uint16) {
+	n.t.Helper()
+	n.NFT(fmt.Sprintf(`table inet labnetnat {
+	chain pre { type nat hook prerouting priority -100; %s dport %d redirect to :%d; }
+}
+`, proto, port, to))
+}
+
+// WaitFor polls cond every 20 ms until it holds or timeout has passed, and
+// reports whether it held. The caller decides whether a time-out is fatal.
+func WaitFor(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
 }

@@ -8,10 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // IOTimeout bounds every read and write of the traffic helpers.
@@ -51,6 +54,7 @@ func Connect(t testing.TB, a, b *NS) *Link {
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
+	// Deleting one end deletes both; gone already if a namespace went.
 	t.Cleanup(func() { _, _ = a.Exec("ip", "link", "del", l.AIf) })
 	for _, e := range []struct {
 		n      *NS
@@ -64,18 +68,33 @@ func Connect(t testing.TB, a, b *NS) *Link {
 	return l
 }
 
+// listen opens a TCP listener or a UDP socket on port, IPv4 and IPv6, in
+// n; it is closed in t.Cleanup.
+func (n *NS) listen(network string, port uint16) io.Closer {
+	n.t.Helper()
+	var c io.Closer
+	addr := fmt.Sprintf(":%d", port)
+	if err := n.Do(func() error {
+		if network == "tcp" {
+			ln, err := net.Listen(network, addr)
+			c = ln
+			return err
+		}
+		pc, err := net.ListenPacket(network, addr)
+		c = pc
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: listen %s %d: %v", n.Name, network, port, err)
+	}
+	n.t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // ServeTCP starts a TCP echo server on port, IPv4 and IPv6, in n; it stops
 // in t.Cleanup.
 func (n *NS) ServeTCP(port uint16) {
 	n.t.Helper()
-	var ln net.Listener
-	if err := n.Do(func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
-		n.t.Fatalf("netns %q: listen tcp %d: %v", n.Name, port, err)
-	}
-	n.t.Cleanup(func() { ln.Close() })
+	ln := n.listen("tcp", port).(net.Listener)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -84,7 +103,19 @@ func (n *NS) ServeTCP(port uint16) {
 			}
 			go func() {
 				defer c.Close()
-				_, _ = io.Copy(c, c)
+				// A plain loop: io.Copy would splice through pooled
+				// pipes that stay open and look like leaked descriptors
+				// to tests that check for those.
+				buf := make([]byte, 2048)
+				for {
+					m, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := c.Write(buf[:m]); err != nil {
+						return
+					}
+				}
 			}()
 		}
 	}()
@@ -94,14 +125,7 @@ func (n *NS) ServeTCP(port uint16) {
 // in t.Cleanup.
 func (n *NS) ServeUDP(port uint16) {
 	n.t.Helper()
-	var pc net.PacketConn
-	if err := n.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
-		n.t.Fatalf("netns %q: listen udp %d: %v", n.Name, port, err)
-	}
-	n.t.Cleanup(func() { pc.Close() })
+	pc := n.listen("udp", port).(net.PacketConn)
 	go func() {
 		buf := make([]byte, 2048)
 		for {
@@ -114,19 +138,26 @@ func (n *NS) ServeUDP(port uint16) {
 	}()
 }
 
+// dial connects from n to dst over network ("tcp" or "udp").
+func (n *NS) dial(network string, dst netip.AddrPort) net.Conn {
+	n.t.Helper()
+	var c net.Conn
+	if err := n.Do(func() (err error) {
+		d := net.Dialer{Timeout: IOTimeout}
+		c, err = d.Dial(network, dst.String())
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: dial %s %s: %v", n.Name, network, dst, err)
+	}
+	return c
+}
+
 // DialTCP connects from n to dst, exchanges one message with an echo
 // server, and returns the open connection: its conntrack entry stays
 // ESTABLISHED until the connection closes. It is closed in t.Cleanup.
 func (n *NS) DialTCP(dst netip.AddrPort) net.Conn {
 	n.t.Helper()
-	var c net.Conn
-	if err := n.Do(func() (err error) {
-		d := net.Dialer{Timeout: IOTimeout}
-		c, err = d.Dial("tcp", dst.String())
-		return err
-	}); err != nil {
-		n.t.Fatalf("netns %q: dial tcp %s: %v", n.Name, dst, err)
-	}
+	c := n.dial("tcp", dst)
 	n.t.Cleanup(func() { c.Close() })
 	n.echo(c)
 	return c
@@ -137,25 +168,22 @@ func (n *NS) DialTCP(dst netip.AddrPort) net.Conn {
 // the local address used.
 func (n *NS) TCPRoundTrip(dst netip.AddrPort) netip.AddrPort {
 	n.t.Helper()
-	c := n.DialTCP(dst)
-	defer c.Close()
-	return c.LocalAddr().(*net.TCPAddr).AddrPort()
+	return n.roundTrip("tcp", dst)
 }
 
 // UDPRoundTrip sends one datagram from n to dst and reads the echo; it
 // returns the local address used.
 func (n *NS) UDPRoundTrip(dst netip.AddrPort) netip.AddrPort {
 	n.t.Helper()
-	var c *net.UDPConn
-	if err := n.Do(func() (err error) {
-		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
-		return err
-	}); err != nil {
-		n.t.Fatalf("netns %q: dial udp %s: %v", n.Name, dst, err)
-	}
+	return n.roundTrip("udp", dst)
+}
+
+func (n *NS) roundTrip(network string, dst netip.AddrPort) netip.AddrPort {
+	n.t.Helper()
+	c := n.dial(network, dst)
 	defer c.Close()
 	n.echo(c)
-	return c.LocalAddr().(*net.UDPAddr).AddrPort()
+	return netip.MustParseAddrPort(c.LocalAddr().String())
 }
 
 // UDPSend sends one datagram from n to dst and reads nothing: with no
@@ -163,13 +191,7 @@ func (n *NS) UDPRoundTrip(dst netip.AddrPort) netip.AddrPort {
 // count as a reply).
 func (n *NS) UDPSend(dst netip.AddrPort) {
 	n.t.Helper()
-	var c *net.UDPConn
-	if err := n.Do(func() (err error) {
-		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
-		return err
-	}); err != nil {
-		n.t.Fatalf("netns %q: dial udp %s: %v", n.Name, dst, err)
-	}
+	c := n.dial("udp", dst)
 	defer c.Close()
 	if _, err := c.Write([]byte("labnet")); err != nil {
 		n.t.Fatalf("netns %q: send udp %s: %v", n.Name, dst, err)
@@ -227,6 +249,36 @@ func (n *NS) Ping(dst netip.Addr, id uint16) {
 		if m >= 8 && buf[0] == repType && binary.BigEndian.Uint16(buf[4:]) == id {
 			return
 		}
+	}
+}
+
+// SendRawTCP sends one bare IPv4 TCP segment with flags (e.g. 0x01, a FIN)
+// from src to dst over a raw socket in n, and waits for nothing. A lone FIN
+// or RST with no connection is what conntrack counts as "invalid".
+func (n *NS) SendRawTCP(src, dst netip.AddrPort, flags uint8) {
+	n.t.Helper()
+	seg := make([]byte, 20)
+	binary.BigEndian.PutUint16(seg[0:], src.Port())
+	binary.BigEndian.PutUint16(seg[2:], dst.Port())
+	binary.BigEndian.PutUint32(seg[4:], 12345)
+	seg[12] = 5 << 4 // data offset
+	seg[13] = flags
+	binary.BigEndian.PutUint16(seg[14:], 1024)
+	pseudo := slices.Concat(src.Addr().AsSlice(), dst.Addr().AsSlice(), []byte{0, unix.IPPROTO_TCP, 0, 20}, seg)
+	binary.BigEndian.PutUint16(seg[16:], checksum(pseudo))
+	err := n.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.Addr().As4()}); err != nil {
+			return err
+		}
+		return unix.Sendto(fd, seg, 0, &unix.SockaddrInet4{Addr: dst.Addr().As4()})
+	})
+	if err != nil {
+		n.t.Fatalf("netns %q: raw TCP %s -> %s: %v", n.Name, src, dst, err)
 	}
 }
 

@@ -155,20 +155,13 @@ func sameMap(a, b map[string]float64) bool {
 	return true
 }
 
-// eventually retries check every 100 ms until it returns nil, and fails
-// the test with its last error after timeout.
+// eventually retries check until it returns nil, and fails the test with
+// its last error after timeout.
 func eventually(t *testing.T, timeout time.Duration, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: after %v: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var err error
+	if !labnet.WaitFor(timeout, func() bool { err = check(); return err == nil }) {
+		t.Fatalf("%s: after %v: %v", what, timeout, err)
 	}
 }
 

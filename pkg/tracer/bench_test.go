@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"testing"
+
+	"github.com/ctagent/ctagent/internal/labnet"
 )
 
 // BenchmarkDecode compares the event decoder with a reflection-based
@@ -41,9 +43,9 @@ func BenchmarkConntrackOverhead(b *testing.B) {
 	if os.Getenv("CTAGENT_VMTEST") == "" {
 		b.Skip("skipped: attaches eBPF programs; runs in the qemu kernel matrix (make bench)")
 	}
-	labRequire(b, "ip", "nft", "conntrack")
-	ns := newLabNS(b)
-	ns.enableConntrack()
+	labnet.Require(b, "ip", "nft", "conntrack")
+	ns := labnet.New(b)
+	ns.EnableConntrack()
 	var conn net.PacketConn
 	if err := ns.Do(func() (err error) {
 		conn, err = net.ListenPacket("udp4", "127.0.0.1:0")
@@ -75,14 +77,14 @@ func BenchmarkConntrackOverhead(b *testing.B) {
 					}
 				}()
 			}
-			ns.ctFlush()
+			ns.CTFlush()
 			port := 1
 			for b.Loop() {
 				conn.WriteTo(payload, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
 				port++
 				if port == 4096 {
 					b.StopTimer()
-					ns.ctFlush()
+					ns.CTFlush()
 					port = 1
 					b.StartTimer()
 				}

@@ -14,15 +14,9 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
-)
 
-// requireRoot skips tests that need root, saying why.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: needs root (BPF, network namespaces)")
-	}
-}
+	"github.com/ctagent/ctagent/internal/labnet"
+)
 
 // TestEventLayout pins the decoder's offsets to the generated struct.
 func TestEventLayout(t *testing.T) {
@@ -137,7 +131,7 @@ func FuzzDecodeEvent(f *testing.F) {
 // TestProgramsLoad runs every program of both eBPF backends through the
 // verifier with CO-RE relocation against this kernel's BTF, without attach.
 func TestProgramsLoad(t *testing.T) {
-	requireRoot(t)
+	labnet.Require(t)
 	for _, b := range []Backend{BackendFentry, BackendKprobe} {
 		for _, perfBuf := range []bool{false, true} {
 			name := string(b) + map[bool]string{false: "/ringbuf", true: "/perf"}[perfBuf]
@@ -182,7 +176,7 @@ func TestProgramsLoad(t *testing.T) {
 // TestUserBTFPath relocates against a user-given BTF file (the host's own
 // vmlinux BTF copied elsewhere) and rejects a file that is not BTF.
 func TestUserBTFPath(t *testing.T) {
-	requireRoot(t)
+	labnet.Require(t)
 	raw, err := os.ReadFile("/sys/kernel/btf/vmlinux")
 	if err != nil {
 		t.Skipf("skipped: no kernel BTF to copy: %v", err)
@@ -222,7 +216,7 @@ func TestUserBTFPath(t *testing.T) {
 // fentry attach refused), auto mode ends on netlink and says why the others
 // were refused; forcing an eBPF backend is a clear error naming the symbol.
 func TestBackendFailover(t *testing.T) {
-	requireRoot(t)
+	labnet.Require(t)
 	if os.Getenv("CTAGENT_VMTEST") != "" {
 		t.Skip("skipped: in the VM eBPF attaches; failover is a host test")
 	}

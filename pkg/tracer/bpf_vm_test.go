@@ -5,12 +5,13 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/internal/labnet"
 )
 
 // These tests attach the eBPF programs, so they run only inside the kernel
@@ -21,68 +22,31 @@ func requireVM(t *testing.T) {
 	if os.Getenv("CTAGENT_VMTEST") == "" {
 		t.Skip("skipped: attaches eBPF programs; runs in the qemu kernel matrix (make vmtest), this host cannot attach kprobes or fentry")
 	}
-	requireRoot(t)
-}
-
-// vmCollector gathers every event of a tracer.
-type vmCollector struct {
-	mu     sync.Mutex
-	events []Event
-	done   chan struct{}
-}
-
-func vmCollect(tr Tracer) *vmCollector {
-	c := &vmCollector{done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		for ev := range tr.Events() {
-			c.mu.Lock()
-			c.events = append(c.events, ev)
-			c.mu.Unlock()
-		}
-	}()
-	return c
-}
-
-// matching returns the events of netns ns that satisfy keep.
-func (c *vmCollector) matching(ns uint32, keep func(Event) bool) []Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var out []Event
-	for _, ev := range c.events {
-		if ev.NetNS == ns && keep(ev) {
-			out = append(out, ev)
-		}
-	}
-	return out
+	labnet.Require(t)
 }
 
 // vmWait polls cond for up to 20 s; on time-out it fails the test, fatally
 // or not.
 func vmWait(t *testing.T, what string, cond func() bool, fatal bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			if fatal {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			t.Errorf("timed out waiting for %s", what)
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	if labnet.WaitFor(20*time.Second, cond) {
+		return
 	}
+	if fatal {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	t.Errorf("timed out waiting for %s", what)
 }
 
 // vmFlowString prints a conntrack entry compactly.
-func vmFlowString(r ctRecord) string {
+func vmFlowString(r labnet.Record) string {
 	return fmt.Sprintf("proto %d %s:%d>%s:%d reply %s:%d>%s:%d", r.Protocol, r.Original.Src, r.Original.SrcPort, r.Original.Dst,
 		r.Original.DstPort, r.Reply.Src, r.Reply.SrcPort, r.Reply.Dst, r.Reply.DstPort)
 }
 
 // vmMatches says whether ev is about the entry r.
-func vmMatches(r ctRecord, ev Event) bool {
-	return ev.Protocol == r.Protocol && ev.Original == r.Original && ev.Reply == r.Reply
+func vmMatches(r labnet.Record, ev Event) bool {
+	return ev.Protocol == r.Protocol && ev.Original == Tuple(r.Original) && ev.Reply == Tuple(r.Reply)
 }
 
 // TestVMBackends runs the scenario with each eBPF backend.
@@ -115,58 +79,58 @@ func vmScenario(t *testing.T, b Backend) []string {
 		t.Fatalf("info = %+v", info)
 	}
 	t.Logf("%s on %s: hooks %v", b, info.Kernel, info.Hooks)
-	col := vmCollect(tr)
+	col := collectEvents(tr)
 
 	// root <- a, root <- b, b <- c; every link has its own subnets, so the
 	// root namespace's entries of an earlier run (TIME_WAIT) never match.
-	root, nsA, nsB, nsC := rootLabNS(t), newLabNS(t), newLabNS(t), newLabNS(t)
-	for _, n := range []*labNS{root, nsA, nsB, nsC} {
-		n.enableConntrack()
+	root, nsA, nsB, nsC := labnet.Root(t), labnet.New(t), labnet.New(t), labnet.New(t)
+	for _, n := range []*labnet.NS{root, nsA, nsB, nsC} {
+		n.EnableConntrack()
 	}
-	la, lb, lc := labConnect(t, nsA, root), labConnect(t, nsB, root), labConnect(t, nsC, nsB)
-	nsC.mustExec("ip", "route", "add", "default", "via", lc.B4.String())
-	root.addRedirect("tcp", 8081, 8080) // DNAT: reply != original
-	root.serveTCP(8080)
-	nsB.serveUDP(5353)
+	la, lb, lc := labnet.Connect(t, nsA, root), labnet.Connect(t, nsB, root), labnet.Connect(t, nsC, nsB)
+	nsC.MustExec("ip", "route", "add", "default", "via", lc.B4.String())
+	root.AddRedirect("tcp", 8081, 8080) // DNAT: reply != original
+	root.ServeTCP(8080)
+	nsB.ServeUDP(5353)
 
 	for i := 0; i < 3; i++ {
-		nsA.tcpRoundTrip(netip.AddrPortFrom(la.B4, 8080))
+		nsA.TCPRoundTrip(netip.AddrPortFrom(la.B4, 8080))
 	}
-	nsA.tcpRoundTrip(netip.AddrPortFrom(la.B4, 8081))
+	nsA.TCPRoundTrip(netip.AddrPortFrom(la.B4, 8081))
 	for i := 0; i < 2; i++ {
-		nsB.tcpRoundTrip(netip.AddrPortFrom(lb.B6, 8080))
-		nsC.udpRoundTrip(netip.AddrPortFrom(lc.B4, 5353))
+		nsB.TCPRoundTrip(netip.AddrPortFrom(lb.B6, 8080))
+		nsC.UDPRoundTrip(netip.AddrPortFrom(lc.B4, 5353))
 	}
-	nsA.ping(la.B4, 7)
-	nsB.ping(lb.B6, 8)
+	nsA.Ping(la.B4, 7)
+	nsB.Ping(lb.B6, 8)
 
 	// ctnetlink: an entry inserted, then one whose reply tuple clashes with
 	// it (ctnetlink looks up the original tuple only, so the clash is found
 	// by nf_conntrack_hash_check_insert: -EEXIST), then the first deleted.
-	first := ctInsertArgs("tcp", netip.MustParseAddrPort("192.0.2.1:1000"), netip.MustParseAddrPort("192.0.2.2:2000"),
+	first := labnet.InsertArgs("tcp", netip.MustParseAddrPort("192.0.2.1:1000"), netip.MustParseAddrPort("192.0.2.2:2000"),
 		"--state", "ESTABLISHED", "-u", "ASSURED")
-	if err := nsC.ctInsert(first...); err != nil {
+	if err := nsC.CTInsert(first...); err != nil {
 		t.Fatal(err)
 	}
-	clash := ctInsertArgs("tcp", netip.MustParseAddrPort("192.0.2.5:3000"), netip.MustParseAddrPort("192.0.2.6:4000"),
+	clash := labnet.InsertArgs("tcp", netip.MustParseAddrPort("192.0.2.5:3000"), netip.MustParseAddrPort("192.0.2.6:4000"),
 		"--reply-src", "192.0.2.2", "--reply-dst", "192.0.2.1", "--reply-port-src", "2000", "--reply-port-dst", "1000",
 		"--state", "ESTABLISHED", "-u", "ASSURED")
-	if err := nsC.ctInsert(clash...); err == nil {
+	if err := nsC.CTInsert(clash...); err == nil {
 		t.Fatal("insert with a clashing reply tuple succeeded")
 	}
-	if err := nsC.ctDelete("-p", "tcp", "-s", "192.0.2.1", "-d", "192.0.2.2"); err != nil {
+	if err := nsC.CTDelete("-p", "tcp", "-s", "192.0.2.1", "-d", "192.0.2.2"); err != nil {
 		t.Fatal(err)
 	}
 
 	// Ground truth: the live entries per namespace (root: ours only).
-	truth := map[*labNS][]ctRecord{nsA: nsA.ctList(), nsB: nsB.ctList(), nsC: nsC.ctList()}
-	for _, r := range root.ctList() {
+	truth := map[*labnet.NS][]labnet.Record{nsA: nsA.CTList(), nsB: nsB.CTList(), nsC: nsC.CTList()}
+	for _, r := range root.CTList() {
 		if r.Original.Src == la.A4 || r.Original.Src == lb.A6 {
 			truth[root] = append(truth[root], r)
 		}
 	}
 	// a: 4 tcp + icmp; b: 2 tcp6 + icmpv6 + 2 udp; c: 2 udp; root: a's and b's 8.
-	want := map[*labNS]int{nsA: 5, nsB: 5, nsC: 2, root: 8}
+	want := map[*labnet.NS]int{nsA: 5, nsB: 5, nsC: 2, root: 8}
 	for n, w := range want {
 		if got := len(truth[n]); got != w {
 			t.Errorf("conntrack -L in %q: %d entries, want %d", n.Name, got, w)
@@ -174,7 +138,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 	}
 
 	// Every live entry appears exactly once as created, in its namespace.
-	createdFor := func(n *labNS, r ctRecord) []Event {
+	createdFor := func(n *labnet.NS, r labnet.Record) []Event {
 		return col.matching(n.Inode, func(ev Event) bool { return ev.Type == EventCreated && vmMatches(r, ev) })
 	}
 	vmWait(t, "a created event for every live entry", func() bool {
@@ -216,14 +180,14 @@ func vmScenario(t *testing.T, b Backend) []string {
 	}
 
 	// Flush: every entry is destroyed exactly once, with a lifetime.
-	destroyedFor := func(n *labNS, r ctRecord) []Event {
+	destroyedFor := func(n *labnet.NS, r labnet.Record) []Event {
 		return col.matching(n.Inode, func(ev Event) bool { return ev.Type == EventDestroyed && vmMatches(r, ev) })
 	}
-	for _, n := range []*labNS{nsA, nsB, nsC} {
-		n.ctFlush()
+	for _, n := range []*labnet.NS{nsA, nsB, nsC} {
+		n.CTFlush()
 	}
 	vmWait(t, "a destroyed event for every flushed entry", func() bool {
-		for _, n := range []*labNS{nsA, nsB, nsC} {
+		for _, n := range []*labnet.NS{nsA, nsB, nsC} {
 			for _, r := range truth[n] {
 				if len(destroyedFor(n, r)) == 0 {
 					return false
@@ -232,7 +196,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 		}
 		return true
 	}, false)
-	for _, n := range []*labNS{nsA, nsB, nsC} {
+	for _, n := range []*labnet.NS{nsA, nsB, nsC} {
 		for _, r := range truth[n] {
 			got := destroyedFor(n, r)
 			if len(got) != 1 || !got[0].LifetimeKnown || got[0].Lifetime < 0 {
@@ -252,7 +216,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 		x.Add(v)
 		perNS[k.NetNS] = x
 	}
-	for _, n := range []*labNS{nsA, nsB, nsC} {
+	for _, n := range []*labnet.NS{nsA, nsB, nsC} {
 		w := uint64(want[n])
 		if n == nsC {
 			w++ // the ctnetlink entry
@@ -268,7 +232,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 		if inHist != v.Destroyed {
 			t.Errorf("%q: %d lifetimes in the histogram, %d destroyed", n.Name, inHist, v.Destroyed)
 		}
-		if got, kernel := v.Failed[ReasonConfirmDrop], n.procStats()["insert_failed"]; got != kernel {
+		if got, kernel := v.Failed[ReasonConfirmDrop], n.ProcStats()["insert_failed"]; got != kernel {
 			t.Errorf("%q: confirm_drop %d, kernel insert_failed %d", n.Name, got, kernel)
 		}
 	}
@@ -320,23 +284,23 @@ func vmScenario(t *testing.T, b Backend) []string {
 // only: nf_conntrack_in counts drop when resolve_normal_ct fails) plus the
 // refused ctnetlink insert.
 func vmTableFull(t *testing.T, tr Tracer) (full, drops uint64) {
-	n := newLabNS(t)
-	n.enableConntrack()
+	n := labnet.New(t)
+	n.EnableConntrack()
 	const limit = 8
-	restore := setConntrackMax(t, limit)
+	restore := labnet.SetConntrackMax(t, limit)
 	defer restore()
 	for i := 0; i < limit; i++ {
 		src := netip.AddrPortFrom(netip.MustParseAddr("198.51.100.1"), uint16(1000+i))
-		if err := n.ctInsert(ctInsertArgs("udp", src, netip.MustParseAddrPort("198.51.100.2:53"), "-u", "ASSURED")...); err != nil {
+		if err := n.CTInsert(labnet.InsertArgs("udp", src, netip.MustParseAddrPort("198.51.100.2:53"), "-u", "ASSURED")...); err != nil {
 			t.Fatal(err)
 		}
 	}
-	extra := ctInsertArgs("udp", netip.MustParseAddrPort("198.51.100.1:999"), netip.MustParseAddrPort("198.51.100.2:53"), "-u", "ASSURED")
-	if err := n.ctInsert(extra...); err == nil {
+	extra := labnet.InsertArgs("udp", netip.MustParseAddrPort("198.51.100.1:999"), netip.MustParseAddrPort("198.51.100.2:53"), "-u", "ASSURED")
+	if err := n.CTInsert(extra...); err == nil {
 		t.Fatal("insert into a full table succeeded")
 	}
-	n.exec("ping", "-c", "1", "-W", "1", "127.0.0.1") // dropped: no room for its entry
-	drops = n.procStats()["drop"]
+	n.Exec("ping", "-c", "1", "-W", "1", "127.0.0.1") // dropped: no room for its entry
+	drops = n.ProcStats()["drop"]
 	if drops < 1 {
 		t.Fatalf("kernel drop counter in %q = %d, want >= 1", n.Name, drops)
 	}

@@ -16,11 +16,14 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/internal/labnet"
 )
 
 // --- lifetime buckets -------------------------------------------------------
 
-// cLifetimeBucket is lifetime_bucket of bpf/conntrack.bpf.c, transcribed.
+// cLifetimeBucket is lifetime_bucket of bpf/conntrack.bpf.c: the same
+// steps, its unrolled shifts (16, 8, 4, 2, 1) written as a loop.
 func cLifetimeBucket(ns uint64) int {
 	ms := ns / 1000000
 	b := uint64(0)
@@ -28,25 +31,11 @@ func cLifetimeBucket(ns uint64) int {
 		return 0
 	}
 	ms--
-	if ms>>16 != 0 {
-		ms >>= 16
-		b += 16
-	}
-	if ms>>8 != 0 {
-		ms >>= 8
-		b += 8
-	}
-	if ms>>4 != 0 {
-		ms >>= 4
-		b += 4
-	}
-	if ms>>2 != 0 {
-		ms >>= 2
-		b += 2
-	}
-	if ms>>1 != 0 {
-		ms >>= 1
-		b++
+	for _, s := range []uint64{16, 8, 4, 2, 1} {
+		if ms>>s != 0 {
+			ms >>= s
+			b += s
+		}
 	}
 	b += ms
 	if b >= NumLifetimeBuckets {
@@ -309,49 +298,9 @@ func FuzzNetlinkDecode(f *testing.F) {
 
 // --- integration: real namespaces, real traffic -------------------------------
 
-// eventLog collects a tracer's events until its channel closes.
-type eventLog struct {
-	mu   sync.Mutex
-	evs  []Event
-	done chan struct{}
-}
-
-func collectEvents(tr Tracer) *eventLog {
-	l := &eventLog{done: make(chan struct{})}
-	go func() {
-		defer close(l.done)
-		for ev := range tr.Events() {
-			l.mu.Lock()
-			l.evs = append(l.evs, ev)
-			l.mu.Unlock()
-		}
-	}()
-	return l
-}
-
-func (l *eventLog) snapshot() []Event {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.evs)
-}
-
-// waitFor polls until cond holds for the events so far, or timeout.
-func (l *eventLog) waitFor(timeout time.Duration, cond func([]Event) bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond(l.snapshot()) {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // expectConn is one connection as one namespace's conntrack sees it.
 type expectConn struct {
-	ns               *labNS
+	ns               *labnet.NS
 	family, protocol uint8
 	orig, reply      Tuple
 	what             string
@@ -408,22 +357,22 @@ func checkNoFDLeak(t *testing.T, before map[string]string) {
 // namespaces and the root one, and checks every event and counter against
 // the connections made and the kernel's own statistics.
 func TestNetlinkTracer(t *testing.T) {
-	labRequire(t, "ip", "nft", "conntrack")
-	root := rootLabNS(t)
-	a, b, c := newLabNS(t), newLabNS(t), newLabNS(t)
-	ab, ac := labConnect(t, a, b), labConnect(t, a, c)
-	for _, n := range []*labNS{a, b, c} {
-		n.enableConntrack()
+	labnet.Require(t, "ip", "nft", "conntrack")
+	root := labnet.Root(t)
+	a, b, c := labnet.New(t), labnet.New(t), labnet.New(t)
+	ab, ac := labnet.Connect(t, a, b), labnet.Connect(t, a, c)
+	for _, n := range []*labnet.NS{a, b, c} {
+		n.EnableConntrack()
 	}
-	b.addRedirect("tcp", 80, 8080) // DNAT: in b the reply comes from 8080
-	b.serveTCP(8080)
-	c.serveUDP(5353)
+	b.AddRedirect("tcp", 80, 8080) // DNAT: in b the reply comes from 8080
+	b.ServeTCP(8080)
+	c.ServeUDP(5353)
 
-	nss := []Namespace{{Inode: root.Inode}, a.Namespace(), b.Namespace(), c.Namespace()}
-	mine := []*labNS{a, b, c}
+	nss := []Namespace{{Inode: root.Inode}, labNamespace(a), labNamespace(b), labNamespace(c)}
+	mine := []*labnet.NS{a, b, c}
 	before := map[uint32]map[string]uint64{}
 	for _, n := range mine {
-		before[n.Inode] = n.ctStats()
+		before[n.Inode] = n.CTStats()
 	}
 	fds := openFDs(t)
 	tr, err := Open(context.Background(), Options{
@@ -444,7 +393,7 @@ func TestNetlinkTracer(t *testing.T) {
 
 	// Traffic from a: TCP to b (DNAT there), UDP and ICMP to c, ICMPv6 to b.
 	var want []expectConn
-	conn := func(what string, proto uint8, local netip.AddrPort, dst netip.AddrPort, n1, n2 *labNS, reply2 Tuple) {
+	conn := func(what string, proto uint8, local netip.AddrPort, dst netip.AddrPort, n1, n2 *labnet.NS, reply2 Tuple) {
 		orig := Tuple{local.Addr(), dst.Addr(), local.Port(), dst.Port()}
 		fam := familyOf(dst.Addr())
 		want = append(want,
@@ -453,23 +402,23 @@ func TestNetlinkTracer(t *testing.T) {
 	}
 	for range 3 {
 		for _, dst := range []netip.Addr{ab.B4, ab.B6} {
-			l := a.tcpRoundTrip(netip.AddrPortFrom(dst, 80))
+			l := a.TCPRoundTrip(netip.AddrPortFrom(dst, 80))
 			conn("tcp", unix.IPPROTO_TCP, l, netip.AddrPortFrom(dst, 80), a, b, Tuple{dst, l.Addr(), 8080, l.Port()})
 		}
 		for _, dst := range []netip.Addr{ac.B4, ac.B6} {
-			l := a.udpRoundTrip(netip.AddrPortFrom(dst, 5353))
+			l := a.UDPRoundTrip(netip.AddrPortFrom(dst, 5353))
 			orig := Tuple{l.Addr(), dst, l.Port(), 5353}
 			conn("udp", unix.IPPROTO_UDP, l, netip.AddrPortFrom(dst, 5353), a, c, inverse(orig))
 		}
 	}
 	for i, p := range []struct {
 		dst      netip.Addr
-		server   *labNS
+		server   *labnet.NS
 		proto    uint8
 		req, rep uint16
 	}{{ac.B4, c, unix.IPPROTO_ICMP, 8 << 8, 0}, {ab.B6, b, unix.IPPROTO_ICMPV6, 128 << 8, 129 << 8}} {
 		id := uint16(4000 + i)
-		a.ping(p.dst, id)
+		a.Ping(p.dst, id)
 		src := ac.A4
 		if p.dst == ab.B6 {
 			src = ab.A6
@@ -483,7 +432,7 @@ func TestNetlinkTracer(t *testing.T) {
 	// conntrack -I in c, then -D of half of them; the same in the root
 	// namespace with addresses no other test uses.
 	type inserted struct {
-		n       *labNS
+		n       *labnet.NS
 		proto   string
 		src     netip.AddrPort
 		dst     netip.AddrPort
@@ -500,11 +449,11 @@ func TestNetlinkTracer(t *testing.T) {
 	}
 	protoNum := map[string]uint8{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "icmp": unix.IPPROTO_ICMP}
 	for _, e := range ins {
-		if err := e.n.ctInsert(ctInsertArgs(e.proto, e.src, e.dst, "-m", "42")...); err != nil {
+		if err := e.n.CTInsert(labnet.InsertArgs(e.proto, e.src, e.dst, "-m", "42")...); err != nil {
 			t.Fatal(err)
 		}
 		if e.n == root {
-			t.Cleanup(func() { _ = root.ctDelete(ctInsertArgs(e.proto, e.src, e.dst)[:6]...) })
+			t.Cleanup(func() { _ = root.CTDelete(labnet.InsertArgs(e.proto, e.src, e.dst)[:6]...) })
 		}
 		orig := Tuple{e.src.Addr(), e.dst.Addr(), e.src.Port(), e.dst.Port()}
 		reply := inverse(orig)
@@ -515,7 +464,7 @@ func TestNetlinkTracer(t *testing.T) {
 	}
 	for _, e := range ins {
 		if e.deleted {
-			if err := e.n.ctDelete(ctInsertArgs(e.proto, e.src, e.dst)[:6]...); err != nil {
+			if err := e.n.CTDelete(labnet.InsertArgs(e.proto, e.src, e.dst)[:6]...); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -546,15 +495,15 @@ func TestNetlinkTracer(t *testing.T) {
 	// the entries deleted with conntrack -D.
 	truth := map[Key]uint64{}
 	for _, n := range mine {
-		for _, r := range n.ctList() {
+		for _, r := range n.CTList() {
 			truth[Key{n.Inode, r.Family, r.Protocol}]++
 			var match []Event
 			for _, ev := range log.snapshot() {
-				if ev.Type == EventCreated && ev.NetNS == n.Inode && ev.Original == r.Original {
+				if ev.Type == EventCreated && ev.NetNS == n.Inode && ev.Original == Tuple(r.Original) {
 					match = append(match, ev)
 				}
 			}
-			if len(match) != 1 || match[0].Reply != r.Reply || match[0].Cookie != uint64(r.ID) {
+			if len(match) != 1 || match[0].Reply != Tuple(r.Reply) || match[0].Cookie != uint64(r.ID) {
 				t.Errorf("netns %d: conntrack -L %+v: created events %+v", n.Inode, r, match)
 			}
 		}
@@ -567,7 +516,7 @@ func TestNetlinkTracer(t *testing.T) {
 
 	// Then destroy everything in a, b, c (the root entries are gone).
 	for _, n := range mine {
-		n.ctFlush()
+		n.CTFlush()
 	}
 	destroyed := func(evs []Event, cookie uint64, ns uint32) []Event {
 		var out []Event
@@ -651,7 +600,7 @@ func TestNetlinkTracer(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range mine {
-		after := n.ctStats()
+		after := n.CTStats()
 		var sum, truthSum Values
 		for k, v := range cnt {
 			if k.NetNS != n.Inode {
@@ -675,10 +624,10 @@ func TestNetlinkTracer(t *testing.T) {
 			buckets += x
 		}
 		t.Logf("netns %d: counters created %d destroyed %d (no start %d); ground truth %d; entries now %d; kernel stat insert +%d (ctnetlink inserts only)",
-			n.Inode, sum.Created, sum.Destroyed, sum.DestroyedNoStart, truthSum.Created, n.ctCount(), after["insert"]-before[n.Inode]["insert"])
-		if sum.Created != truthSum.Created || sum.Destroyed != truthSum.Created || n.ctCount() != 0 {
+			n.Inode, sum.Created, sum.Destroyed, sum.DestroyedNoStart, truthSum.Created, n.CTCount(), after["insert"]-before[n.Inode]["insert"])
+		if sum.Created != truthSum.Created || sum.Destroyed != truthSum.Created || n.CTCount() != 0 {
 			t.Errorf("netns %d: created %d destroyed %d, ground truth %d, %d entries left",
-				n.Inode, sum.Created, sum.Destroyed, truthSum.Created, n.ctCount())
+				n.Inode, sum.Created, sum.Destroyed, truthSum.Created, n.CTCount())
 		}
 		if sum.DestroyedNoStart != 0 || buckets != sum.Destroyed || sum.LifetimeSum <= 0 {
 			t.Errorf("netns %d: no start %d, histogram %d, lifetime sum %v", n.Inode, sum.DestroyedNoStart, buckets, sum.LifetimeSum)
@@ -718,10 +667,10 @@ func TestNetlinkTracer(t *testing.T) {
 // TestNetlinkRescan: a namespace added after Open is picked up within one
 // rescan interval, and a removed one is closed.
 func TestNetlinkRescan(t *testing.T) {
-	labRequire(t, "ip", "conntrack")
-	first := newLabNS(t)
+	labnet.Require(t, "ip", "conntrack")
+	first := labnet.New(t)
 	var mu sync.Mutex
-	list := []Namespace{first.Namespace()}
+	list := []Namespace{labNamespace(first)}
 	const interval = 300 * time.Millisecond
 	tr, err := Open(context.Background(), Options{
 		Backend: BackendNetlink,
@@ -745,9 +694,9 @@ func TestNetlinkRescan(t *testing.T) {
 	}
 	log := collectEvents(tr)
 
-	second := newLabNS(t)
+	second := labnet.New(t)
 	mu.Lock()
-	list = append(list, second.Namespace())
+	list = append(list, labNamespace(second))
 	mu.Unlock()
 	added := time.Now()
 	for !listening(second.Inode) {
@@ -758,8 +707,8 @@ func TestNetlinkRescan(t *testing.T) {
 	}
 	t.Logf("new namespace listened to %v after it was listed (interval %v)", time.Since(added), interval)
 	src, dst := netip.MustParseAddrPort("192.0.2.1:5000"), netip.MustParseAddrPort("192.0.2.2:53")
-	for _, n := range []*labNS{first, second} {
-		if err := n.ctInsert(ctInsertArgs("udp", src, dst)...); err != nil {
+	for _, n := range []*labnet.NS{first, second} {
+		if err := n.CTInsert(labnet.InsertArgs("udp", src, dst)...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -784,8 +733,8 @@ func TestNetlinkRescan(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	n := len(log.snapshot())
-	first.ctFlush()
-	second.ctFlush()
+	first.CTFlush()
+	second.CTFlush()
 	if !log.waitFor(3*time.Second, func(evs []Event) bool { return len(evs) > n }) {
 		t.Fatal("no destroy event from the remaining namespace")
 	}
@@ -805,28 +754,28 @@ func TestNetlinkRescan(t *testing.T) {
 // compares the failure counters with the kernel's statistics. It lowers the
 // global nf_conntrack_max for a few milliseconds and restores it.
 func TestNetlinkTableFull(t *testing.T) {
-	labRequire(t, "ip", "nft", "conntrack")
-	n := newLabNS(t)
-	n.enableConntrack()
+	labnet.Require(t, "ip", "nft", "conntrack")
+	n := labnet.New(t)
+	n.EnableConntrack()
 	tr, err := Open(context.Background(), Options{
 		Backend:       BackendNetlink,
 		Logger:        zaptest.NewLogger(t),
-		Namespaces:    func() ([]Namespace, error) { return []Namespace{n.Namespace()}, nil },
+		Namespaces:    func() ([]Namespace, error) { return []Namespace{labNamespace(n)}, nil },
 		DisableEvents: true, // counters must still be kept
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tr.Close() })
-	before := n.ctStats()
+	before := n.CTStats()
 
 	// -EEXIST: the second insert fails; the kernel counts nothing for it
 	// and the netlink backend cannot see it.
-	args := ctInsertArgs("tcp", netip.MustParseAddrPort("192.0.2.1:1000"), netip.MustParseAddrPort("192.0.2.2:80"), "-u", "ASSURED")
-	if err := n.ctInsert(args...); err != nil {
+	args := labnet.InsertArgs("tcp", netip.MustParseAddrPort("192.0.2.1:1000"), netip.MustParseAddrPort("192.0.2.2:80"), "-u", "ASSURED")
+	if err := n.CTInsert(args...); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.ctInsert(args...); err == nil || !strings.Contains(err.Error(), "exists") {
+	if err := n.CTInsert(args...); err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Fatalf("second insert: %v, want 'exists'", err)
 	}
 
@@ -836,14 +785,14 @@ func TestNetlinkTableFull(t *testing.T) {
 	var lines []string
 	for i := range fill {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 77, byte(i >> 8), byte(i)}), 2000)
-		lines = append(lines, "-I "+strings.Join(ctInsertArgs("udp", src, netip.MustParseAddrPort("10.78.0.1:53"), "-u", "ASSURED"), " "))
+		lines = append(lines, "-I "+strings.Join(labnet.InsertArgs("udp", src, netip.MustParseAddrPort("10.78.0.1:53"), "-u", "ASSURED"), " "))
 	}
-	n.ctLoad(lines)
-	count := n.ctCount()
+	n.CTLoad(lines)
+	count := n.CTCount()
 	if count != fill+1 {
 		t.Fatalf("%d entries, want %d", count, fill+1)
 	}
-	restore := setConntrackMax(t, count)
+	restore := labnet.SetConntrackMax(t, count)
 	var sendErr error
 	err = n.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
@@ -860,8 +809,8 @@ func TestNetlinkTableFull(t *testing.T) {
 	}
 	t.Logf("send into a full table: %v", sendErr)
 
-	after := n.ctStats()
-	ks, err := ReadKernelStats(n.Namespace())
+	after := n.CTStats()
+	ks, err := ReadKernelStats(labNamespace(n))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -898,12 +847,12 @@ func TestNetlinkTableFull(t *testing.T) {
 // TestNetlinkNoBufs overruns the event socket (tiny buffer, reader held up)
 // and checks the loss is counted and the listener keeps working.
 func TestNetlinkNoBufs(t *testing.T) {
-	labRequire(t, "ip", "conntrack")
-	n := newLabNS(t)
+	labnet.Require(t, "ip", "conntrack")
+	n := labnet.New(t)
 	tr, err := Open(context.Background(), Options{
 		Backend:           BackendNetlink,
 		Logger:            zaptest.NewLogger(t),
-		Namespaces:        func() ([]Namespace, error) { return []Namespace{n.Namespace()}, nil },
+		Namespaces:        func() ([]Namespace, error) { return []Namespace{labNamespace(n)}, nil },
 		NetlinkBufferSize: 1, // the kernel's minimum
 		EventBuffer:       8,
 	})
@@ -916,10 +865,10 @@ func TestNetlinkNoBufs(t *testing.T) {
 	var lines []string
 	for i := range 200 {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 66, byte(i >> 8), byte(i)}), 3000)
-		lines = append(lines, "-I "+strings.Join(ctInsertArgs("udp", src, netip.MustParseAddrPort("10.67.0.1:53")), " "))
+		lines = append(lines, "-I "+strings.Join(labnet.InsertArgs("udp", src, netip.MustParseAddrPort("10.67.0.1:53")), " "))
 	}
 	nt.cmu.Lock() // the listener blocks in account() after its first event
-	n.ctLoad(lines)
+	n.CTLoad(lines)
 	nt.cmu.Unlock()
 
 	deadline := time.Now().Add(3 * time.Second)
@@ -946,7 +895,7 @@ func TestNetlinkNoBufs(t *testing.T) {
 	// One conntrack process per entry: slow enough for the tiny buffer.
 	for i := range 12 {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 69, 0, byte(i)}), 3000)
-		if err := n.ctInsert(ctInsertArgs("udp", src, netip.MustParseAddrPort("10.67.0.1:53"))...); err != nil {
+		if err := n.CTInsert(labnet.InsertArgs("udp", src, netip.MustParseAddrPort("10.67.0.1:53"))...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -967,11 +916,11 @@ func TestNetlinkNoBufs(t *testing.T) {
 	for len(tr.Events()) > 0 {
 		<-tr.Events()
 	}
-	args := ctInsertArgs("tcp", netip.MustParseAddrPort("10.68.0.1:1"), netip.MustParseAddrPort("10.68.0.2:2"))
-	if err := n.ctInsert(args...); err != nil {
+	args := labnet.InsertArgs("tcp", netip.MustParseAddrPort("10.68.0.1:1"), netip.MustParseAddrPort("10.68.0.2:2"))
+	if err := n.CTInsert(args...); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.ctDelete(args[:6]...); err != nil {
+	if err := n.CTDelete(args[:6]...); err != nil {
 		t.Fatal(err)
 	}
 	var got []Event
@@ -995,15 +944,15 @@ func TestNetlinkNoBufs(t *testing.T) {
 // before Open produces a DESTROY without a NEW: DestroyedNoStart, unless
 // the kernel's timestamps (nf_conntrack_timestamp=1) give its lifetime.
 func TestNetlinkDestroyedNoStart(t *testing.T) {
-	labRequire(t, "ip", "conntrack", "sysctl")
-	plain, stamped := newLabNS(t), newLabNS(t)
-	args := ctInsertArgs("udp", netip.MustParseAddrPort("192.0.2.1:1"), netip.MustParseAddrPort("192.0.2.2:2"))
-	for _, n := range []*labNS{plain, stamped} {
-		n.mustExec("sysctl", "-qw", "net.netfilter.nf_conntrack_events=1")
+	labnet.Require(t, "ip", "conntrack", "sysctl")
+	plain, stamped := labnet.New(t), labnet.New(t)
+	args := labnet.InsertArgs("udp", netip.MustParseAddrPort("192.0.2.1:1"), netip.MustParseAddrPort("192.0.2.2:2"))
+	for _, n := range []*labnet.NS{plain, stamped} {
+		n.MustExec("sysctl", "-qw", "net.netfilter.nf_conntrack_events=1")
 		if n == stamped {
-			n.mustExec("sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1")
+			n.MustExec("sysctl", "-qw", "net.netfilter.nf_conntrack_timestamp=1")
 		}
-		if err := n.ctInsert(args...); err != nil {
+		if err := n.CTInsert(args...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1011,7 +960,7 @@ func TestNetlinkDestroyedNoStart(t *testing.T) {
 	tr, err := Open(context.Background(), Options{
 		Backend:    BackendNetlink,
 		Logger:     zaptest.NewLogger(t),
-		Namespaces: func() ([]Namespace, error) { return []Namespace{plain.Namespace(), stamped.Namespace()}, nil },
+		Namespaces: func() ([]Namespace, error) { return []Namespace{labNamespace(plain), labNamespace(stamped)}, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -1019,8 +968,8 @@ func TestNetlinkDestroyedNoStart(t *testing.T) {
 	t.Cleanup(func() { tr.Close() })
 	log := collectEvents(tr)
 	time.Sleep(50 * time.Millisecond)
-	for _, n := range []*labNS{plain, stamped} {
-		if err := n.ctDelete(args[:6]...); err != nil {
+	for _, n := range []*labnet.NS{plain, stamped} {
+		if err := n.CTDelete(args[:6]...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1049,13 +998,13 @@ func TestNetlinkDestroyedNoStart(t *testing.T) {
 // TestNetlinkOpenErrors: a namespace that cannot be opened is refused
 // when it is the only one; a bad namespace list fails Open.
 func TestNetlinkOpenErrors(t *testing.T) {
-	labRequire(t, "ip")
+	labnet.Require(t, "ip")
 	_, err := Open(context.Background(), Options{Backend: BackendNetlink,
 		Namespaces: func() ([]Namespace, error) { return []Namespace{{Inode: 1, Path: "/nonexistent/ns"}}, nil }})
 	if err == nil {
 		t.Error("open with only a missing namespace succeeded")
 	}
-	n := newLabNS(t)
+	n := labnet.New(t)
 	_, err = Open(context.Background(), Options{Backend: BackendNetlink,
 		Namespaces: func() ([]Namespace, error) { return []Namespace{{Inode: n.Inode + 1, Path: n.Path}}, nil }})
 	if err == nil || !strings.Contains(err.Error(), "inode") {
@@ -1073,7 +1022,7 @@ func TestNetlinkOpenErrors(t *testing.T) {
 	}
 	defer tr.Close()
 	nt := tr.(*netlinkTracer)
-	if l := len(nt.listeners); l != 1 || nt.listeners[rootLabNS(t).Inode] == nil {
+	if l := len(nt.listeners); l != 1 || nt.listeners[labnet.Root(t).Inode] == nil {
 		t.Errorf("default namespaces: %v", fmt.Sprint(nt.listeners))
 	}
 }

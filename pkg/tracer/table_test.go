@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/internal/labnet"
 )
 
 // tcpStateNames are the TCP_CONNTRACK_* names conntrack -L prints.
@@ -23,13 +25,13 @@ const (
 
 // compareDump checks DumpTable(n) against conntrack -L in n: same count,
 // and for every entry the same tuples, id, mark, zone, state and flags.
-func compareDump(t *testing.T, n *labNS) int {
+func compareDump(t *testing.T, n *labnet.NS) int {
 	t.Helper()
 	var got []Entry
-	if err := DumpTable(n.Namespace(), func(e Entry) { got = append(got, e) }); err != nil {
+	if err := DumpTable(labNamespace(n), func(e Entry) { got = append(got, e) }); err != nil {
 		t.Fatalf("netns %d: DumpTable: %v", n.Inode, err)
 	}
-	cli := n.ctList()
+	cli := n.CTList()
 	if len(got) != len(cli) {
 		t.Errorf("netns %d: DumpTable %d entries, conntrack -L %d", n.Inode, len(got), len(cli))
 	}
@@ -46,7 +48,7 @@ func compareDump(t *testing.T, n *labNS) int {
 			t.Errorf("netns %d: conntrack -L %+v not dumped", n.Inode, r)
 			continue
 		}
-		if e.Family != r.Family || e.Protocol != r.Protocol || e.Original != r.Original || e.Reply != r.Reply ||
+		if e.Family != r.Family || e.Protocol != r.Protocol || e.Original != Tuple(r.Original) || e.Reply != Tuple(r.Reply) ||
 			e.Mark != r.Mark || e.Zone != r.Zone {
 			t.Errorf("netns %d: dumped %+v, conntrack -L %+v", n.Inode, e, r)
 		}
@@ -71,30 +73,30 @@ func compareDump(t *testing.T, n *labNS) int {
 // real traffic (TCP, UDP, ICMP over IPv4 and IPv6, DNAT), entries with
 // marks and zones, and a table large enough for a multi-part dump.
 func TestTableDump(t *testing.T) {
-	labRequire(t, "ip", "nft", "conntrack")
-	a, b, big := newLabNS(t), newLabNS(t), newLabNS(t)
-	ab := labConnect(t, a, b)
-	a.enableConntrack()
-	b.enableConntrack()
-	b.addRedirect("tcp", 80, 8080)
-	b.serveTCP(8080)
-	b.serveUDP(5353)
+	labnet.Require(t, "ip", "nft", "conntrack")
+	a, b, big := labnet.New(t), labnet.New(t), labnet.New(t)
+	ab := labnet.Connect(t, a, b)
+	a.EnableConntrack()
+	b.EnableConntrack()
+	b.AddRedirect("tcp", 80, 8080)
+	b.ServeTCP(8080)
+	b.ServeUDP(5353)
 	for _, dst := range []netip.Addr{ab.B4, ab.B6} {
-		a.tcpRoundTrip(netip.AddrPortFrom(dst, 80))
-		a.udpRoundTrip(netip.AddrPortFrom(dst, 5353))
-		a.ping(dst, 999)
+		a.TCPRoundTrip(netip.AddrPortFrom(dst, 80))
+		a.UDPRoundTrip(netip.AddrPortFrom(dst, 5353))
+		a.Ping(dst, 999)
 	}
 	// An open connection stays ESTABLISHED.
-	b.serveTCP(9000)
+	b.ServeTCP(9000)
 	for _, dst := range []netip.Addr{ab.B4, ab.B6} {
-		a.tcpOpen(netip.AddrPortFrom(dst, 9000))
+		a.DialTCP(netip.AddrPortFrom(dst, 9000))
 	}
 	for i, args := range [][]string{
-		ctInsertArgs("tcp", netip.MustParseAddrPort("192.0.2.1:1000"), netip.MustParseAddrPort("192.0.2.2:22"), "-m", "7", "-w", "5", "-u", "ASSURED"),
-		ctInsertArgs("udp", netip.MustParseAddrPort("[2001:db8::1]:1000"), netip.MustParseAddrPort("[2001:db8::2]:53"), "-m", "4294967295", "-w", "65535"),
-		ctInsertArgs("icmpv6", netip.MustParseAddrPort("[2001:db8::1]:7"), netip.MustParseAddrPort("[2001:db8::2]:0"), "-u", "SEEN_REPLY"),
+		labnet.InsertArgs("tcp", netip.MustParseAddrPort("192.0.2.1:1000"), netip.MustParseAddrPort("192.0.2.2:22"), "-m", "7", "-w", "5", "-u", "ASSURED"),
+		labnet.InsertArgs("udp", netip.MustParseAddrPort("[2001:db8::1]:1000"), netip.MustParseAddrPort("[2001:db8::2]:53"), "-m", "4294967295", "-w", "65535"),
+		labnet.InsertArgs("icmpv6", netip.MustParseAddrPort("[2001:db8::1]:7"), netip.MustParseAddrPort("[2001:db8::2]:0"), "-u", "SEEN_REPLY"),
 	} {
-		if err := b.ctInsert(args...); err != nil {
+		if err := b.CTInsert(args...); err != nil {
 			t.Fatalf("insert %d: %v", i, err)
 		}
 	}
@@ -103,11 +105,11 @@ func TestTableDump(t *testing.T) {
 	for i := range bigN {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 88, byte(i >> 8), byte(i)}), uint16(1000+i%7))
 		proto := []string{"tcp", "udp"}[i%2]
-		lines = append(lines, "-I "+strings.Join(ctInsertArgs(proto, src, netip.MustParseAddrPort("10.89.0.1:443")), " "))
+		lines = append(lines, "-I "+strings.Join(labnet.InsertArgs(proto, src, netip.MustParseAddrPort("10.89.0.1:443")), " "))
 	}
-	big.ctLoad(lines)
+	big.CTLoad(lines)
 
-	for _, n := range []*labNS{a, b} {
+	for _, n := range []*labnet.NS{a, b} {
 		t.Logf("netns %d: %d entries, DumpTable = conntrack -L", n.Inode, compareDump(t, n))
 	}
 	if got := compareDump(t, big); got != bigN {
@@ -115,13 +117,13 @@ func TestTableDump(t *testing.T) {
 	}
 
 	// The current namespace (Path ""): our own entry is there once.
-	root := rootLabNS(t)
+	root := labnet.Root(t)
 	src := netip.AddrPortFrom(netip.MustParseAddr("198.51.100.202"), uint16(10000+os.Getpid()%20000))
-	args := ctInsertArgs("udp", src, netip.MustParseAddrPort("203.0.113.202:9"), "-m", "9")
-	if err := root.ctInsert(args...); err != nil {
+	args := labnet.InsertArgs("udp", src, netip.MustParseAddrPort("203.0.113.202:9"), "-m", "9")
+	if err := root.CTInsert(args...); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = root.ctDelete(args[:6]...) })
+	t.Cleanup(func() { _ = root.CTDelete(args[:6]...) })
 	for _, ns := range []Namespace{{}, {Inode: root.Inode, Path: "/proc/self/ns/net"}} {
 		var found []Entry
 		err := DumpTable(ns, func(e Entry) {
@@ -146,22 +148,22 @@ func TestTableDump(t *testing.T) {
 // CPUs), conntrack -C and /proc/net/stat/nf_conntrack in the same
 // namespace.
 func TestKernelStats(t *testing.T) {
-	labRequire(t, "ip", "nft", "conntrack")
-	a, b := newLabNS(t), newLabNS(t)
-	ab := labConnect(t, a, b)
-	a.enableConntrack()
-	b.enableConntrack()
-	b.serveTCP(8080)
+	labnet.Require(t, "ip", "nft", "conntrack")
+	a, b := labnet.New(t), labnet.New(t)
+	ab := labnet.Connect(t, a, b)
+	a.EnableConntrack()
+	b.EnableConntrack()
+	b.ServeTCP(8080)
 	for range 3 {
-		a.tcpRoundTrip(netip.AddrPortFrom(ab.B4, 8080))
-		a.tcpRoundTrip(netip.AddrPortFrom(ab.B6, 8080))
+		a.TCPRoundTrip(netip.AddrPortFrom(ab.B4, 8080))
+		a.TCPRoundTrip(netip.AddrPortFrom(ab.B6, 8080))
 	}
 	for i := range 2 { // lone FINs: "invalid" in a (output) and b (input)
-		a.sendRawTCP(netip.AddrPortFrom(ab.A4, uint16(50000+i)), netip.AddrPortFrom(ab.B4, 8080), 0x01)
+		a.SendRawTCP(netip.AddrPortFrom(ab.A4, uint16(50000+i)), netip.AddrPortFrom(ab.B4, 8080), 0x01)
 	}
-	args := ctInsertArgs("udp", netip.MustParseAddrPort("192.0.2.1:1"), netip.MustParseAddrPort("192.0.2.2:2"))
+	args := labnet.InsertArgs("udp", netip.MustParseAddrPort("192.0.2.1:1"), netip.MustParseAddrPort("192.0.2.2:2"))
 	for range 2 { // the second fails with EEXIST
-		_ = a.ctInsert(args...)
+		_ = a.CTInsert(args...)
 	}
 	maxText, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
 	if err != nil {
@@ -169,12 +171,12 @@ func TestKernelStats(t *testing.T) {
 	}
 	max, _ := strconv.ParseUint(strings.TrimSpace(string(maxText)), 10, 64)
 
-	for _, n := range []*labNS{a, b} {
-		ks, err := ReadKernelStats(n.Namespace())
+	for _, n := range []*labnet.NS{a, b} {
+		ks, err := ReadKernelStats(labNamespace(n))
 		if err != nil {
 			t.Fatal(err)
 		}
-		cli, count, proc := n.ctStats(), n.ctCount(), n.procStats()
+		cli, count, proc := n.CTStats(), n.CTCount(), n.ProcStats()
 		t.Logf("netns %d: %+v", n.Inode, ks)
 		for _, c := range []struct {
 			name      string
@@ -204,7 +206,7 @@ func TestKernelStats(t *testing.T) {
 			t.Errorf("netns %d: entries %d max %d; conntrack -C %d, nf_conntrack_max %d", n.Inode, ks.Entries, ks.MaxEntries, count, max)
 		}
 	}
-	if ks, _ := ReadKernelStats(a.Namespace()); ks.Entries != 7 || ks.Invalid < 2 || ks.Insert != 1 {
+	if ks, _ := ReadKernelStats(labNamespace(a)); ks.Entries != 7 || ks.Invalid < 2 || ks.Insert != 1 {
 		t.Errorf("netns %d: %+v, want 7 entries, 1 insert, 2 invalid or more", a.Inode, ks)
 	}
 	if ks, err := ReadKernelStats(Namespace{}); err != nil || ks.MaxEntries != max {
