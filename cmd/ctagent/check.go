@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
+)
+
+// errCheckFailed: check found no backend that attaches.
+var errCheckFailed = errors.New("check failed: no tracer backend can attach")
+
+// runCheck validates what parseArgs could not (the kernel side), really
+// attaches the backend that run would pick, detaches it and reports.
+func runCheck(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logger) error {
+	p := func(key, format string, args ...any) {
+		fmt.Fprintf(stdout, "%-11s %s\n", key+":", fmt.Sprintf(format, args...))
+	}
+	p("version", "%s (revision %s)", Version, Revision)
+	p("flags", "ok")
+	if src, err := btfSource(cfg); err != nil {
+		p("btf", "not available: %v (the eBPF backends cannot run)", err)
+	} else {
+		p("btf", "%s", src)
+	}
+
+	r := newResolver(cfg, nil, log)
+	if err := r.Refresh(); err != nil {
+		p("namespaces", "%d found, with an error: %v", len(r.Namespaces()), err)
+	} else {
+		p("namespaces", "%d found under %s and %s", len(r.Namespaces()), cfg.procRoot, strings.Join(cfg.netnsDirs, ","))
+	}
+
+	// Only the current namespace: enough to prove that ctnetlink works,
+	// without opening a socket in every namespace of the host.
+	opts := tracerOptions(cfg, log)
+	opts.DisableEvents = true
+	t, err := tracer.Open(ctx, opts)
+	if err != nil {
+		p("backend", "none (requested %s)", cfg.backend)
+		p("error", "%v", err)
+		return errCheckFailed
+	}
+	info := t.Info()
+	closeErr := t.Close()
+	p("backend", "%s (requested %s)", info.Backend, cfg.backend)
+	if len(info.Hooks) > 0 {
+		p("hooks", "%s", strings.Join(info.Hooks, ", "))
+	}
+	for _, b := range refusedOrder(info.Refused) {
+		p("refused", "%s: %s", b, info.Refused[b])
+	}
+	p("kernel", "%s", info.Kernel)
+	if closeErr != nil {
+		p("close", "%v", closeErr)
+		return errCheckFailed
+	}
+	p("result", "ok: ctagent run would use the %s backend", info.Backend)
+	return nil
+}

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/ctagent/ctagent/pkg/metrics"
+	"github.com/ctagent/ctagent/pkg/netns"
+	"github.com/ctagent/ctagent/pkg/netns/kube"
+	"github.com/ctagent/ctagent/pkg/tracer"
+)
+
+// shutdownTimeout bounds the whole shutdown; systemd and the kubelet wait
+// longer before SIGKILL.
+const shutdownTimeout = 5 * time.Second
+
+// podSyncTimeout bounds the wait for the first pod list at start.
+const podSyncTimeout = 30 * time.Second
+
+// runDaemon serves metrics until ctx is done. The HTTP server starts first,
+// so /healthz answers and /readyz explains the wait while the tracer
+// attaches and the baseline loads.
+func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
+	log.Info("Starting ctagent", zap.String("version", Version), zap.String("revision", Revision))
+
+	ready := newReadiness("starting")
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	handler, err := newHandler(cfg, reg, ready, log)
+	if err != nil {
+		return err
+	}
+	srv, err := startWebServer(cfg, handler, log)
+	if err != nil {
+		return err
+	}
+
+	// Everything below stops when run does; bg waits for it.
+	ctx, cancel := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	var t tracer.Tracer
+	defer func() {
+		cancel()
+		shutdown(srv, t, &bg, log)
+	}()
+
+	ready.notReady("waiting for the Kubernetes pod list")
+	pods, stopPods, err := startPodSource(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopPods()
+
+	ready.notReady("scanning network namespaces")
+	resolver := newResolver(cfg, pods, log)
+	if err := resolver.Refresh(); err != nil {
+		log.Warn("Scanning network namespaces", zap.Error(err))
+	}
+	log.Info("Network namespaces found", zap.Int("count", len(resolver.Namespaces())))
+
+	ready.notReady("tracer not attached yet")
+	opts := tracerOptions(cfg, log)
+	opts.Namespaces = tracerNamespaces(resolver, cfg.procRoot, log, nil)
+	t, err = tracer.Open(ctx, opts)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return err
+	}
+	info := t.Info()
+	logBackend(log, cfg.backend, info)
+	if info.Backend != tracer.BackendNetlink {
+		// The netlink backend refreshes the resolver at every rescan
+		// through opts.Namespaces; the eBPF backends never ask.
+		goBG(&bg, func() { resolver.Run(ctx, cfg.netnsRescanInterval) })
+	}
+
+	exp, err := metrics.New(metrics.Options{
+		Tracer:             t,
+		Namespaces:         metricsNamespaces(resolver),
+		Labels:             cfg.labels,
+		MaxNamespaces:      cfg.maxNamespaces,
+		StaleAfter:         cfg.staleAfter,
+		ReconcileInterval:  cfg.reconcileInterval,
+		RescanInterval:     cfg.netnsRescanInterval,
+		DisableKernelStats: !cfg.kernelStats,
+		Logger:             log.Named("metrics"),
+		Version:            Version,
+		Revision:           Revision,
+	})
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(exp)
+	// Drain the events from now on, so the channel never fills while the
+	// baseline loads; the exporter counts them in ctagent_events_total.
+	events := t.Events()
+	goBG(&bg, func() {
+		for ev := range events {
+			exp.CountEvent(ev)
+		}
+	})
+
+	ready.notReady("loading the metrics baseline (a table dump of every namespace)")
+	start := time.Now()
+	if err := exp.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Not fatal: Run retries, and /readyz says why it waits.
+		log.Warn("Metrics baseline not loaded; retrying in the background", zap.Error(err))
+	} else {
+		log.Info("Metrics baseline loaded", zap.Duration("took", time.Since(start)))
+	}
+	goBG(&bg, func() { exp.Run(ctx) })
+	ready.ready(func() error {
+		if !exp.Ready() {
+			return errors.New("metrics baseline not loaded yet: no namespace could be dumped")
+		}
+		return nil
+	})
+	log.Info("Ready", zap.String("address", srv.ln.Addr().String()))
+
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-srv.Done():
+		if err == nil {
+			err = errors.New("HTTP server stopped")
+		}
+		return err
+	}
+}
+
+// shutdown stops the HTTP server, closes the tracer (every BPF link and
+// netlink socket) and waits for the background goroutines, within
+// shutdownTimeout in all.
+func shutdown(srv *webServer, t tracer.Tracer, bg *sync.WaitGroup, log *zap.Logger) {
+	deadline := time.Now().Add(shutdownTimeout)
+	log.Info("Stopping")
+	// Leave a second of the budget for the tracer and the goroutines.
+	hctx, cancel := context.WithDeadline(context.Background(), deadline.Add(-time.Second))
+	if err := srv.Shutdown(hctx); err != nil {
+		log.Warn("HTTP server shutdown", zap.Error(err))
+	}
+	cancel()
+	if t != nil {
+		closeTracer(t, log)
+	}
+	done := make(chan struct{})
+	go func() { bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Until(deadline)):
+		log.Warn("Background tasks did not stop in time")
+	}
+	log.Info("Stopped")
+}
+
+func goBG(wg *sync.WaitGroup, f func()) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		f()
+	}()
+}
+
+// metricsNamespaces adapts the resolver to the exporter's namespace source.
+// Both calls read the resolver's cache; Lookup refreshes it, rate-limited,
+// only for an inode it does not know.
+func metricsNamespaces(r *netns.Resolver) metrics.Namespaces {
+	return metrics.NamespaceFuncs{
+		List: func() []tracer.Namespace {
+			nss := r.Namespaces()
+			out := make([]tracer.Namespace, len(nss))
+			for i, ns := range nss {
+				out[i] = tracer.Namespace{Inode: ns.Inode, Path: ns.Path}
+			}
+			return out
+		},
+		Identity: func(inode uint32) (metrics.Identity, bool) {
+			id, ok := r.Lookup(inode)
+			if !ok {
+				return metrics.Identity{}, false
+			}
+			return metrics.Identity{
+				Name:         id.Name,
+				Pod:          id.Pod,
+				PodNamespace: id.PodNamespace,
+				Container:    id.ContainerID,
+				Comm:         id.Comm,
+			}, true
+		},
+	}
+}
+
+// startPodSource starts the pod informer when ctagent runs in a Kubernetes
+// cluster (or --kubernetes.kubeconfig is set); outside one pods are not
+// named and the source is nil.
+func startPodSource(ctx context.Context, cfg *config, log *zap.Logger) (netns.PodSource, func(), error) {
+	client, err := kube.NewClient(cfg.kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	if client == nil {
+		log.Debug("Not in a Kubernetes cluster and no --kubernetes.kubeconfig: pods are not named")
+		return nil, func() {}, nil
+	}
+	node := kube.NodeName(cfg.nodeName)
+	inf, err := kube.NewPodInformer(client, node, cfg.podLabels, log.Named("kube"))
+	if err != nil {
+		return nil, nil, err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	inf.Start(pctx)
+	wctx, wcancel := context.WithTimeout(pctx, podSyncTimeout)
+	defer wcancel()
+	if inf.WaitForSync(wctx) {
+		log.Info("Watching the pods of this node", zap.String("node", node))
+	} else if ctx.Err() == nil {
+		log.Warn("Pod list not synced yet; pods are named once it is", zap.String("node", node),
+			zap.Duration("waited", podSyncTimeout))
+	}
+	return inf, cancel, nil
+}

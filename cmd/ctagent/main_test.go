@@ -1,0 +1,340 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/pkg/netns"
+	"github.com/ctagent/ctagent/pkg/tracer"
+)
+
+func TestParseArgsDefaults(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-a")
+	cfg, err := parseArgs(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.command != "run" || cfg.listenAddress != ":9695" || cfg.telemetryPath != "/metrics" ||
+		cfg.backend != tracer.BackendAuto || cfg.logLevel != "info" || cfg.logFormat != "logfmt" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	if cfg.nodeName != "node-a" {
+		t.Errorf("node name %q, want $NODE_NAME", cfg.nodeName)
+	}
+	if !slices.Equal(cfg.labels, metricLabels) {
+		t.Errorf("labels %v", cfg.labels)
+	}
+}
+
+func TestParseArgsCommands(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--log.level=debug"}, "run"},
+		{[]string{"check"}, "check"},
+		{[]string{"--config.check"}, "check"},
+		{[]string{"events", "--events.netns=foo"}, "events"},
+		{[]string{"version"}, "version"},
+		{[]string{"--version"}, "version"},
+		{[]string{"run", "--version"}, "version"},
+	} {
+		cfg, err := parseArgs(tc.args, io.Discard)
+		if err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+			continue
+		}
+		if cfg.command != tc.want {
+			t.Errorf("%v: command %q, want %q", tc.args, cfg.command, tc.want)
+		}
+	}
+	var out bytes.Buffer
+	if _, err := parseArgs([]string{"help"}, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("help: %v", err)
+	}
+	if !strings.Contains(out.String(), "--web.listen-address=STRING") {
+		t.Errorf("help does not list --web.listen-address:\n%s", out.String())
+	}
+}
+
+func TestParseArgsValues(t *testing.T) {
+	cfg, err := parseArgs([]string{
+		"--web.listen-address=127.0.0.1:0", "--tracer.backend=netlink", "--tracer.ringbuf-size=8MiB",
+		"--tracer.perf-buffer-size=512KiB", "--metrics.labels=pod, comm,pod", "--kubernetes.pod-labels=app,app.kubernetes.io/name",
+		"--log.format=json", "--reconcile.interval=30s",
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.backend != tracer.BackendNetlink || cfg.ringbufSize != 8<<20 || cfg.perfBufferSize != 512<<10 ||
+		!slices.Equal(cfg.labels, []string{"pod", "comm"}) || len(cfg.podLabels) != 2 || cfg.reconcileInterval != 30*time.Second {
+		t.Errorf("parsed %+v", cfg)
+	}
+}
+
+func TestParseArgsUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	notBTF := filepath.Join(dir, "not-btf")
+	if err := os.WriteFile(notBTF, []byte("this is not BTF at all, just text\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--no-such-flag"},
+		{"frobnicate"},
+		{"run", "extra"},
+		{"--tracer.backend=uprobe"},
+		{"--btf.path=/nonexistent/vmlinux"},
+		{"--btf.path=" + notBTF},
+		{"--btf.path=" + dir},
+		{"--web.listen-address=9695"},
+		{"--web.listen-address=:http-alt"},
+		{"--web.telemetry-path=metrics"},
+		{"--web.telemetry-path=/readyz"},
+		{"--web.config.file=/nonexistent.yml"},
+		{"--tracer.ringbuf-size=3MiB"},
+		{"--tracer.ringbuf-size=lots"},
+		{"--tracer.perf-buffer-size=100"},
+		{"--log.level=trace"},
+		{"--log.format=xml"},
+		{"--reconcile.interval=0s"},
+		{"--reconcile.interval=soon"},
+		{"--metrics.max-namespaces=-1"},
+		{"--metrics.labels=netns,pod"},
+		{"--netns.rescan-interval=-1s"},
+		{"--kubernetes.pod-labels=-bad-"},
+		{"--kubernetes.kubeconfig=/nonexistent/kubeconfig"},
+		{"--events.netns=x"},
+		{"check", "--config.check"},
+	} {
+		_, err := parseArgs(args, io.Discard)
+		var u *usageError
+		if !errors.As(err, &u) {
+			t.Errorf("%v: got %v, want a usage error", args, err)
+		}
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	var buf bytes.Buffer
+	for _, tc := range []struct {
+		err  error
+		want int
+		msg  string
+	}{
+		{nil, 0, ""},
+		{flag.ErrHelp, 0, ""},
+		{usageErrorf("--log.level: bad"), 2, "ctagent: --log.level: bad\n"},
+		{&loggedError{errors.New("x")}, 1, ""},
+		{errCheckFailed, 1, "ctagent: check failed"},
+	} {
+		buf.Reset()
+		if got := exitCode(tc.err, &buf); got != tc.want {
+			t.Errorf("%v: exit %d, want %d", tc.err, got, tc.want)
+		}
+		if !strings.HasPrefix(buf.String(), tc.msg) || (tc.msg == "" && buf.Len() > 0) {
+			t.Errorf("%v: printed %q", tc.err, buf.String())
+		}
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "4096": 4096, "4KiB": 4096, "4k": 4096, "8MiB": 8 << 20, "1G": 1 << 30} {
+		var b byteSize
+		if err := b.Set(in); err != nil || int64(b) != want {
+			t.Errorf("%q: %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5MiB", "4PiB", "12 apples"} {
+		var b byteSize
+		if err := b.Set(in); err == nil {
+			t.Errorf("%q: no error", in)
+		}
+	}
+	if s := byteSize(4 << 20).String(); s != "4MiB" {
+		t.Errorf("String: %s", s)
+	}
+}
+
+// rawBTF returns a minimal well-formed BTF blob: header, no types, one
+// empty string.
+func rawBTF(bo binary.ByteOrder) []byte {
+	hdr := make([]byte, btfHeaderLen+1)
+	bo.PutUint16(hdr[0:], btfMagic)
+	hdr[2] = 1                          // version
+	bo.PutUint32(hdr[4:], btfHeaderLen) // hdr_len
+	bo.PutUint32(hdr[8:], 0)            // type_off
+	bo.PutUint32(hdr[12:], 0)           // type_len
+	bo.PutUint32(hdr[16:], 0)           // str_off
+	bo.PutUint32(hdr[20:], 1)           // str_len
+	return hdr
+}
+
+func TestValidateBTF(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, ok := range []string{write("le", rawBTF(binary.LittleEndian)), write("be", rawBTF(binary.BigEndian))} {
+		if err := validateBTF(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	if _, err := os.Stat(kernelBTF); err == nil {
+		if err := validateBTF(kernelBTF); err != nil {
+			t.Errorf("%s: %v", kernelBTF, err)
+		}
+	}
+	truncated := rawBTF(binary.LittleEndian)
+	binary.LittleEndian.PutUint32(truncated[12:], 1000) // type_len past the end
+	badVersion := rawBTF(binary.LittleEndian)
+	badVersion[2] = 7
+	exe, err := os.Executable() // an ELF file without .BTF
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, path := range map[string]string{
+		"missing":     filepath.Join(dir, "missing"),
+		"directory":   dir,
+		"empty":       write("empty", nil),
+		"text":        write("text", []byte("hello, world, this is text\n")),
+		"truncated":   write("truncated", truncated),
+		"bad version": write("version", badVersion),
+		"ELF no .BTF": exe,
+	} {
+		if err := validateBTF(path); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestLogfmt(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := newLogger(&buf, "debug", "logfmt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("Tracer attached", zap.String("backend", "netlink"), zap.String("why", `said "no" = twice`),
+		zap.Int("n", 3), zap.Strings("hooks", []string{"a", "b"}), zap.String("empty", ""))
+	line := buf.String()
+	if !strings.HasPrefix(line, "ts=") {
+		t.Errorf("ts is not first: %s", line)
+	}
+	for _, want := range []string{` level=info `, ` msg="Tracer attached" `, ` backend=netlink `, `why="said \"no\" = twice"`,
+		` n=3 `, ` hooks="[\"a\",\"b\"]"`, ` empty=""`, ` caller=ctagent/main_test.go:`} {
+		if !strings.Contains(line, want) {
+			t.Errorf("missing %s in %s", want, line)
+		}
+	}
+	if strings.Count(line, "\n") != 1 || !strings.HasSuffix(line, "\n") {
+		t.Errorf("not one line: %q", line)
+	}
+
+	buf.Reset()
+	log, _ = newLogger(&buf, "warn", "json")
+	log.Info("hidden")
+	newSlogLogger(log).Warn("from slog", "address", "127.0.0.1:1", "http2", false)
+	var m map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+		t.Fatalf("%v: %s", err, buf.String())
+	}
+	if m["msg"] != "from slog" || m["address"] != "127.0.0.1:1" || m["level"] != "warn" {
+		t.Errorf("json: %v", m)
+	}
+}
+
+func TestHandler(t *testing.T) {
+	cfg, err := parseArgs(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "ctagent_test", Help: "test"}))
+	ready := newReadiness("tracer not attached yet")
+	h, err := newHandler(cfg, reg, ready, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "tracer not attached") {
+		t.Errorf("/readyz before: %d %q", code, body)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	if code, body := get("/"); code != 200 || !strings.Contains(body, "/metrics") {
+		t.Errorf("/: %d", code)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "ctagent_test 0") {
+		t.Errorf("/metrics: %d %q", code, body)
+	}
+	baseline := false
+	ready.ready(func() error {
+		if !baseline {
+			return errors.New("baseline not loaded")
+		}
+		return nil
+	})
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "baseline") {
+		t.Errorf("/readyz check failing: %d %q", code, body)
+	}
+	baseline = true
+	if code, _ := get("/readyz"); code != 200 {
+		t.Errorf("/readyz after: %d", code)
+	}
+}
+
+func TestJSONEvent(t *testing.T) {
+	ev := tracer.Event{
+		Type: tracer.EventDestroyed, Time: time.Unix(1700000000, 0).UTC(), NetNS: 4026532281,
+		Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP,
+		Original: tracer.Tuple{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), SrcPort: 40000, DstPort: 80},
+		Reply:    tracer.Tuple{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.1"), SrcPort: 80, DstPort: 40000},
+		Status:   1<<1 | 1<<2 | 1<<3, TCPState: 7, Lifetime: 1500 * time.Millisecond, LifetimeKnown: true,
+	}
+	b, err := json.Marshal(toJSONEvent(ev, netns.Identity{Name: "blue", Comm: "nginx", PID: 42}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"time":"2023-11-14T22:13:20Z","type":"destroyed","netns":4026532281,"netns_name":"blue","pid":42,"comm":"nginx",` +
+		`"family":"ipv4","protocol":"tcp","original":{"src":"10.0.0.1","dst":"10.0.0.2","sport":40000,"dport":80},` +
+		`"reply":{"src":"10.0.0.2","dst":"10.0.0.1","sport":80,"dport":40000},"status":["SEEN_REPLY","ASSURED","CONFIRMED"],` +
+		`"tcp_state":"TIME_WAIT","lifetime_seconds":1.5}`
+	if string(b) != want {
+		t.Errorf("got  %s\nwant %s", b, want)
+	}
+
+	icmp := tracer.Event{Type: tracer.EventFailed, Family: unix.AF_INET6, Protocol: unix.IPPROTO_ICMPV6,
+		Original: tracer.Tuple{Src: netip.MustParseAddr("::1"), Dst: netip.MustParseAddr("::2"), SrcPort: 7, DstPort: 128 << 8},
+		Reason:   tracer.ReasonExists, Error: -17}
+	b, _ = json.Marshal(toJSONEvent(icmp, netns.Identity{}))
+	for _, w := range []string{`"icmp_id":7,"icmp_type":128,"icmp_code":0`, `"reason":"exists","error":-17`, `"family":"ipv6"`} {
+		if !strings.Contains(string(b), w) {
+			t.Errorf("missing %s in %s", w, b)
+		}
+	}
+}

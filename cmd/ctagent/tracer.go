@@ -1,0 +1,122 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+
+	"go.uber.org/zap"
+
+	"github.com/ctagent/ctagent/pkg/netns"
+	"github.com/ctagent/ctagent/pkg/tracer"
+)
+
+// newResolver builds the network namespace resolver from the flags.
+func newResolver(cfg *config, pods netns.PodSource, log *zap.Logger) *netns.Resolver {
+	return netns.NewResolver(netns.Options{
+		ProcRoot:  cfg.procRoot,
+		NetnsDirs: cfg.netnsDirs,
+		Logger:    log.Named("netns"),
+		Pods:      pods,
+	})
+}
+
+// tracerNamespaces adapts the resolver to tracer.Options.Namespaces. The
+// tracer calls it at start and every rescan interval, so it refreshes the
+// resolver first: a namespace made a moment ago is listened to at the next
+// rescan, not one resolver period later. keep, if not nil, filters.
+func tracerNamespaces(r *netns.Resolver, procRoot string, log *zap.Logger, keep func(netns.Namespace) bool) func() ([]tracer.Namespace, error) {
+	return func() ([]tracer.Namespace, error) {
+		if err := r.Refresh(); err != nil {
+			log.Debug("Refreshing network namespaces for the tracer", zap.Error(err))
+		}
+		nss := r.Namespaces()
+		out := make([]tracer.Namespace, 0, len(nss))
+		for _, ns := range nss {
+			if keep == nil || keep(ns) {
+				out = append(out, tracer.Namespace{Inode: ns.Inode, Path: ns.Path})
+			}
+		}
+		if len(out) == 0 && len(nss) == 0 {
+			return nil, fmt.Errorf("no network namespace found under %s", procRoot)
+		}
+		return out, nil
+	}
+}
+
+// tracerOptions maps the flags to tracer.Options.
+func tracerOptions(cfg *config, log *zap.Logger) tracer.Options {
+	return tracer.Options{
+		Backend:           cfg.backend,
+		BTFPath:           cfg.btfPath,
+		RingBufferSize:    int(cfg.ringbufSize),
+		PerfBufferSize:    int(cfg.perfBufferSize),
+		ForcePerfBuffer:   cfg.perfBuffer,
+		EventBuffer:       cfg.eventBuffer,
+		Logger:            log.Named("tracer"),
+		RescanInterval:    cfg.netnsRescanInterval,
+		NetlinkBufferSize: int(cfg.netlinkBufferSize),
+	}
+}
+
+// logBackend logs, once, which backend runs, what it attached and why the
+// backends before it were refused.
+func logBackend(log *zap.Logger, requested tracer.Backend, info tracer.Info) {
+	fields := []zap.Field{
+		zap.String("backend", string(info.Backend)),
+		zap.String("requested", string(requested)),
+		zap.Strings("hooks", info.Hooks),
+		zap.String("kernel", info.Kernel),
+	}
+	if info.Backend != tracer.BackendNetlink {
+		fields = append(fields, zap.Bool("ring_buffer", info.RingBuffer))
+	}
+	for _, b := range refusedOrder(info.Refused) {
+		fields = append(fields, zap.String("refused_"+string(b), info.Refused[b]))
+	}
+	msg := "Tracer attached"
+	if len(info.Refused) > 0 {
+		msg = "Tracer attached on a fallback backend"
+	}
+	log.Info(msg, fields...)
+}
+
+// refusedOrder lists the refused backends in the order auto tries them.
+func refusedOrder(refused map[tracer.Backend]string) []tracer.Backend {
+	order := []tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe, tracer.BackendNetlink}
+	var out []tracer.Backend
+	for _, b := range order {
+		if _, ok := refused[b]; ok {
+			out = append(out, b)
+		}
+	}
+	var rest []tracer.Backend
+	for b := range refused {
+		if !slices.Contains(order, b) {
+			rest = append(rest, b)
+		}
+	}
+	sort.Slice(rest, func(i, j int) bool { return rest[i] < rest[j] })
+	return append(out, rest...)
+}
+
+// btfSource describes the BTF the eBPF backends will use, for logs and check.
+func btfSource(cfg *config) (string, error) {
+	path := cfg.btfPath
+	if path == "" {
+		path = kernelBTF
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return path, err
+	}
+	return fmt.Sprintf("%s (%d bytes)", path, st.Size()), nil
+}
+
+// closeTracer closes t and logs a failure.
+func closeTracer(t tracer.Tracer, log *zap.Logger) {
+	if err := t.Close(); err != nil {
+		log.Warn("Closing the tracer", zap.Error(err))
+	}
+}

@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Usage errors end with status 2 and one message on stderr, before
+// anything touches the kernel; they need no root.
+func TestUsageErrors(t *testing.T) {
+	notBTF := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(notBTF, []byte("#!/bin/sh\necho this is not BTF\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"--no-such-flag"}, "flag provided but not defined: --no-such-flag"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"bad backend", []string{"--tracer.backend=uprobe"}, `unknown tracer backend "uprobe"`},
+		{"missing BTF", []string{"--btf.path=/nonexistent"}, "--btf.path: open /nonexistent: no such file or directory"},
+		{"not BTF", []string{"--btf.path=" + notBTF}, "--btf.path: " + notBTF + ": not BTF"},
+		{"BTF is a directory", []string{"--btf.path=/tmp"}, "--btf.path: /tmp is not a regular file"},
+		{"bad log level", []string{"--log.level=loud"}, `--log.level: unknown level "loud"`},
+		{"bad log format", []string{"--log.format=xml"}, `--log.format: unknown format "xml"`},
+		{"bad listen address", []string{"--web.listen-address=localhost"}, "--web.listen-address"},
+		{"bad duration", []string{"--reconcile.interval=often"}, "invalid value \"often\" for flag --reconcile.interval"},
+		{"bad ring buffer", []string{"--tracer.ringbuf-size=3MiB"}, "--tracer.ringbuf-size: 3MiB is not a power-of-two"},
+		{"bad label", []string{"--metrics.labels=pod,node"}, `--metrics.labels: unknown label "node"`},
+		{"check with bad BTF", []string{"check", "--btf.path=/nonexistent"}, "--btf.path"},
+		{"events with bad flag", []string{"events", "--bogus"}, "flag provided but not defined"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runCLI(t, 10*time.Second, tc.args...)
+			if r.code != 2 {
+				t.Errorf("exit status %d, want 2\nstderr: %s", r.code, r.stderr)
+			}
+			if !strings.Contains(r.stderr, tc.want) {
+				t.Errorf("stderr %q does not say %q", r.stderr, tc.want)
+			}
+			if lines := strings.Count(strings.TrimSpace(r.stderr), "\n") + 1; lines > 2 {
+				t.Errorf("stderr has %d lines, want the error and a hint:\n%s", lines, r.stderr)
+			}
+			if r.stdout != "" {
+				t.Errorf("stdout not empty: %q", r.stdout)
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		r := runCLI(t, 10*time.Second, args...)
+		if r.code != 0 || !strings.Contains(r.stdout, "ctagent, version "+testVersion+" (revision: e2e)") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	r := runCLI(t, 10*time.Second, "--help")
+	if r.code != 0 {
+		t.Errorf("exit %d", r.code)
+	}
+	for _, flag := range []string{"--web.listen-address", "--web.telemetry-path", "--web.config.file", "--tracer.backend",
+		"--btf.path", "--tracer.ringbuf-size", "--tracer.perf-buffer", "--log.level", "--log.format", "--reconcile.interval",
+		"--metrics.max-namespaces", "--metrics.stale-after", "--metrics.labels", "--netns.rescan-interval",
+		"--kubernetes.kubeconfig", "--kubernetes.node-name", "--kubernetes.pod-labels"} {
+		if !strings.Contains(r.stdout, flag+"=") && !strings.Contains(r.stdout, flag+"\n") {
+			t.Errorf("--help does not list %s", flag)
+		}
+	}
+}
+
+// check really attaches the backend run would use, reports it, and exits 0.
+func TestCheck(t *testing.T) {
+	requireRoot(t)
+	want := expectedBackend()
+	r := runCLI(t, 60*time.Second, "check", "--log.level=warn")
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, line := range []string{"flags:      ok", "backend:    " + want + " (requested auto)", "result:     ok"} {
+		if !strings.Contains(r.stdout, line) {
+			t.Errorf("check output lacks %q:\n%s", line, r.stdout)
+		}
+	}
+	if want == "netlink" && !strings.Contains(r.stdout, "refused:    fentry: ") {
+		t.Errorf("check does not say why fentry was refused:\n%s", r.stdout)
+	}
+
+	// A backend that cannot attach here: exit 1 with the reason.
+	if want == "netlink" {
+		r := runCLI(t, 60*time.Second, "--config.check", "--tracer.backend=fentry", "--log.level=error")
+		if r.code != 1 || !strings.Contains(r.stdout, "backend:    none (requested fentry)") {
+			t.Errorf("check with fentry: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+		}
+	}
+}
+
+// expectedBackend is the backend auto picks on this machine: netlink on the
+// project's dev and CI machines, where eBPF programs load but cannot attach.
+// CTAGENT_E2E_BACKEND overrides it elsewhere.
+func expectedBackend() string {
+	if b := os.Getenv("CTAGENT_E2E_BACKEND"); b != "" {
+		return b
+	}
+	return "netlink"
+}
