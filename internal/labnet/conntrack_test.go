@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -80,5 +81,21 @@ func TestChecksum(t *testing.T) {
 	}
 	if got := checksum([]byte{0xff}); got != ^uint16(0xff00) {
 		t.Errorf("odd length: %#04x", got)
+	}
+}
+
+// TestSysctl: a net.* sysctl set in a namespace is that namespace's own.
+func TestSysctl(t *testing.T) {
+	Require(t, "ip", "cat")
+	const name, path = "net.netfilter.nf_conntrack_udp_timeout", "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"
+	root := Root(t)
+	before := root.MustExec("cat", path)
+	n := New(t)
+	n.Sysctl(name, "599")
+	if got := strings.TrimSpace(n.MustExec("cat", path)); got != "599" {
+		t.Errorf("%s in %s = %q, want 599", name, n.Name, got)
+	}
+	if got := root.MustExec("cat", path); got != before {
+		t.Errorf("%s in the root namespace changed: %q, was %q", name, got, before)
 	}
 }

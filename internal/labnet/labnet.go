@@ -52,6 +52,21 @@ func Require(t testing.TB, tools ...string) {
 	}
 }
 
+// InVM reports whether the test runs inside the qemu kernel matrix
+// (scripts/vmtest-init.sh sets CTAGENT_VMTEST=1), where eBPF programs
+// attach; this host cannot attach kprobes or fentry.
+func InVM() bool { return os.Getenv("CTAGENT_VMTEST") != "" }
+
+// RequireVM skips t, saying why, unless it runs in the kernel matrix (see
+// InVM), as root, with every tool on PATH.
+func RequireVM(t testing.TB, tools ...string) {
+	t.Helper()
+	if !InVM() {
+		t.Skip("skipped: attaches eBPF programs; runs in the qemu kernel matrix (make vmtest), this host cannot attach kprobes or fentry")
+	}
+	Require(t, tools...)
+}
+
 var seq atomic.Uint32
 
 // Name returns a name unique across processes and calls, with prefix, at
@@ -189,6 +204,17 @@ func (n *NS) Do(fn func() error) error {
 	}
 	runtime.UnlockOSThread()
 	return fnErr
+}
+
+// Sysctl sets the sysctl name (dotted, e.g.
+// "net.netfilter.nf_conntrack_udp_timeout") to value as seen from n: the
+// net.* ones are per namespace.
+func (n *NS) Sysctl(name, value string) {
+	n.t.Helper()
+	path := "/proc/sys/" + strings.ReplaceAll(name, ".", "/")
+	if err := n.Do(func() error { return os.WriteFile(path, []byte(value), 0o644) }); err != nil {
+		n.t.Fatalf("netns %q: sysctl %s=%s: %v", n.Name, name, value, err)
+	}
 }
 
 // NFT loads an nftables ruleset (nft -f -) in n. Statements inside a

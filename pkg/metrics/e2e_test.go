@@ -138,9 +138,73 @@ func series(m map[string]map[string]float64, name string, inode uint32) map[stri
 func truthEntries(n *labnet.NS) map[string]float64 {
 	out := map[string]float64{}
 	for _, r := range n.CTList() {
-		out["family="+familyName(r.Family)+",protocol="+protocolName(r.Protocol)]++
+		out[recordLabels(r)]++
 	}
 	return out
+}
+
+// recordLabels is the family and protocol labels of r, "family=ipv4,protocol=tcp".
+func recordLabels(r labnet.Record) string {
+	return "family=" + familyName(r.Family) + ",protocol=" + protocolName(r.Protocol)
+}
+
+// clientMix makes traffic from a to the far end of l, which serves TCP and
+// UDP echo: 3 TCP connections over IPv4 to port tcp4, 2 over IPv6 to tcp6,
+// 2 UDP round trips over IPv4 and 1 over IPv6 to udp, and a ping over each
+// with ids id and id+1.
+func clientMix(a *labnet.NS, l *labnet.Link, tcp4, tcp6, udp, id uint16) {
+	for range 3 {
+		a.TCPRoundTrip(netip.AddrPortFrom(l.B4, tcp4))
+	}
+	for range 2 {
+		a.TCPRoundTrip(netip.AddrPortFrom(l.B6, tcp6))
+		a.UDPRoundTrip(netip.AddrPortFrom(l.B4, udp))
+	}
+	a.UDPRoundTrip(netip.AddrPortFrom(l.B6, udp))
+	a.Ping(l.B4, id)
+	a.Ping(l.B6, id+1)
+}
+
+// serveExporter makes an exporter with opts behind its own registry and an
+// httptest server (closed in t.Cleanup); it returns the exporter and the
+// URL of its metrics. The caller starts and runs it.
+func serveExporter(t *testing.T, opts Options) (*Exporter, string) {
+	t.Helper()
+	e, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(e)
+	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	t.Cleanup(srv.Close)
+	return e, srv.URL + "/metrics"
+}
+
+// countEvents feeds tr's events to e until tr closes.
+func countEvents(tr tracer.Tracer, e *Exporter) {
+	go func() {
+		for ev := range tr.Events() {
+			e.CountEvent(ev)
+		}
+	}()
+}
+
+// checkKernelStats compares the ctagent_conntrack_kernel_stat_* series of
+// n in m with conntrack -S (stats), for the statistics conntrack prints.
+func checkKernelStats(m map[string]map[string]float64, n *labnet.NS, stats map[string]uint64) error {
+	l := canon(fmt.Sprintf("netns=%d,netns_name=%s", n.Inode, n.Name))
+	for _, ks := range kernelStats {
+		want, ok := stats[ks.name]
+		if !ok {
+			continue // this conntrack does not print it
+		}
+		v, found := m["ctagent_conntrack_kernel_stat_"+ks.name+"_total"][l]
+		if !found || v != float64(want) {
+			return fmt.Errorf("%s: exported %v (present %v), conntrack -S %d", ks.name, v, found, want)
+		}
+	}
+	return nil
 }
 
 func sameMap(a, b map[string]float64) bool {
@@ -204,18 +268,9 @@ func TestEndToEndNetlink(t *testing.T) {
 	b.ServeTCP(8080)
 	b.ServeUDP(5353)
 	c.ServeTCP(8080)
-	for range 3 {
-		a.TCPRoundTrip(netip.AddrPortFrom(ab.B4, 8080))
-	}
-	for range 2 {
-		a.TCPRoundTrip(netip.AddrPortFrom(ab.B6, 8080))
-		a.UDPRoundTrip(netip.AddrPortFrom(ab.B4, 5353))
-	}
-	a.UDPRoundTrip(netip.AddrPortFrom(ab.B6, 5353))
-	a.Ping(ab.B4, 101)
-	a.Ping(ab.B6, 102)
+	clientMix(a, ab, 8080, 8080, 5353, 101)
 
-	e, err := New(Options{
+	e, url := serveExporter(t, Options{
 		Tracer:            tr,
 		Namespaces:        src,
 		Labels:            []string{LabelNetnsName},
@@ -225,19 +280,7 @@ func TestEndToEndNetlink(t *testing.T) {
 		Logger:            zaptest.NewLogger(t),
 		Version:           "test",
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for ev := range tr.Events() {
-			e.CountEvent(ev)
-		}
-	}()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(e)
-	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	defer srv.Close()
-	url := srv.URL + "/metrics"
+	countEvents(tr, e)
 
 	if err := e.Start(ctx); err != nil {
 		t.Fatalf("Start: %v", err)
@@ -323,20 +366,7 @@ func TestEndToEndNetlink(t *testing.T) {
 	// has stopped.
 	for name, n := range labs {
 		eventually(t, 5*time.Second, name+" kernel stats", func() error {
-			m := scrapeHTTP(t, url)
-			truth := n.CTStats()
-			for _, ks := range kernelStats {
-				want, ok := truth[ks.name]
-				if !ok {
-					continue // this conntrack does not print it
-				}
-				got := m["ctagent_conntrack_kernel_stat_"+ks.name+"_total"]
-				v, found := got[canon(fmt.Sprintf("netns=%d,netns_name=%s", n.Inode, n.Name))]
-				if !found || v != float64(want) {
-					return fmt.Errorf("%s: exported %v (present %v), conntrack -S %d", ks.name, v, found, want)
-				}
-			}
-			return nil
+			return checkKernelStats(scrapeHTTP(t, url), n, n.CTStats())
 		})
 	}
 
@@ -399,18 +429,11 @@ func TestEndToEndNetlink(t *testing.T) {
 	// A second exporter on the same tracer, capped at one namespace: the
 	// three others are summed into netns="overflow".
 	t.Run("overflow", func(t *testing.T) {
-		e2, err := New(Options{Tracer: tr, Namespaces: src, MaxNamespaces: 1, Labels: []string{LabelNetnsName}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		e2, url2 := serveExporter(t, Options{Tracer: tr, Namespaces: src, MaxNamespaces: 1, Labels: []string{LabelNetnsName}})
 		if err := e2.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
-		reg2 := prometheus.NewPedanticRegistry()
-		reg2.MustRegister(e2)
-		srv2 := httptest.NewServer(promhttp.HandlerFor(reg2, promhttp.HandlerOpts{}))
-		defer srv2.Close()
-		m := scrapeHTTP(t, srv2.URL+"/metrics")
+		m := scrapeHTTP(t, url2)
 		expect(t, m, "ctagent_namespaces_folded", "", 3)
 		var kept *labnet.NS
 		var foldedSum float64

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"os"
 	"testing"
 
 	"github.com/ctagent/ctagent/internal/labnet"
@@ -40,7 +39,7 @@ func BenchmarkDecode(b *testing.B) {
 // events=off measures the in-kernel part alone (counters, no event stream).
 // Needs attach, so it runs in the VM matrix (make bench).
 func BenchmarkConntrackOverhead(b *testing.B) {
-	if os.Getenv("CTAGENT_VMTEST") == "" {
+	if !labnet.InVM() {
 		b.Skip("skipped: attaches eBPF programs; runs in the qemu kernel matrix (make bench)")
 	}
 	labnet.Require(b, "ip", "nft", "conntrack")

@@ -152,7 +152,7 @@ func TestProgramsLoad(t *testing.T) {
 					t.Fatalf("%d programs in spec, want %d", got, want)
 				}
 				coll, err := ebpf.NewCollectionWithOptions(spec, co)
-				if b == BackendFentry && errors.Is(err, unix.EPERM) && os.Getenv("CTAGENT_VMTEST") == "" {
+				if b == BackendFentry && errors.Is(err, unix.EPERM) && !labnet.InVM() {
 					t.Skipf("skipped: this kernel refuses to load tracing programs (%v); the VM matrix loads them", err)
 				}
 				if err != nil {
@@ -217,7 +217,7 @@ func TestUserBTFPath(t *testing.T) {
 // were refused; forcing an eBPF backend is a clear error naming the symbol.
 func TestBackendFailover(t *testing.T) {
 	labnet.Require(t)
-	if os.Getenv("CTAGENT_VMTEST") != "" {
+	if labnet.InVM() {
 		t.Skip("skipped: in the VM eBPF attaches; failover is a host test")
 	}
 	log := zaptest.NewLogger(t)

@@ -3,7 +3,6 @@ package tracer
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,14 +15,6 @@ import (
 
 // These tests attach the eBPF programs, so they run only inside the kernel
 // matrix (make vmtest sets CTAGENT_VMTEST=1): this host cannot attach.
-
-func requireVM(t *testing.T) {
-	t.Helper()
-	if os.Getenv("CTAGENT_VMTEST") == "" {
-		t.Skip("skipped: attaches eBPF programs; runs in the qemu kernel matrix (make vmtest), this host cannot attach kprobes or fentry")
-	}
-	labnet.Require(t)
-}
 
 // vmWait polls cond for up to 20 s; on time-out it fails the test, fatally
 // or not.
@@ -51,7 +42,7 @@ func vmMatches(r labnet.Record, ev Event) bool {
 
 // TestVMBackends runs the scenario with each eBPF backend.
 func TestVMBackends(t *testing.T) {
-	requireVM(t)
+	labnet.RequireVM(t, "ip", "nft", "conntrack", "ping")
 	var hooksLine []string
 	for _, b := range []Backend{BackendFentry, BackendKprobe} {
 		t.Run(string(b), func(t *testing.T) {
