@@ -127,7 +127,14 @@ func jsonToLogfmt(out *buffer.Buffer, js []byte) error {
 				return err
 			}
 			out.AppendString(logfmtValue(s))
-		case '{', '[':
+		case '[':
+			var strs []string
+			if json.Unmarshal(p.raw, &strs) == nil { // a list of strings: a,b,c
+				out.AppendString(logfmtValue(strings.Join(strs, ",")))
+				break
+			}
+			fallthrough
+		case '{':
 			var c bytes.Buffer
 			if err := json.Compact(&c, p.raw); err != nil {
 				return err

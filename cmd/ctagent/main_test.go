@@ -235,13 +235,14 @@ func TestLogfmt(t *testing.T) {
 		t.Fatal(err)
 	}
 	log.Info("Tracer attached", zap.String("backend", "netlink"), zap.String("why", `said "no" = twice`),
-		zap.Int("n", 3), zap.Strings("hooks", []string{"a", "b"}), zap.String("empty", ""))
+		zap.Int("n", 3), zap.Strings("hooks", []string{"a", "b"}), zap.String("empty", ""),
+		zap.Any("obj", map[string]int{"k": 1}), zap.Ints("ints", []int{1, 2}))
 	line := buf.String()
 	if !strings.HasPrefix(line, "ts=") {
 		t.Errorf("ts is not first: %s", line)
 	}
 	for _, want := range []string{` level=info `, ` msg="Tracer attached" `, ` backend=netlink `, `why="said \"no\" = twice"`,
-		` n=3 `, ` hooks="[\"a\",\"b\"]"`, ` empty=""`, ` caller=ctagent/main_test.go:`} {
+		` n=3 `, ` hooks=a,b `, ` empty=""`, ` obj="{\"k\":1}"`, ` ints=[1,2]`, ` caller=ctagent/main_test.go:`} {
 		if !strings.Contains(line, want) {
 			t.Errorf("missing %s in %s", want, line)
 		}
