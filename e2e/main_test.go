@@ -55,7 +55,10 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	binary = filepath.Join(dir, "ctagent")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
 	build := exec.Command(goTool, "build", "-o", binary,
 		"-ldflags", "-X main.Version="+testVersion+" -X main.Revision=e2e", "./cmd/ctagent")
 	build.Dir = repoRoot
