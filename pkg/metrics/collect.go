@@ -397,11 +397,11 @@ func (m emitter) sample(s *sample) {
 	}
 
 	for _, k := range slices.Sorted(maps.Keys(s.entries)) {
-		m.val(mEntries, float64(max(s.entries[k], 0)), lv(familyName(k.family()), protocolName(k.protocol()))...)
+		m.val(mEntries, float64(max(s.entries[k], 0)), lv(tracer.FamilyName(k.family()), tracer.ProtocolName(k.protocol()))...)
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.values)) {
 		v := s.values[k]
-		fam, proto := familyName(k.family()), protocolName(k.protocol())
+		fam, proto := tracer.FamilyName(k.family()), tracer.ProtocolName(k.protocol())
 		for r, n := range v.Failed {
 			if r != int(tracer.ReasonNone) && n > 0 {
 				m.val(mInsertFailed, float64(n), lv(fam, proto, tracer.FailReason(r).String())...)

@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
@@ -326,44 +325,6 @@ func (id *Identity) label(name string) string {
 		return id.Comm
 	}
 	return ""
-}
-
-// familyName returns the family label value.
-func familyName(f uint8) string {
-	switch f {
-	case unix.AF_UNSPEC:
-		return "unspec"
-	case unix.AF_INET:
-		return "ipv4"
-	case unix.AF_INET6:
-		return "ipv6"
-	}
-	return "other:" + strconv.Itoa(int(f))
-}
-
-// protocolName returns the protocol label value.
-func protocolName(p uint8) string {
-	switch p {
-	case 0:
-		return "unspec"
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_ICMP:
-		return "icmp"
-	case unix.IPPROTO_ICMPV6:
-		return "icmpv6"
-	case unix.IPPROTO_SCTP:
-		return "sctp"
-	case unix.IPPROTO_GRE:
-		return "gre"
-	case unix.IPPROTO_DCCP:
-		return "dccp"
-	case unix.IPPROTO_UDPLITE:
-		return "udplite"
-	}
-	return "other:" + strconv.Itoa(int(p))
 }
 
 // TCP conntrack states (enum tcp_conntrack). The named states from syn_sent

@@ -145,7 +145,7 @@ func truthEntries(n *labnet.NS) map[string]float64 {
 
 // recordLabels is the family and protocol labels of r, "family=ipv4,protocol=tcp".
 func recordLabels(r labnet.Record) string {
-	return "family=" + familyName(r.Family) + ",protocol=" + protocolName(r.Protocol)
+	return "family=" + tracer.FamilyName(r.Family) + ",protocol=" + tracer.ProtocolName(r.Protocol)
 }
 
 // clientMix makes traffic from a to the far end of l, which serves TCP and
