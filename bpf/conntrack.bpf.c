@@ -274,6 +274,22 @@ static __always_inline void on_failed(void *ctx, struct nf_conn *ct,
 	submit(ctx, &e);
 }
 
+/* Takes what an entry probe stashed under key, for its return probe. A miss
+ * (the entry probe did not run, or a nested call on the same key replaced
+ * it) is counted. */
+static __always_inline bool take_inflight(__u64 key, struct inflight *out)
+{
+	struct inflight *in = bpf_map_lookup_elem(&inflights, &key);
+
+	if (!in) {
+		count_lost(CT_LOST_INFLIGHT_MISS);
+		return false;
+	}
+	*out = *in;
+	bpf_map_delete_elem(&inflights, &key);
+	return true;
+}
+
 /* Entry of __nf_conntrack_confirm: remember the entry the skb carries. */
 static __always_inline void confirm_enter(__u64 key, struct sk_buff *skb)
 {
@@ -290,15 +306,12 @@ static __always_inline void confirm_enter(__u64 key, struct sk_buff *skb)
  * counted insert_failed and dropped the packet. */
 static __always_inline void confirm_exit(void *ctx, __u64 key, int ret)
 {
-	struct inflight *in = bpf_map_lookup_elem(&inflights, &key);
+	struct inflight in;
 	struct nf_conn *ct;
 
-	if (!in) {
-		count_lost(CT_LOST_INFLIGHT_MISS);
+	if (!take_inflight(key, &in))
 		return;
-	}
-	ct = (struct nf_conn *)in->ct;
-	bpf_map_delete_elem(&inflights, &key);
+	ct = (struct nf_conn *)in.ct;
 	if (!ct)
 		return;
 	if (ret == NF_DROP) {
@@ -458,17 +471,10 @@ int BPF_KPROBE(kprobe_check_insert, struct nf_conn *ct)
 SEC("kretprobe/nf_conntrack_hash_check_insert")
 int BPF_KRETPROBE(kretprobe_check_insert, int ret)
 {
-	__u64 key = bpf_get_current_pid_tgid();
-	struct inflight *in = bpf_map_lookup_elem(&inflights, &key);
-	struct nf_conn *ct;
+	struct inflight in;
 
-	if (!in) {
-		count_lost(CT_LOST_INFLIGHT_MISS);
-		return 0;
-	}
-	ct = (struct nf_conn *)in->ct;
-	bpf_map_delete_elem(&inflights, &key);
-	check_insert_exit(ctx, ct, ret);
+	if (take_inflight(bpf_get_current_pid_tgid(), &in))
+		check_insert_exit(ctx, (struct nf_conn *)in.ct, ret);
 	return 0;
 }
 
@@ -498,18 +504,11 @@ int BPF_KPROBE(kprobe_alloc, struct net *net, const struct nf_conntrack_zone *zo
 SEC("kretprobe/__nf_conntrack_alloc")
 int BPF_KRETPROBE(kretprobe_alloc, long ret)
 {
-	__u64 key = bpf_get_current_pid_tgid();
-	struct inflight *in = bpf_map_lookup_elem(&inflights, &key);
-	struct inflight copy;
+	struct inflight in;
 
-	if (!in) {
-		count_lost(CT_LOST_INFLIGHT_MISS);
-		return 0;
-	}
-	copy = *in;
-	bpf_map_delete_elem(&inflights, &key);
-	alloc_exit(ctx, (struct net *)copy.net,
-		   (const struct nf_conntrack_tuple *)copy.orig,
-		   (const struct nf_conntrack_tuple *)copy.repl, ret);
+	if (take_inflight(bpf_get_current_pid_tgid(), &in))
+		alloc_exit(ctx, (struct net *)in.net,
+			   (const struct nf_conntrack_tuple *)in.orig,
+			   (const struct nf_conntrack_tuple *)in.repl, ret);
 	return 0;
 }
