@@ -133,8 +133,8 @@ func toJSONEvent(ev tracer.Event, id netns.Identity) jsonEvent {
 		Container:    id.ContainerID,
 		PID:          id.PID,
 		Comm:         id.Comm,
-		Family:       familyName(ev.Family),
-		Protocol:     protocolName(ev.Protocol),
+		Family:       tracer.FamilyName(ev.Family),
+		Protocol:     tracer.ProtocolName(ev.Protocol),
 		Original:     toJSONTuple(ev.Original, ev.Protocol),
 		Zone:         ev.Zone,
 		Mark:         ev.Mark,
@@ -177,34 +177,6 @@ func addrString(a interface {
 		return ""
 	}
 	return a.String()
-}
-
-func familyName(f uint8) string {
-	switch f {
-	case unix.AF_INET:
-		return "ipv4"
-	case unix.AF_INET6:
-		return "ipv6"
-	}
-	return strconv.Itoa(int(f))
-}
-
-var protocolNames = map[uint8]string{
-	unix.IPPROTO_ICMP:    "icmp",
-	unix.IPPROTO_TCP:     "tcp",
-	unix.IPPROTO_UDP:     "udp",
-	unix.IPPROTO_DCCP:    "dccp",
-	unix.IPPROTO_GRE:     "gre",
-	unix.IPPROTO_ICMPV6:  "icmpv6",
-	unix.IPPROTO_SCTP:    "sctp",
-	unix.IPPROTO_UDPLITE: "udplite",
-}
-
-func protocolName(p uint8) string {
-	if n, ok := protocolNames[p]; ok {
-		return n
-	}
-	return strconv.Itoa(int(p))
 }
 
 // tcpStateNames are enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h).

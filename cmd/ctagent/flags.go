@@ -216,7 +216,7 @@ func (c *config) validate() error {
 		}
 	}
 	if c.btfPath != "" {
-		if err := validateBTF(c.btfPath); err != nil {
+		if err := tracer.ValidateBTF(c.btfPath); err != nil {
 			return usageErrorf("--btf.path: %v", err)
 		}
 	}

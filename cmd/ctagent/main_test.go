@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -169,62 +168,6 @@ func TestByteSize(t *testing.T) {
 	}
 	if s := byteSize(4 << 20).String(); s != "4MiB" {
 		t.Errorf("String: %s", s)
-	}
-}
-
-// rawBTF returns a minimal well-formed BTF blob: header, no types, one
-// empty string.
-func rawBTF(bo binary.ByteOrder) []byte {
-	hdr := make([]byte, btfHeaderLen+1)
-	bo.PutUint16(hdr[0:], btfMagic)
-	hdr[2] = 1                          // version
-	bo.PutUint32(hdr[4:], btfHeaderLen) // hdr_len
-	bo.PutUint32(hdr[8:], 0)            // type_off
-	bo.PutUint32(hdr[12:], 0)           // type_len
-	bo.PutUint32(hdr[16:], 0)           // str_off
-	bo.PutUint32(hdr[20:], 1)           // str_len
-	return hdr
-}
-
-func TestValidateBTF(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	for _, ok := range []string{write("le", rawBTF(binary.LittleEndian)), write("be", rawBTF(binary.BigEndian))} {
-		if err := validateBTF(ok); err != nil {
-			t.Errorf("%s: %v", ok, err)
-		}
-	}
-	if _, err := os.Stat(kernelBTF); err == nil {
-		if err := validateBTF(kernelBTF); err != nil {
-			t.Errorf("%s: %v", kernelBTF, err)
-		}
-	}
-	truncated := rawBTF(binary.LittleEndian)
-	binary.LittleEndian.PutUint32(truncated[12:], 1000) // type_len past the end
-	badVersion := rawBTF(binary.LittleEndian)
-	badVersion[2] = 7
-	exe, err := os.Executable() // an ELF file without .BTF
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, path := range map[string]string{
-		"missing":     filepath.Join(dir, "missing"),
-		"directory":   dir,
-		"empty":       write("empty", nil),
-		"text":        write("text", []byte("hello, world, this is text\n")),
-		"truncated":   write("truncated", truncated),
-		"bad version": write("version", badVersion),
-		"ELF no .BTF": exe,
-	} {
-		if err := validateBTF(path); err == nil {
-			t.Errorf("%s: accepted", name)
-		}
 	}
 }
 

@@ -101,6 +101,9 @@ func refusedOrder(refused map[tracer.Backend]string) []tracer.Backend {
 	return append(out, rest...)
 }
 
+// kernelBTF is where the running kernel exposes its BTF.
+const kernelBTF = "/sys/kernel/btf/vmlinux"
+
 // btfSource describes the BTF the eBPF backends will use, for logs and check.
 func btfSource(cfg *config) (string, error) {
 	path := cfg.btfPath
