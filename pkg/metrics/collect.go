@@ -309,7 +309,11 @@ func (e *Exporter) collectGlobal(m emitter) {
 	info := e.tr.Info()
 	m.val(mTracerInfo, 1, string(info.Backend), strconv.FormatBool(info.RingBuffer), info.Kernel)
 	for _, b := range slices.Sorted(maps.Keys(info.Refused)) {
-		m.val(mTracerRefused, 1, string(b), shortReason(info.Refused[b]))
+		reason := info.RefusedReason[b]
+		if reason == "" {
+			reason = shortReason(info.Refused[b])
+		}
+		m.val(mTracerRefused, 1, string(b), reason)
 	}
 	for _, h := range slices.Compact(slices.Sorted(slices.Values(info.Hooks))) {
 		m.val(mTracerHooks, 1, h)

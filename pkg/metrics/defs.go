@@ -204,7 +204,7 @@ func buildDefs() []metricDef {
 	}
 	d[mTracerRefused] = metricDef{
 		name: "ctagent_tracer_backend_refused", kind: kindGauge, labels: []string{"backend", "reason"},
-		help:  "Always 1; a tracer backend that was tried before the running one, and the last part of the error that refused it.",
+		help:  "Always 1; a tracer backend that was tried before the running one, and why it was refused: no_btf, permission_denied, not_supported, symbol_not_found, verifier_rejected, unavailable or error (the full error is logged at start).",
 		notes: "At most one series per backend; reason is at most 64 characters.",
 	}
 	d[mTracerHooks] = metricDef{

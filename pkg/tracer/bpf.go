@@ -218,6 +218,12 @@ func openBPF(opts Options, b Backend) (Tracer, error) {
 		if errors.As(err, &verr) {
 			opts.Logger.Debug("verifier log", zap.String("log", fmt.Sprintf("%+v", verr)))
 		}
+		if errors.Is(err, unix.EPERM) {
+			// cilium/ebpf suggests MEMLOCK here, which is removed above;
+			// since 5.11 EPERM means missing privileges or a policy.
+			return nil, fmt.Errorf("load %s programs: not permitted (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; "+
+				"a lockdown or sandbox may refuse tracing programs): %w", b, err)
+		}
 		return nil, fmt.Errorf("load %s programs: %w", b, err)
 	}
 	if err := t.attach(b); err != nil {
@@ -367,7 +373,9 @@ func bootOffset() time.Duration {
 
 func (t *bpfTracer) Info() Info { return t.info }
 
-func (t *bpfTracer) setRefused(r map[Backend]string) { t.info.Refused = r }
+func (t *bpfTracer) setRefused(refused, reasons map[Backend]string) {
+	t.info.Refused, t.info.RefusedReason = refused, reasons
+}
 
 func (t *bpfTracer) Events() <-chan Event { return t.events }
 

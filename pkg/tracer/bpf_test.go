@@ -239,8 +239,8 @@ func TestBackendFailover(t *testing.T) {
 		t.Fatalf("auto chose %s, want netlink", info.Backend)
 	}
 	for _, b := range []Backend{BackendFentry, BackendKprobe} {
-		if info.Refused[b] == "" {
-			t.Errorf("no refusal reason recorded for %s: %v", b, info.Refused)
+		if info.Refused[b] == "" || info.RefusedReason[b] == "" || info.RefusedReason[b] == "error" {
+			t.Errorf("no classified refusal recorded for %s: %v %v", b, info.Refused, info.RefusedReason)
 		}
 	}
 	if err := tr.Close(); err != nil {

@@ -544,10 +544,10 @@ func (t *netlinkTracer) Info() Info {
 	return info
 }
 
-func (t *netlinkTracer) setRefused(r map[Backend]string) {
+func (t *netlinkTracer) setRefused(refused, reasons map[Backend]string) {
 	t.infoMu.Lock()
 	defer t.infoMu.Unlock()
-	t.info.Refused = r
+	t.info.Refused, t.info.RefusedReason = refused, reasons
 }
 
 func (t *netlinkTracer) Events() <-chan Event { return t.events }

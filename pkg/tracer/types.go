@@ -181,6 +181,10 @@ type Info struct {
 	Backend    Backend
 	Hooks      []string           // attached kernel symbols, e.g. "fexit/__nf_conntrack_confirm"
 	Refused    map[Backend]string // backends tried before this one, and why they failed
+	// RefusedReason classifies each refusal in a short, stable word, for a
+	// metric label: no_btf, permission_denied, not_supported,
+	// symbol_not_found, verifier_rejected, unavailable or error.
+	RefusedReason map[Backend]string
 	RingBuffer bool               // eBPF: ring buffer (true) or perf event array
 	Kernel     string             // uname -r
 }
