@@ -10,7 +10,7 @@ PACKAGES=(
 	clang-19 llvm-19 libbpf-dev bpftool
 	qemu-system-x86 busybox-static cpio kmod xz-utils
 	conntrack nftables iproute2 iputils-ping traceroute
-	prometheus make git
+	prometheus systemd make git
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
