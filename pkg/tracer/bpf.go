@@ -87,6 +87,7 @@ type bpfTracer struct {
 	events  chan Event
 	boot    time.Duration // wall clock minus CLOCK_MONOTONIC
 	done    chan struct{}
+	stats   io.Closer        // BPF stats while open, or nil
 	lostU   [3]atomic.Uint64 // user space: perf_lost, decode_error, channel_full
 	closing sync.Once
 	closed  error
@@ -233,6 +234,12 @@ func openBPF(opts Options, b Backend) (Tracer, error) {
 	if err := t.startReader(opts); err != nil {
 		t.Close()
 		return nil, err
+	}
+	if opts.BPFStats {
+		// Not fatal: the programs run, Programs reports zeros.
+		if t.stats, err = EnableBPFStats(); err != nil {
+			opts.Logger.Warn("BPF run-time statistics not available", zap.Error(err))
+		}
 	}
 	return t, nil
 }
@@ -489,6 +496,9 @@ func (t *bpfTracer) Close() error {
 		if t.events != nil {
 			<-t.done
 			close(t.events)
+		}
+		if t.stats != nil {
+			t.stats.Close()
 		}
 		if t.coll != nil {
 			t.coll.Close()

@@ -57,10 +57,7 @@ func TestVMBackends(t *testing.T) {
 // (TCP v4/v6, UDP, ICMP, DNAT) and ctnetlink inserts/deletes, and checks the
 // events and counters against the kernel's own view.
 func vmScenario(t *testing.T, b Backend) []string {
-	if stats, err := EnableBPFStats(); err == nil {
-		t.Cleanup(func() { stats.Close() })
-	}
-	tr, err := Open(t.Context(), Options{Backend: b, Logger: zaptest.NewLogger(t)})
+	tr, err := Open(t.Context(), Options{Backend: b, Logger: zaptest.NewLogger(t), BPFStats: true})
 	if err != nil {
 		t.Fatalf("open %s: %v", b, err)
 	}
@@ -261,6 +258,19 @@ func vmScenario(t *testing.T, b Backend) []string {
 			t.Errorf("lost[%s] = %d", r, n)
 		}
 	}
+	// Every attached program ran, and the kernel accounted for it.
+	progs, err := tr.Programs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(progs) != len(info.Hooks) {
+		t.Errorf("%d programs for %d hooks", len(progs), len(info.Hooks))
+	}
+	for _, p := range progs {
+		if p.RunCount == 0 || p.RunTime <= 0 {
+			t.Errorf("program %s (%s): run count %d, run time %v", p.Name, p.Hook, p.RunCount, p.RunTime)
+		}
+	}
 	if err := tr.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}
@@ -313,4 +323,39 @@ func vmTableFull(t *testing.T, tr Tracer) (full, drops uint64) {
 		t.Errorf("table_full failures %d, want kernel drop counter %d + 1 ctnetlink", full, drops)
 	}
 	return full, drops
+}
+
+// TestVMPerfBuffer: with the perf event array instead of the ring buffer,
+// entries created and deleted over ctnetlink arrive as events.
+func TestVMPerfBuffer(t *testing.T) {
+	labnet.RequireVM(t, "ip", "nft", "conntrack")
+	tr, err := Open(t.Context(), Options{Backend: BackendAuto, ForcePerfBuffer: true, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if info := tr.Info(); info.RingBuffer || info.Backend == BackendNetlink {
+		t.Fatalf("info = %+v, want an eBPF backend on the perf buffer", info)
+	}
+	log := collectEvents(tr)
+	n := labnet.New(t)
+	const entries = 20
+	for i := range entries {
+		src := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(2000+i))
+		if err := n.CTInsert(labnet.InsertArgs("udp", src, netip.MustParseAddrPort("192.0.2.2:53"))...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.CTFlush()
+	count := func(typ EventType) int {
+		return len(log.matching(n.Inode, func(ev Event) bool { return ev.Type == typ }))
+	}
+	log.waitFor(20*time.Second, func([]Event) bool { return count(EventDestroyed) >= entries })
+	if c, d := count(EventCreated), count(EventDestroyed); c != entries || d != entries {
+		t.Errorf("perf buffer: %d created, %d destroyed events; want %d each", c, d, entries)
+	}
+	lost, _ := tr.Lost()
+	if lost[LostPerfFull] != 0 || lost[LostPerfSamples] != 0 {
+		t.Errorf("lost: %v", lost)
+	}
 }

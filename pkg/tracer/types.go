@@ -221,6 +221,10 @@ type Options struct {
 	ForcePerfBuffer bool   // use the perf event array even where ring buffers exist
 	DisableEvents   bool   // counters only, no event stream
 	EventBuffer     int    // capacity of the Events channel; 0: 4096
+	// BPFStats turns on the kernel's run time and run count accounting of
+	// BPF programs (Programs) while the tracer is open; it costs a clock
+	// read per program run. Ignored by the netlink backend.
+	BPFStats bool
 	Logger          *zap.Logger
 
 	// Netlink backend: the namespaces to listen in, called at start and
