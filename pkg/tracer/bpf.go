@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"sort"
 	"strconv"
@@ -86,6 +87,7 @@ type bpfTracer struct {
 	reader  io.Closer
 	events  chan Event
 	boot    time.Duration // wall clock minus CLOCK_MONOTONIC
+	salt    uint64        // hides kernel addresses in Event.Cookie
 	done    chan struct{}
 	stats   io.Closer        // BPF stats while open, or nil
 	lostU   [3]atomic.Uint64 // user space: perf_lost, decode_error, channel_full
@@ -305,6 +307,7 @@ func (t *bpfTracer) startReader(opts Options) error {
 	}
 	t.events = make(chan Event, size)
 	t.boot = bootOffset()
+	t.salt = rand.Uint64()
 	if opts.DisableEvents {
 		close(t.done)
 		return nil
@@ -361,12 +364,26 @@ func (t *bpfTracer) readLoop(next func() ([]byte, uint64, error)) {
 			t.lostU[1].Add(1)
 			continue
 		}
+		ev.Cookie = hideAddress(ev.Cookie, t.salt)
 		select {
 		case t.events <- ev:
 		default:
 			t.lostU[2].Add(1)
 		}
 	}
+}
+
+// hideAddress turns the kernel address of an entry into a cookie that still
+// identifies it (the mix is a bijection) but does not reveal the address,
+// which would weaken KASLR wherever events are shown. 0 stays 0.
+func hideAddress(addr, salt uint64) uint64 {
+	if addr == 0 {
+		return 0
+	}
+	x := addr ^ salt // splitmix64's finalizer
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 // bootOffset is wall clock minus CLOCK_MONOTONIC (bpf_ktime_get_ns).

@@ -270,3 +270,15 @@ func TestStartsCapacity(t *testing.T) {
 		}
 	}
 }
+
+// TestHideAddress: cookies keep entries apart but do not show addresses.
+func TestHideAddress(t *testing.T) {
+	const salt = 0x1234
+	a, b := uint64(0xffff888012345678), uint64(0xffff888012345680)
+	if hideAddress(a, salt) == a || hideAddress(a, salt) == hideAddress(b, salt) {
+		t.Errorf("cookies %x %x for %x %x", hideAddress(a, salt), hideAddress(b, salt), a, b)
+	}
+	if hideAddress(a, salt) != hideAddress(a, salt) || hideAddress(0, salt) != 0 {
+		t.Error("cookie not stable, or 0 not kept")
+	}
+}
