@@ -89,6 +89,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		Tracer:             t,
 		Namespaces:         metricsNamespaces(resolver),
 		Labels:             cfg.labels,
+		PodLabels:          cfg.podLabels,
 		MaxNamespaces:      cfg.maxNamespaces,
 		StaleAfter:         cfg.staleAfter,
 		ReconcileInterval:  cfg.reconcileInterval,
@@ -199,18 +200,22 @@ func metricsNamespaces(r *netns.Resolver) metrics.Namespaces {
 				PodNamespace: id.PodNamespace,
 				Container:    id.ContainerID,
 				Comm:         id.Comm,
+				PodLabels:    id.PodLabels,
 			}, true
 		},
 	}
 }
 
 // startPodSource starts the pod informer when ctagent runs in a Kubernetes
-// cluster (or --kubernetes.kubeconfig is set); outside one pods are not
-// named and the source is nil.
+// cluster (or --kubernetes.kubeconfig is set, or a test set cfg.kubeClient);
+// outside one pods are not named and the source is nil.
 func startPodSource(ctx context.Context, cfg *config, log *zap.Logger) (netns.PodSource, func(), error) {
-	client, err := kube.NewClient(cfg.kubeconfig)
-	if err != nil {
-		return nil, nil, err
+	client := cfg.kubeClient
+	if client == nil {
+		var err error
+		if client, err = kube.NewClient(cfg.kubeconfig); err != nil {
+			return nil, nil, err
+		}
 	}
 	if client == nil {
 		log.Debug("Not in a Kubernetes cluster and no --kubernetes.kubeconfig: pods are not named")

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/exporter-toolkit/web"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/tracer"
@@ -67,6 +68,10 @@ type config struct {
 	kubeconfig string
 	nodeName   string
 	podLabels  []string
+	// kubeClient is set only by tests (there is no flag): the pod informer
+	// then uses it, e.g. client-go's fake clientset, instead of a client
+	// built from --kubernetes.kubeconfig or the in-cluster service account.
+	kubeClient kubernetes.Interface
 
 	eventsNetns string // events: only this namespace (name or inode)
 }
@@ -146,7 +151,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&netnsDirs, "netns.dirs", netnsDirs, "Comma-separated directories of named network namespaces.")
 	fs.StringVar(&cfg.kubeconfig, "kubernetes.kubeconfig", "", "Kubeconfig file; empty: the in-cluster service account, or no pod names outside a cluster.")
 	fs.StringVar(&cfg.nodeName, "kubernetes.node-name", os.Getenv("NODE_NAME"), "Name of this node, to watch only its pods (default $NODE_NAME).")
-	fs.StringVar(&podLabels, "kubernetes.pod-labels", "", "Comma-separated pod label keys the pod informer keeps (shown by the events command).")
+	fs.StringVar(&podLabels, "kubernetes.pod-labels", "", "Comma-separated pod label keys; each becomes the label pod_label_<key> on per-namespace series (characters other than letters, digits and _ become _: app.kubernetes.io/name gives pod_label_app_kubernetes_io_name; keys that give the same label are refused) and is shown by the events command. A key adds a label to every per-namespace series, not more series: choose keys with few values (app, team).")
 	fs.StringVar(&cfg.eventsNetns, "events.netns", "", "events: only print events of this network namespace (a name in --netns.dirs or an inode number).")
 
 	fs.Usage = func() {} // help goes to stdout below; errors go to stderr once, from main
@@ -260,6 +265,9 @@ func (c *config) validate() error {
 		if err := validLabelKey(k); err != nil {
 			return usageErrorf("--kubernetes.pod-labels: %v", err)
 		}
+	}
+	if _, err := metrics.PodLabelNames(c.podLabels); err != nil {
+		return usageErrorf("--kubernetes.pod-labels: %v", err)
 	}
 	if c.kubeconfig != "" {
 		if _, err := os.Stat(c.kubeconfig); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -118,6 +119,7 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		{"--metrics.labels=netns,pod"},
 		{"--netns.rescan-interval=-1s"},
 		{"--kubernetes.pod-labels=-bad-"},
+		{"--kubernetes.pod-labels=app.kubernetes.io/name,app-kubernetes-io/name"},
 		{"--kubernetes.kubeconfig=/nonexistent/kubeconfig"},
 		{"--events.netns=x"},
 		{"check", "--config.check"},
@@ -127,6 +129,20 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		if !errors.As(err, &u) {
 			t.Errorf("%v: got %v, want a usage error", args, err)
 		}
+	}
+}
+
+// Two pod label keys that make the same metric label name: exit status 2,
+// and the message names both keys and the label.
+func TestPodLabelCollisionExit2(t *testing.T) {
+	var stderr bytes.Buffer
+	err := run(context.Background(), []string{"--kubernetes.pod-labels=team,app.kubernetes.io/name,app_kubernetes_io/name"}, io.Discard, &stderr)
+	if code := exitCode(err, &stderr); code != exitUsage {
+		t.Errorf("exit %d, want %d (%v)", code, exitUsage, err)
+	}
+	want := `ctagent: --kubernetes.pod-labels: pod label keys "app.kubernetes.io/name" and "app_kubernetes_io/name" both become the label pod_label_app_kubernetes_io_name`
+	if !strings.HasPrefix(stderr.String(), want) {
+		t.Errorf("stderr %q, want %q", stderr.String(), want)
 	}
 }
 

@@ -122,7 +122,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 			}
 			s.rank = sumEntries(s.entries)
 		}
-		if st.listed && st.base == nil && !st.dumping {
+		if st.listed && st.base == nil && !st.dumping && !st.pathGone() {
 			needDump = true
 		}
 		samples = append(samples, s)
@@ -135,7 +135,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	// Identities, outside e.mu: a lookup may rescan /proc. A namespace that
 	// left the source keeps the identity it had, so its counters keep their
 	// labels until they expire.
-	if len(e.idLabels) > 0 {
+	if len(e.idLabels)+len(e.podKeys) > 0 {
 		fresh := make([]bool, len(kept))
 		for i, s := range kept {
 			s.id, fresh[i] = e.src.Lookup(s.inode)
@@ -151,10 +151,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		e.mu.Unlock()
 	}
 	for _, s := range kept {
-		s.ids = make([]string, len(e.idLabels))
-		for i, l := range e.idLabels {
-			s.ids[i] = s.id.label(l)
-		}
+		s.ids = e.identityValues(&s.id)
 	}
 	if needDump {
 		select {
@@ -170,7 +167,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		m.sample(s)
 	}
 	if len(folded) > 0 {
-		of := &sample{netns: overflowNetns, ids: make([]string, len(e.idLabels))}
+		of := &sample{netns: overflowNetns, ids: e.identityValues(&Identity{})}
 		for _, s := range folded {
 			of.merge(s)
 		}
@@ -189,6 +186,19 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		m.val(mScrapeErrors, float64(e.scrapeErrs[i].Load()), src)
 	}
 	m.val(mScrapeDuration, time.Since(start).Seconds())
+}
+
+// identityValues returns the values of the identity labels and then of the
+// pod labels, in the order of the descriptors' label names.
+func (e *Exporter) identityValues(id *Identity) []string {
+	vs := make([]string, 0, len(e.idLabels)+len(e.podKeys))
+	for _, l := range e.idLabels {
+		vs = append(vs, id.label(l))
+	}
+	for _, k := range e.podKeys {
+		vs = append(vs, id.PodLabels[k])
+	}
+	return vs
 }
 
 // fold orders the samples and, beyond MaxNamespaces, splits off those with
@@ -251,12 +261,17 @@ func (e *Exporter) kernelStats(s *sample) *tracer.KernelStats {
 		if r.err = checkPath(ns); r.err == nil {
 			r.ks, r.err = e.readStats(ns)
 		}
+		r.err = goneOr(ns, r.err)
 		res <- r
 	}()
 	t := time.NewTimer(e.statsTO)
 	defer t.Stop()
 	select {
 	case r := <-res:
+		if errors.Is(r.err, errGone) {
+			e.log.Debug("kernel statistics not read", zap.Error(r.err))
+			return nil
+		}
 		if r.err != nil {
 			e.scrapeError(srcKernelStats, fmt.Errorf("netns %d (%s): %w", ns.Inode, ns.Path, r.err))
 			return nil
@@ -266,6 +281,25 @@ func (e *Exporter) kernelStats(s *sample) *tracer.KernelStats {
 		e.scrapeError(srcKernelStats, fmt.Errorf("netns %d (%s): timed out after %v", ns.Inode, ns.Path, e.statsTO))
 		return nil
 	}
+}
+
+// errGone is what reading a namespace through its path comes to when the
+// path no longer opens it: its process exited, or its name was deleted,
+// after the namespace source listed it. That is not an error: the source
+// leaves the namespace out at its next scan.
+var errGone = errors.New("gone: its path no longer opens it")
+
+// goneOr returns errGone, with the namespace, if err is not nil and ns.Path
+// no longer opens ns (checked again now: err may come from the moment it
+// went), else err.
+func goneOr(ns tracer.Namespace, err error) error {
+	if err == nil || ns.Path == "" {
+		return err
+	}
+	if cerr := checkPath(ns); errors.Is(cerr, fs.ErrNotExist) || errors.Is(cerr, syscall.ESRCH) {
+		return fmt.Errorf("netns %d (%s): %w", ns.Inode, ns.Path, errGone)
+	}
+	return err
 }
 
 // checkPath verifies that ns.Path still opens namespace ns.Inode: paths like

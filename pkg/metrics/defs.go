@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -93,6 +95,7 @@ const (
 	notesFamProto = "family: ipv4, ipv6; protocol: tcp, udp, icmp, icmpv6, sctp, gre, dccp, udplite or other:N. " +
 		"One series per family and protocol seen in the namespace; once there, it stays while the namespace does."
 	notesDump = "As of the last table dump (see ctagent_reconcile_last_timestamp_seconds)."
+	notesGone = "A namespace found gone when it is read (its process exited, or its name was deleted, since the last scan) is not an error."
 )
 
 // kernelStats are the kernel's per-namespace conntrack statistics, exported
@@ -240,7 +243,7 @@ func buildDefs() []metricDef {
 	d[mScrapeErrors] = metricDef{
 		name: "ctagent_scrape_errors_total", kind: kindCounter, labels: []string{"source"},
 		help:  "Errors reading a source of metrics at scrape time; the metrics of that source are missing from that scrape.",
-		notes: "source: " + strings.Join(scrapeSources[:], ", ") + ".",
+		notes: "source: " + strings.Join(scrapeSources[:], ", ") + ". " + notesGone,
 	}
 	d[mReconcileDuration] = metricDef{
 		name: "ctagent_reconcile_duration_seconds", kind: kindGauge,
@@ -250,7 +253,7 @@ func buildDefs() []metricDef {
 	d[mReconcileErrors] = metricDef{
 		name: "ctagent_reconcile_errors_total", kind: kindCounter,
 		help:  "Table dumps that failed; the namespace keeps its previous baseline.",
-		notes: "One series.",
+		notes: "One series. " + notesGone,
 	}
 	d[mNamespaces] = metricDef{
 		name: "ctagent_namespaces", kind: kindGauge,
@@ -310,6 +313,54 @@ const (
 // IdentityLabels are the label names Options.Labels accepts, in the order
 // they appear on series.
 var IdentityLabels = []string{LabelNetnsName, LabelPod, LabelPodNamespace, LabelContainer, LabelComm}
+
+// PodLabelPrefix starts the metric label name of each pod label key in
+// Options.PodLabels.
+const PodLabelPrefix = "pod_label_"
+
+// PodLabelName returns the metric label name of a Kubernetes pod label key:
+// PodLabelPrefix, then the key with every character other than an ASCII
+// letter, digit or underscore replaced by an underscore, as
+// kube-state-metrics does: "app.kubernetes.io/name" becomes
+// "pod_label_app_kubernetes_io_name". The result is always a valid
+// Prometheus label name.
+func PodLabelName(key string) string {
+	var b strings.Builder
+	b.Grow(len(PodLabelPrefix) + len(key))
+	b.WriteString(PodLabelPrefix)
+	for _, r := range key {
+		if r == '_' || 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
+// PodLabelNames returns PodLabelName of each key, in order. An empty key,
+// and two keys with the same name ("app.kubernetes.io/name" and
+// "app_kubernetes_io/name", or one key twice), are an error: one label
+// cannot carry two values.
+func PodLabelNames(keys []string) ([]string, error) {
+	names := make([]string, len(keys))
+	byName := make(map[string]string, len(keys))
+	for i, k := range keys {
+		if k == "" {
+			return nil, errors.New("empty pod label key")
+		}
+		n := PodLabelName(k)
+		if other, ok := byName[n]; ok {
+			if other == k {
+				return nil, fmt.Errorf("pod label key %q given twice", k)
+			}
+			return nil, fmt.Errorf("pod label keys %q and %q both become the label %s", other, k, n)
+		}
+		byName[n] = k
+		names[i] = n
+	}
+	return names, nil
+}
 
 func (id *Identity) label(name string) string {
 	switch name {

@@ -21,18 +21,31 @@ func Markdown() string {
 	w("Metrics marked *per namespace* carry, first, these labels:\n\n")
 	w("- `netns`: the inode number of the network namespace in decimal, as in `ls -Li /proc/PID/ns/net`; " +
 		"or `overflow` for the namespaces folded together beyond the namespace limit.\n")
-	w("- the identity labels chosen in the configuration, in this order, any of:\n")
+	w("- the identity labels chosen in the configuration (`--metrics.labels`), in this order, any of:\n")
 	for _, l := range IdentityLabels {
 		w("  - `%s`: %s\n", l, identityLabelDocs[l])
 	}
-	w("\n  Identity labels are looked up at scrape time, not per event. A namespace whose owner is unknown, " +
-		"and the `overflow` series, have them empty.\n\n")
+	w("- then a `%s<key>` label for each Kubernetes pod label key chosen in the configuration "+
+		"(`--kubernetes.pod-labels`), in the order given: the value of that label on the pod that owns the namespace. "+
+		"The key is made a valid label name by replacing each character other than a letter, digit or underscore "+
+		"with `_`: `app.kubernetes.io/name` becomes `%s`. Keys that become the same name are refused.\n",
+		PodLabelPrefix, PodLabelName("app.kubernetes.io/name"))
+	w("\n*identity* in the reference below stands for both. They are looked up at scrape time, not per event. " +
+		"A namespace whose owner is unknown, and the `overflow` series, have them empty; so do the pod labels " +
+		"of a namespace that belongs to no pod (or whose pod lacks the label, or was deleted), and all of them " +
+		"where ctagent runs without Kubernetes.\n\n")
 
 	w("## Cardinality\n\n")
 	w("Each namespace has its own series. With the namespace limit set, only the namespaces with the most " +
 		"entries (ties: lower inode first) keep theirs; the others are summed into `netns=\"overflow\"` and " +
 		"counted in `ctagent_namespaces_folded`. Summed counters of the overflow series can decrease when a " +
 		"namespace moves in or out of it.\n\n")
+	w("Identity labels and pod labels add no series: a namespace has one value of each at a time, so it has " +
+		"as many series with all of them as with none. They add churn when a value changes while the namespace " +
+		"lives (its lowest-PID process changes, its pod is deleted, a pod label is edited with `kubectl label`): " +
+		"its series end and new ones begin. And each adds its bytes to every per-namespace series. Choose pod " +
+		"label keys with few, short values that pods keep for their life (`app`, `team`), not keys that repeat " +
+		"what `pod` already says (`statefulset.kubernetes.io/pod-name`).\n\n")
 	w("A namespace that left the namespace source (it no longer exists) loses its table gauges "+
 		"(`ctagent_conntrack_entries*`, `ctagent_conntrack_kernel_*`, `ctagent_reconcile_*`) at once, and its counters "+
 		"once they have not changed for the stale period (default %s).\n\n", durationDoc(DefaultStaleAfter))

@@ -36,6 +36,10 @@ type Identity struct {
 	PodNamespace string // pod_namespace: Kubernetes namespace of Pod
 	Container    string // container: container ID
 	Comm         string // comm: command name of a process in the namespace
+	// PodLabels are the labels of Pod, by Kubernetes label key: the values
+	// of the pod_label_<key> labels of Options.PodLabels. Other keys are
+	// ignored; a missing key is an empty value.
+	PodLabels map[string]string
 }
 
 // Namespaces is the source of network namespaces: which exist now, where to
@@ -90,6 +94,12 @@ type Options struct {
 	// Labels are the identity labels added to per-namespace series after
 	// netns, a subset of IdentityLabels. They appear in IdentityLabels order.
 	Labels []string
+	// PodLabels are Kubernetes pod label keys (e.g. "app",
+	// "app.kubernetes.io/name"). Each adds the label PodLabelName(key) to
+	// per-namespace series, after Labels and in this order, valued from
+	// Identity.PodLabels at scrape time. Keys whose names collide are an
+	// error; see PodLabelNames.
+	PodLabels []string
 	// MaxNamespaces caps the namespaces with series of their own; the rest
 	// (those with the fewest entries, then the highest inode numbers) are
 	// summed into netns="overflow". 0: no cap.
@@ -122,7 +132,8 @@ type Options struct {
 type Exporter struct {
 	tr          tracer.Tracer
 	src         Namespaces
-	idLabels    []string
+	idLabels    []string // identity label names
+	podKeys     []string // Kubernetes pod label keys, after idLabels
 	maxNS       int
 	staleAfter  time.Duration
 	reconcile   time.Duration
@@ -166,6 +177,10 @@ func New(opts Options) (*Exporter, error) {
 	if err != nil {
 		return nil, err
 	}
+	podNames, err := PodLabelNames(opts.PodLabels)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: Options.PodLabels: %w", err)
+	}
 	if opts.MaxNamespaces < 0 {
 		return nil, fmt.Errorf("metrics: MaxNamespaces %d is negative", opts.MaxNamespaces)
 	}
@@ -176,6 +191,7 @@ func New(opts Options) (*Exporter, error) {
 		tr:         opts.Tracer,
 		src:        opts.Namespaces,
 		idLabels:   labels,
+		podKeys:    slices.Clone(opts.PodLabels),
 		maxNS:      opts.MaxNamespaces,
 		staleAfter: cmpOr(opts.StaleAfter, DefaultStaleAfter),
 		reconcile:  cmpOr(opts.ReconcileInterval, DefaultReconcileInterval),
@@ -214,6 +230,7 @@ func New(opts Options) (*Exporter, error) {
 		var vl []string
 		if d.perNS {
 			vl = append([]string{labelNetns}, labels...)
+			vl = append(vl, podNames...)
 		}
 		vl = append(vl, d.labels...)
 		e.descs[i] = prometheus.NewDesc(d.name, d.help, vl, nil)

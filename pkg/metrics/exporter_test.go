@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,6 +17,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/pkg/tracer"
@@ -101,9 +105,10 @@ func (f *fakeTracer) set(k tracer.Key, created, destroyed uint64) {
 
 // fakeNS is a namespace source with a settable list.
 type fakeNS struct {
-	mu   sync.Mutex
-	list []tracer.Namespace
-	ids  map[uint32]Identity
+	mu      sync.Mutex
+	list    []tracer.Namespace
+	ids     map[uint32]Identity
+	lookups int
 }
 
 func (f *fakeNS) Namespaces() []tracer.Namespace {
@@ -115,6 +120,7 @@ func (f *fakeNS) Namespaces() []tracer.Namespace {
 func (f *fakeNS) Lookup(inode uint32) (Identity, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.lookups++
 	id, ok := f.ids[inode]
 	return id, ok
 }
@@ -295,6 +301,191 @@ func TestIdentityLabelsValidated(t *testing.T) {
 	}
 	if _, err := New(Options{Tracer: tr, MaxNamespaces: -1}); err == nil {
 		t.Error("New with MaxNamespaces -1: no error")
+	}
+}
+
+func TestPodLabelName(t *testing.T) {
+	for key, want := range map[string]string{
+		"app":                                "pod_label_app",
+		"app.kubernetes.io/name":             "pod_label_app_kubernetes_io_name",
+		"example.com/Tier-1":                 "pod_label_example_com_Tier_1",
+		"statefulset.kubernetes.io/pod-name": "pod_label_statefulset_kubernetes_io_pod_name",
+		"under_score":                        "pod_label_under_score",
+		"9lives":                             "pod_label_9lives",
+		"é/x":                                "pod_label___x", // one underscore per character, not per byte
+		"a\xffb":                             "pod_label_a_b",
+	} {
+		got := PodLabelName(key)
+		if got != want {
+			t.Errorf("PodLabelName(%q) = %q, want %q", key, got, want)
+		}
+		if !model.LabelName(got).IsValidLegacy() {
+			t.Errorf("PodLabelName(%q) = %q: not a valid Prometheus label name", key, got)
+		}
+	}
+}
+
+func TestPodLabelNames(t *testing.T) {
+	for _, tc := range []struct {
+		keys []string
+		want []string
+		err  string
+	}{
+		{keys: nil, want: []string{}},
+		{keys: []string{"team", "app.kubernetes.io/name"}, want: []string{"pod_label_team", "pod_label_app_kubernetes_io_name"}},
+		{keys: []string{"app.kubernetes.io/name", "app_kubernetes_io/name"},
+			err: `pod label keys "app.kubernetes.io/name" and "app_kubernetes_io/name" both become the label pod_label_app_kubernetes_io_name`},
+		{keys: []string{"a-b", "a.b"}, err: `"a-b" and "a.b" both become the label pod_label_a_b`},
+		{keys: []string{"app", "app"}, err: `pod label key "app" given twice`},
+		{keys: []string{"app", ""}, err: "empty pod label key"},
+	} {
+		got, err := PodLabelNames(tc.keys)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("PodLabelNames(%q): error %v, want %q", tc.keys, err, tc.err)
+			}
+			if _, err := New(Options{Tracer: &fakeTracer{}, PodLabels: tc.keys}); err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("New with PodLabels %q: error %v, want %q", tc.keys, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("PodLabelNames(%q) = %q, %v; want %q", tc.keys, got, err, tc.want)
+		}
+	}
+}
+
+// Pod labels are identity labels of their own: pod_label_<key> on every
+// per-namespace series, after the identity labels, valued at scrape time
+// (no lookup per event), empty where the pod lacks the label or there is no
+// pod, and following the pod when it changes or goes.
+func TestPodLabels(t *testing.T) {
+	f := newFixture(t, Options{MaxNamespaces: 3, Labels: []string{"pod"}, PodLabels: []string{"app.kubernetes.io/name", "team"}})
+	const web, db, host, tiny = 1, 2, 3, 4
+	f.ns.setList(web, db, host, tiny)
+	for ns, n := range map[uint32]int{web: 3, db: 2, host: 1, tiny: 0} {
+		es := make([]tracer.Entry, n)
+		for i := range es {
+			es[i] = tcpEntry(3, 0)
+		}
+		f.tables.set(ns, es...)
+	}
+	f.ns.ids[web] = Identity{Pod: "web-0", PodLabels: map[string]string{"app.kubernetes.io/name": "web", "team": "blue", "other": "x"}}
+	f.ns.ids[db] = Identity{Pod: "db-0", PodLabels: map[string]string{"team": "red"}} // no app label
+	f.ns.ids[host] = Identity{Comm: "sshd"}                                           // no pod
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		f.e.CountEvent(tracer.Event{Type: tracer.EventCreated})
+	}
+	if f.ns.lookups != 0 {
+		t.Errorf("%d identity lookups before any scrape, want none (labels are added in Collect)", f.ns.lookups)
+	}
+
+	m := f.scrape(t)
+	const fp = ",family=ipv4,protocol=tcp"
+	expect(t, m, "ctagent_conntrack_entries", "netns=1,pod=web-0,pod_label_app_kubernetes_io_name=web,pod_label_team=blue"+fp, 3)
+	expect(t, m, "ctagent_conntrack_entries", "netns=2,pod=db-0,pod_label_app_kubernetes_io_name=,pod_label_team=red"+fp, 2)
+	expect(t, m, "ctagent_conntrack_entries", "netns=3,pod=,pod_label_app_kubernetes_io_name=,pod_label_team="+fp, 1)
+	expect(t, m, "ctagent_conntrack_entries_assured", "netns=1,pod=web-0,pod_label_app_kubernetes_io_name=web,pod_label_team=blue", 0)
+	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=overflow,pod=,pod_label_app_kubernetes_io_name=,pod_label_team=", tiny)
+	if n := f.ns.lookups; n != 3 {
+		t.Errorf("%d identity lookups in one scrape, want 3 (one per namespace with series of its own)", n)
+	}
+	for name, series := range m {
+		for s := range series {
+			if strings.Contains(s, "pod_label_other") {
+				t.Errorf("%s{%s}: a label that is not in PodLabels", name, s)
+			}
+		}
+	}
+
+	// The pod is relabelled, then deleted: the next scrape follows.
+	f.ns.mu.Lock()
+	f.ns.ids[web] = Identity{Pod: "web-0", PodLabels: map[string]string{"app.kubernetes.io/name": "web", "team": "green"}}
+	f.ns.mu.Unlock()
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "netns=1,pod=web-0,pod_label_app_kubernetes_io_name=web,pod_label_team=green"+fp, 3)
+	absent(t, m, "ctagent_conntrack_entries", "netns=1,pod=web-0,pod_label_app_kubernetes_io_name=web,pod_label_team=blue"+fp)
+	f.ns.mu.Lock()
+	f.ns.ids[web] = Identity{}
+	f.ns.mu.Unlock()
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "netns=1,pod=,pod_label_app_kubernetes_io_name=,pod_label_team="+fp, 3)
+	for s := range m["ctagent_conntrack_entries"] {
+		if strings.Contains(s, "web") {
+			t.Errorf("ctagent_conntrack_entries{%s} after the pod was deleted", s)
+		}
+	}
+}
+
+// A namespace whose path no longer opens it (its process exited, or its
+// name was deleted, after the source listed it) is gone, which is not an
+// error: no scrape or reconciliation error, no warning, and no dump retried
+// through that path.
+func TestGoneNamespaceIsNoError(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	f := newFixture(t, Options{Logger: zap.New(core)})
+	dir := t.TempDir()
+	file := func(name string) (string, uint32) {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		return path, uint32(st.Ino)
+	}
+	live, liveIno := file("live")          // opens its namespace
+	reused, _ := file("reused")            // opens another one now
+	vanishing, vanIno := file("vanishing") // goes while it is dumped
+	exited := filepath.Join(dir, "exited") // gone before
+	f.ns.list = []tracer.Namespace{{Inode: liveIno, Path: live}, {Inode: 7, Path: exited}, {Inode: 8, Path: reused}, {Inode: vanIno, Path: vanishing}}
+	for _, ns := range f.ns.list {
+		f.tables.set(ns.Inode, udpEntry(unix.AF_INET, 0))
+	}
+	var mu sync.Mutex // dumps run in parallel
+	dumps := map[uint32]int{}
+	f.e.dump = func(ns tracer.Namespace, fn func(tracer.Entry)) error {
+		mu.Lock()
+		dumps[ns.Inode]++
+		mu.Unlock()
+		if ns.Inode == vanIno {
+			if err := os.Remove(vanishing); err != nil {
+				t.Error(err)
+			}
+			return errors.New("open network namespace: no such file or directory")
+		}
+		return f.tables.dump(ns, fn)
+	}
+
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		m := f.scrape(t)
+		expect(t, m, "ctagent_conntrack_entries", fmt.Sprintf("family=ipv4,netns=%d,protocol=udp", liveIno), 1)
+		expect(t, m, "ctagent_conntrack_kernel_entries", fmt.Sprintf("netns=%d", liveIno), float64(liveIno))
+		for _, ns := range []uint32{7, 8, vanIno} {
+			absent(t, m, "ctagent_conntrack_kernel_entries", fmt.Sprintf("netns=%d", ns))
+		}
+		expect(t, m, "ctagent_reconcile_errors_total", "", 0)
+		expect(t, m, "ctagent_scrape_errors_total", "source=kernel_stats", 0)
+		f.e.baselineNew(context.Background()) // what a scrape's kick starts
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := map[uint32]int{liveIno: 1, vanIno: 1}; !maps.Equal(dumps, want) {
+		t.Errorf("dumps by namespace %v, want %v: none through a path that was found gone", dumps, want)
+	}
+	for _, e := range logs.All() {
+		t.Errorf("logged %s %q %v", e.Level, e.Message, e.ContextMap())
+	}
+	if !f.e.Ready() {
+		t.Error("not ready")
 	}
 }
 

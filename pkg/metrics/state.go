@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -164,6 +166,7 @@ type nsState struct {
 	base     *baseline // nil until the first dump
 	rec      *reconInfo
 	dumping  bool     // a dump is running
+	gonePath string   // a path that no longer opens the namespace: no dumps through it
 	folded   bool     // in the overflow series at the last scrape
 	id       Identity // last identity the source knew
 	// dumpedKeys are the families and protocols dumps ever found: their
@@ -173,6 +176,10 @@ type nsState struct {
 	// does not pile up goroutines scrape after scrape.
 	statsBusy atomic.Bool
 }
+
+// pathGone reports whether the namespace's path was found not to open it
+// any more.
+func (st *nsState) pathGone() bool { return st.gonePath != "" && st.path == st.gonePath }
 
 // observe updates the namespace bookkeeping with a namespace list and, if
 // haveCounters, the counters; then drops namespaces that left the source
@@ -232,7 +239,7 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 	var todo []tracer.Namespace
 	e.mu.Lock()
 	for _, st := range e.ns {
-		if st.listed && !st.dumping && (!onlyNew || st.base == nil) {
+		if st.listed && !st.dumping && !st.pathGone() && (!onlyNew || st.base == nil) {
 			st.dumping = true
 			todo = append(todo, tracer.Namespace{Inode: st.inode, Path: st.path})
 		}
@@ -257,7 +264,10 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 		}
 		n += len(chunk)
 		for _, err := range e.baselineGroup(ctx, chunk) {
-			if err != nil {
+			switch {
+			case errors.Is(err, errGone):
+				e.log.Debug("table not dumped", zap.Error(err))
+			case err != nil:
 				e.reconErrs.Add(1)
 				errs = append(errs, err)
 			}
@@ -322,6 +332,9 @@ func (e *Exporter) baselineGroup(ctx context.Context, nss []tracer.Namespace) []
 	defer e.mu.Unlock()
 	for i, ns := range nss {
 		st := e.ns[ns.Inode]
+		if st != nil && errors.Is(errs[i], errGone) {
+			st.gonePath = ns.Path
+		}
 		if sums[i] == nil || st == nil {
 			continue // failed, or expired meanwhile
 		}
@@ -355,10 +368,16 @@ func (e *Exporter) clearDumping(inode uint32) {
 // dumpOne dumps the table of ns. A partial dump comes with its error.
 func (e *Exporter) dumpOne(ns tracer.Namespace) (*dumpSummary, error) {
 	if err := checkPath(ns); err != nil {
+		if err := goneOr(ns, err); errors.Is(err, errGone) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("netns %d: %w", ns.Inode, err)
 	}
 	sum := newDumpSummary()
 	err := e.dump(ns, sum.add)
+	if err := goneOr(ns, err); errors.Is(err, errGone) {
+		return nil, err
+	}
 	if err != nil {
 		err = fmt.Errorf("netns %d (%s): dumping table: %w", ns.Inode, ns.Path, err)
 		if skipped := (*tracer.SkippedError)(nil); !errors.As(err, &skipped) {
