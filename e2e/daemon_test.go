@@ -18,6 +18,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/ctagent/ctagent/internal/labnet"
 )
 
 // entriesByNetns sums ctagent_conntrack_entries over family and protocol,
@@ -44,19 +46,19 @@ func TestDaemon(t *testing.T) {
 	requireTool(t, "ip", "iproute2")
 	requireTool(t, "nft", "nftables")
 	requireTool(t, "conntrack", "conntrack")
-	removeStaleNetns(t)
+	labnet.RemoveStale(t)
 
 	// Three namespaces: injected TCP entries, injected UDP entries plus a
 	// real TCP connection over loopback, and an empty one.
-	a, b, c := addNetns(t, "a"), addNetns(t, "b"), addNetns(t, "c")
+	a, b, c := addNetns(t), addNetns(t), addNetns(t)
 	for i := range 5 {
-		a.insert(t, "tcp", 10000+i)
+		insert(t, a, "tcp", 10000+i)
 	}
 	for i := range 3 {
-		b.insert(t, "udp", 20000+i)
+		insert(t, b, "udp", 20000+i)
 	}
-	b.tcpConnect(t)
-	nss := []*testNetns{a, b, c}
+	tcpConnect(b)
+	nss := []*labnet.NS{a, b, c}
 
 	d := startDaemon(t, "--tracer.backend=auto", "--netns.rescan-interval=1s", "--reconcile.interval=5s")
 	d.waitReady(30 * time.Second)
@@ -112,12 +114,12 @@ func TestDaemon(t *testing.T) {
 	matches := func() error {
 		counts, names := entriesByNetns(d.scrape())
 		for _, ns := range nss {
-			key := strconv.FormatUint(uint64(ns.inode), 10)
-			want := ns.count(t)
+			key := strconv.FormatUint(uint64(ns.Inode), 10)
+			want := count(ns)
 			if got := counts[key]; got != want {
-				return fmt.Errorf("netns %s (%s): ctagent_conntrack_entries %d, conntrack -C %d", ns.name, key, got, want)
+				return fmt.Errorf("netns %s (%s): ctagent_conntrack_entries %d, conntrack -C %d", ns.Name, key, got, want)
 			}
-			if want > 0 && names[key] != ns.name {
+			if want > 0 && names[key] != ns.Name {
 				return fmt.Errorf("netns %s: netns_name label %q", key, names[key])
 			}
 		}
@@ -125,27 +127,27 @@ func TestDaemon(t *testing.T) {
 	}
 
 	t.Run("entries match conntrack", func(t *testing.T) {
-		eventually(t, 10*time.Second, matches)
+		labnet.Eventually(t, 10*time.Second, matches)
 		// Changes after the start arrive as events.
-		a.insert(t, "udp", 30000)
-		a.insert(t, "udp", 30001)
-		a.insert(t, "udp", 30002)
-		a.delete(t, "udp", 30002)
-		c.insert(t, "tcp", 40000)
-		eventually(t, 10*time.Second, matches)
-		if got := a.count(t); got != 7 {
-			t.Errorf("ground truth in %s: %d entries, want 7", a.name, got)
+		insert(t, a, "udp", 30000)
+		insert(t, a, "udp", 30001)
+		insert(t, a, "udp", 30002)
+		deleteEntry(t, a, "udp", 30002)
+		insert(t, c, "tcp", 40000)
+		labnet.Eventually(t, 10*time.Second, matches)
+		if got := count(a); got != 7 {
+			t.Errorf("ground truth in %s: %d entries, want 7", a.Name, got)
 		}
 		// The kernel sends no DESTROY event for an entry created before
 		// ctnetlink listened: with the netlink backend the reconciliation
 		// (--reconcile.interval=5s here) corrects the count.
-		b.delete(t, "udp", 20000)
-		eventually(t, 15*time.Second, matches)
+		deleteEntry(t, b, "udp", 20000)
+		labnet.Eventually(t, 15*time.Second, matches)
 	})
 
 	t.Run("prometheus", func(t *testing.T) {
 		prom := startPrometheus(t, d.addr)
-		eventually(t, 30*time.Second, func() error {
+		labnet.Eventually(t, 30*time.Second, func() error {
 			res, err := prom.query("ctagent_conntrack_entries")
 			if err != nil {
 				return err
@@ -155,14 +157,14 @@ func TestDaemon(t *testing.T) {
 				got[s.Metric["netns"]] += int(s.value())
 			}
 			for _, ns := range nss {
-				key := strconv.FormatUint(uint64(ns.inode), 10)
-				if want := ns.count(t); got[key] != want {
-					return fmt.Errorf("Prometheus: netns %s has %d entries, conntrack -C %d", ns.name, got[key], want)
+				key := strconv.FormatUint(uint64(ns.Inode), 10)
+				if want := count(ns); got[key] != want {
+					return fmt.Errorf("Prometheus: netns %s has %d entries, conntrack -C %d", ns.Name, got[key], want)
 				}
 			}
 			return nil
 		})
-		eventually(t, 30*time.Second, func() error {
+		labnet.Eventually(t, 30*time.Second, func() error {
 			res, err := prom.query(`ctagent_tracer_info{backend="` + expectedBackend() + `"}`)
 			if err != nil {
 				return err
@@ -172,10 +174,10 @@ func TestDaemon(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, 30*time.Second, prom.rulesHealthy)
+		labnet.Eventually(t, 30*time.Second, prom.rulesHealthy)
 		// The fallback alert is pending: its expression matches.
 		if expectedBackend() == "netlink" {
-			eventually(t, 30*time.Second, func() error { return prom.alertState("CtagentTracerFallbackBackend", "pending") })
+			labnet.Eventually(t, 30*time.Second, func() error { return prom.alertState("CtagentTracerFallbackBackend", "pending") })
 		}
 		// Every expression of the dashboard is valid PromQL.
 		for _, expr := range dashboardExprs(t) {
@@ -240,10 +242,10 @@ func TestEvents(t *testing.T) {
 	requireTool(t, "ip", "iproute2")
 	requireTool(t, "nft", "nftables")
 	requireTool(t, "conntrack", "conntrack")
-	removeStaleNetns(t)
-	ns, other := addNetns(t, "ev"), addNetns(t, "other")
+	labnet.RemoveStale(t)
+	ns, other := addNetns(t), addNetns(t)
 
-	cmd := exec.Command(binary, "events", "--tracer.backend=auto", "--events.netns="+ns.name,
+	cmd := exec.Command(binary, "events", "--tracer.backend=auto", "--events.netns="+ns.Name,
 		"--netns.rescan-interval=1s", "--log.format=json")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
@@ -288,8 +290,8 @@ func TestEvents(t *testing.T) {
 	deadline := time.After(20 * time.Second)
 	sport := 50000
 	for len(got) == 0 {
-		other.insert(t, "tcp", sport)
-		ns.insert(t, "tcp", sport)
+		insert(t, other, "tcp", sport)
+		insert(t, ns, "tcp", sport)
 		select {
 		case line, ok := <-lines:
 			if !ok {
@@ -306,7 +308,7 @@ func TestEvents(t *testing.T) {
 			t.Fatal("no event within 20s")
 		}
 	}
-	ns.delete(t, "tcp", sport)
+	deleteEntry(t, ns, "tcp", sport)
 	for drain := true; drain; {
 		select {
 		case line := <-lines:
@@ -319,7 +321,7 @@ func TestEvents(t *testing.T) {
 		}
 	}
 	for _, ev := range got {
-		if ev.NetNS != ns.inode || ev.NetNSName != ns.name {
+		if ev.NetNS != ns.Inode || ev.NetNSName != ns.Name {
 			t.Errorf("event of another namespace: %+v", ev)
 		}
 		if ev.Protocol != "tcp" || ev.Original.Src != "192.0.2.1" || ev.Original.Dport != 80 {
@@ -396,7 +398,7 @@ scrape_configs:
 		}
 	})
 	p := &prometheus{t: t, base: "http://" + addr}
-	eventually(t, 30*time.Second, func() error {
+	labnet.Eventually(t, 30*time.Second, func() error {
 		select {
 		case <-exited:
 			t.Fatalf("prometheus exited:\n%s", logs.String())

@@ -2,8 +2,10 @@
 // namespaces joined by veth pairs, nftables rules that make conntrack track
 // their traffic (and NAT it), real TCP, UDP and ICMP traffic over IPv4 and
 // IPv6 made with Go's net package inside a namespace, and the conntrack CLI
-// and /proc/net/stat/nf_conntrack as ground truth. Everything a test
-// creates is removed in t.Cleanup.
+// and /proc/net/stat/nf_conntrack as ground truth; long-running processes
+// in those namespaces (StartProc), moved into cgroups named like the
+// kubelet's (CgroupRoot, MakeCgroup). Everything a test creates is removed
+// in t.Cleanup.
 //
 // It needs root and the ip, nft and conntrack tools; Require skips a test,
 // saying why, when they are missing. The same code runs on the host and in
@@ -21,6 +23,9 @@
 //	local := a.TCPRoundTrip(netip.AddrPortFrom(link.B4, 80))
 //	entries := b.CTList()                  // conntrack -L, both families
 //	n := b.CTCount()                       // conntrack -C inside b
+//	p := labnet.StartProc(t, b, "ct-web")  // sleep, as comm ct-web, in b
+//	cg := labnet.MakeCgroup(t, labnet.CgroupRoot(t, ""), "kubepods/besteffort/pod"+labnet.PodUID()+"/"+labnet.ContainerID())
+//	labnet.MoveToCgroup(t, cg, p.PID)
 package labnet
 
 import (
@@ -262,4 +267,21 @@ func WaitFor(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return true
+}
+
+// Eventually calls check every 100 ms until it returns nil, and fails t
+// with check's last error once timeout has passed.
+func Eventually(t testing.TB, timeout time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %v", timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

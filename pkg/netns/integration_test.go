@@ -1,21 +1,15 @@
 package netns_test
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -27,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/ctagent/ctagent/internal/labnet"
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/netns/kube"
 )
@@ -37,95 +32,7 @@ import (
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skipf("skipping: creating network namespaces and cgroups needs root (euid %d)", os.Geteuid())
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skipf("skipping: needs iproute2: %v", err)
-	}
-}
-
-var seq atomic.Int32
-
-func unique(prefix string) string {
-	return fmt.Sprintf("ctagent-%s-%d-%d", prefix, os.Getpid(), seq.Add(1))
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-}
-
-// addNetns runs "ip netns add" and returns the name.
-func addNetns(t *testing.T) string {
-	t.Helper()
-	name := unique("ns")
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	return name
-}
-
-// startSleeper starts a process whose comm is comm in the named network
-// namespace, or in a new unnamed one if netnsName is "".
-func startSleeper(t *testing.T, netnsName, comm string) *exec.Cmd {
-	t.Helper()
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skipf("skipping: %v", err)
-	}
-	link := filepath.Join(t.TempDir(), comm) // comm is the name that was executed
-	if err := os.Symlink(sleep, link); err != nil {
-		t.Fatal(err)
-	}
-	var cmd *exec.Cmd
-	if netnsName != "" {
-		cmd = exec.Command("ip", "netns", "exec", netnsName, link, "60")
-	} else {
-		cmd = exec.Command(link, "60")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stop(cmd) })
-	waitUntil(t, "process "+comm+" runs", func() bool {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid))
-		return strings.TrimSpace(string(b)) == comm
-	})
-	return cmd
-}
-
-func stop(cmd *exec.Cmd) {
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// procInode reads the inode from the /proc/PID/ns/net link text, "net:[N]",
-// independently of the resolver's stat.
-func procInode(t *testing.T, pid int) uint32 {
-	t.Helper()
-	link, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(link, "net:["), "]"), 10, 32)
-	if err != nil {
-		t.Fatalf("link %q: %v", link, err)
-	}
-	return uint32(n)
+	labnet.Require(t, "ip")
 }
 
 func fileInode(t *testing.T, path string) uint32 {
@@ -137,81 +44,11 @@ func fileInode(t *testing.T, path string) uint32 {
 	return uint32(st.Ino)
 }
 
-// cgroupMount returns where the cgroup filesystem is mounted: cgroup2, or
-// with a v1 controller such as "pids". It mounts cgroup2 if nothing is.
-func cgroupMount(t *testing.T, v1Controller string) string {
+func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
+	if !labnet.WaitFor(5*time.Second, cond) {
+		t.Fatalf("timed out waiting until %s", what)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		fields, fsFields := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(fields) < 5 || len(fsFields) < 3 {
-			continue
-		}
-		switch {
-		case v1Controller == "" && fsFields[0] == "cgroup2",
-			v1Controller != "" && fsFields[0] == "cgroup" && slices.Contains(strings.Split(fsFields[2], ","), v1Controller):
-			return fields[4]
-		}
-	}
-	if v1Controller != "" {
-		t.Skipf("skipping: no cgroup v1 hierarchy with %s", v1Controller)
-	}
-	dir := t.TempDir()
-	run(t, "mount", "-t", "cgroup2", "cgroup2", dir)
-	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
-	return dir
-}
-
-// makeCgroup creates the cgroup rel (slash-separated) under parent and
-// removes it when the test ends.
-func makeCgroup(t *testing.T, parent, rel string) string {
-	t.Helper()
-	dir := parent
-	for _, c := range strings.Split(rel, "/") {
-		dir = filepath.Join(dir, c)
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			if errors.Is(err, os.ErrExist) {
-				continue
-			}
-			t.Fatal(err)
-		}
-		d := dir
-		t.Cleanup(func() {
-			// Killed processes leave their cgroup just after being reaped.
-			for i := 0; i < 100; i++ {
-				if err := unix.Rmdir(d); err == nil || errors.Is(err, unix.ENOENT) {
-					return
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			t.Errorf("cannot remove cgroup %s", d)
-		})
-	}
-	return dir
-}
-
-func moveToCgroup(t *testing.T, cgroup string, pid int) {
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(cgroup, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
-		t.Fatalf("moving %d to %s: %v", pid, cgroup, err)
-	}
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func newPodUID() string {
-	h := randHex(16)
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
 func podObject(node, ns, name, uid string, labels map[string]string, hostNetwork bool) *corev1.Pod {
@@ -225,7 +62,7 @@ func TestResolverRealNamespaces(t *testing.T) {
 	requireRoot(t)
 	// A test root plays the part of the kubelet's --cgroup-root, so that
 	// concurrent runs and a real kubelet are left alone.
-	root := makeCgroup(t, cgroupMount(t, ""), unique("cgroup"))
+	root := labnet.CgroupRoot(t, "")
 
 	type tcase struct {
 		desc   string
@@ -236,10 +73,10 @@ func TestResolverRealNamespaces(t *testing.T) {
 		want   netns.Identity // Inode, Name, PID filled in below
 	}
 	var (
-		uidA, uidB, uidC, uidD, uidF      = newPodUID(), newPodUID(), newPodUID(), newPodUID(), newPodUID()
-		staticHash                        = randHex(16)
+		uidA, uidB, uidC, uidD, uidF      = labnet.PodUID(), labnet.PodUID(), labnet.PodUID(), labnet.PodUID(), labnet.PodUID()
+		staticHash                        = strings.ReplaceAll(labnet.PodUID(), "-", "") // 32 hex digits
 		us                                = func(uid string) string { return strings.ReplaceAll(uid, "-", "_") }
-		id                                = func() string { return randHex(32) }
+		id                                = labnet.ContainerID
 		idA, idB, idC, idD, idE, idF, idG = id(), id(), id(), id(), id(), id(), id()
 	)
 	cases := []*tcase{{
@@ -268,7 +105,7 @@ func TestResolverRealNamespaces(t *testing.T) {
 		desc:   "cgroupfs driver, guaranteed static pod",
 		cgroup: "kubepods/pod" + staticHash + "/" + idE,
 		pod: func() *corev1.Pod {
-			p := podObject("node-a", "kube-system", "etcd-node-a", newPodUID(), nil, false)
+			p := podObject("node-a", "kube-system", "etcd-node-a", labnet.PodUID(), nil, false)
 			p.Annotations = map[string]string{corev1.MirrorPodAnnotationKey: staticHash}
 			return p
 		}(),
@@ -312,28 +149,30 @@ func TestResolverRealNamespaces(t *testing.T) {
 		t.Fatal("pod informer did not sync")
 	}
 
-	procs := make(map[*tcase]*exec.Cmd)
+	procs := make(map[*tcase]*labnet.Proc)
+	nss := make(map[*tcase]*labnet.NS)
 	for _, c := range cases {
-		var nsName string
+		var ns *labnet.NS
 		if c.named {
-			nsName = addNetns(t)
-			c.want.Name = nsName
-			c.want.Inode = fileInode(t, "/run/netns/"+nsName)
+			ns = labnet.New(t)
+			nss[c] = ns
+			c.want.Name = ns.Name
+			c.want.Inode = fileInode(t, "/run/netns/"+ns.Name)
 		}
 		if c.noProc {
 			continue
 		}
 		var cg string
 		if c.cgroup != "" {
-			cg = makeCgroup(t, root, c.cgroup)
+			cg = labnet.MakeCgroup(t, root, c.cgroup)
 		}
-		cmd := startSleeper(t, nsName, c.want.Comm)
-		procs[c] = cmd
+		p := labnet.StartProc(t, ns, c.want.Comm)
+		procs[c] = p
 		if cg != "" {
-			moveToCgroup(t, cg, cmd.Process.Pid)
+			labnet.MoveToCgroup(t, cg, p.PID)
 		}
-		c.want.PID = cmd.Process.Pid
-		c.want.Inode = procInode(t, cmd.Process.Pid)
+		c.want.PID = p.PID
+		c.want.Inode = labnet.NetnsInode(t, p.PID)
 	}
 
 	r := netns.NewResolver(netns.Options{Logger: zaptest.NewLogger(t), Pods: informer, MinRefreshInterval: time.Hour})
@@ -357,7 +196,7 @@ func TestResolverRealNamespaces(t *testing.T) {
 			}
 		}
 	} else {
-		hostIno := procInode(t, 1)
+		hostIno := labnet.NetnsInode(t, 1)
 		comm1, _ := os.ReadFile("/proc/1/comm")
 		if got, ok := r.Lookup(hostIno); !ok || !got.Host || got.PID != 1 || got.Comm != strings.TrimSpace(string(comm1)) {
 			t.Errorf("host namespace %s: Lookup(%d) = %+v, %v", link, hostIno, got, ok)
@@ -401,8 +240,8 @@ func TestResolverRealNamespaces(t *testing.T) {
 
 	// A killed process and a deleted namespace are forgotten, without error.
 	killed, deleted := cases[1], cases[len(cases)-1]
-	stop(procs[killed])
-	run(t, "ip", "netns", "del", deleted.want.Name)
+	procs[killed].Stop()
+	nss[deleted].Delete()
 	if err := r.Refresh(); err != nil {
 		t.Fatalf("Refresh: %v", err)
 	}
@@ -426,13 +265,13 @@ func TestResolverNetnsDir(t *testing.T) {
 	// Like Docker's /run/docker/netns: bind mounts in a directory of our
 	// choosing, plus a leftover file that is not a namespace.
 	dir := t.TempDir()
-	cmd := startSleeper(t, "", "ct-bound")
-	want := procInode(t, cmd.Process.Pid)
+	p := labnet.StartProc(t, nil, "ct-bound")
+	want := labnet.NetnsInode(t, p.PID)
 	bound := filepath.Join(dir, "bound")
 	if err := os.WriteFile(bound, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid), bound, "", unix.MS_BIND, ""); err != nil {
+	if err := unix.Mount(fmt.Sprintf("/proc/%d/ns/net", p.PID), bound, "", unix.MS_BIND, ""); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = unix.Unmount(bound, unix.MNT_DETACH) })
@@ -449,7 +288,7 @@ func TestResolverNetnsDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, ok := r.Lookup(want)
-	if !ok || got.Name != "bound" || got.PID != cmd.Process.Pid || got.Comm != "ct-bound" {
+	if !ok || got.Name != "bound" || got.PID != p.PID || got.Comm != "ct-bound" {
 		t.Errorf("Lookup(%d) = %+v, %v", want, got, ok)
 	}
 	leftover := fileInode(t, filepath.Join(dir, "leftover"))
@@ -462,7 +301,7 @@ func TestResolverNetnsDir(t *testing.T) {
 	}
 
 	// Once the process is gone, the bind mount alone keeps the namespace.
-	stop(cmd)
+	p.Stop()
 	if err := r.Refresh(); err != nil {
 		t.Fatal(err)
 	}
@@ -475,16 +314,16 @@ func TestResolverCgroupV1(t *testing.T) {
 	requireRoot(t)
 	// On a cgroup v1 (or hybrid) node the kubelet's cgroups are in the v1
 	// hierarchies; the cgroup v2 line says nothing.
-	root := makeCgroup(t, cgroupMount(t, "pids"), unique("cgroup"))
-	uid, id := newPodUID(), randHex(32)
-	cg := makeCgroup(t, root, "kubepods/burstable/pod"+uid+"/crio-"+id)
-	cmd := startSleeper(t, "", "ct-v1")
-	moveToCgroup(t, cg, cmd.Process.Pid)
+	root := labnet.CgroupRoot(t, "pids")
+	uid, id := labnet.PodUID(), labnet.ContainerID()
+	cg := labnet.MakeCgroup(t, root, "kubepods/burstable/pod"+uid+"/crio-"+id)
+	p := labnet.StartProc(t, nil, "ct-v1")
+	labnet.MoveToCgroup(t, cg, p.PID)
 
 	r := netns.NewResolver(netns.Options{Logger: zaptest.NewLogger(t)})
-	ino := procInode(t, cmd.Process.Pid)
+	ino := labnet.NetnsInode(t, p.PID)
 	got, ok := r.Lookup(ino) // an unknown inode: Lookup refreshes
-	want := netns.Identity{Inode: ino, PID: cmd.Process.Pid, Comm: "ct-v1", ContainerID: id, Runtime: "cri-o", PodUID: uid}
+	want := netns.Identity{Inode: ino, PID: p.PID, Comm: "ct-v1", ContainerID: id, Runtime: "cri-o", PodUID: uid}
 	if !ok || !reflect.DeepEqual(got, want) {
 		t.Errorf("Lookup(%d)\n got %+v, %v\nwant %+v", ino, got, ok, want)
 	}
@@ -492,11 +331,11 @@ func TestResolverCgroupV1(t *testing.T) {
 
 func TestRefreshProcessExitsMidScan(t *testing.T) {
 	requireRoot(t)
-	cmd := startSleeper(t, "", "ct-midscan")
-	pid, ino := cmd.Process.Pid, procInode(t, cmd.Process.Pid)
+	p := labnet.StartProc(t, nil, "ct-midscan")
+	pid, ino := p.PID, labnet.NetnsInode(t, p.PID)
 	r := netns.NewResolver(netns.Options{Logger: zaptest.NewLogger(t), MinRefreshInterval: time.Hour})
 	var once sync.Once
-	netns.SetScanHook(r, func() { once.Do(func() { stop(cmd) }) })
+	netns.SetScanHook(r, func() { once.Do(p.Stop) })
 	if err := r.Refresh(); err != nil {
 		t.Fatalf("Refresh: %v", err)
 	}
