@@ -135,6 +135,11 @@ func openNetlink(ctx context.Context, opts Options) (Tracer, error) {
 		return nil, errors.Join(errs...)
 	}
 	for _, err := range errs {
+		if errors.Is(err, os.ErrNotExist) {
+			// Listed, then gone before the socket opened: no warning.
+			t.log.Debug("ctnetlink listener not started: namespace gone", zap.Error(err))
+			continue
+		}
 		t.log.Warn("ctnetlink listener did not start, retrying at rescan", zap.Error(err))
 	}
 	t.log.Info("ctnetlink listening", zap.Int("namespaces", len(t.listeners)),
@@ -235,6 +240,8 @@ func (t *netlinkTracer) rescan() {
 		switch {
 		case err == nil:
 			t.log.Debug("ctnetlink listener started", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path))
+		case errors.Is(err, os.ErrNotExist):
+			t.log.Debug("ctnetlink listener not started: namespace gone", zap.Uint32("netns", ns.Inode), zap.Error(err))
 		case !logged:
 			t.log.Warn("ctnetlink listener did not start, retrying at rescan", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path), zap.Error(err))
 		default:

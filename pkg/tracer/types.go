@@ -178,15 +178,15 @@ type Namespace struct {
 
 // Info describes what a Tracer runs.
 type Info struct {
-	Backend    Backend
-	Hooks      []string           // attached kernel symbols, e.g. "fexit/__nf_conntrack_confirm"
-	Refused    map[Backend]string // backends tried before this one, and why they failed
+	Backend Backend
+	Hooks   []string           // attached kernel symbols, e.g. "fexit/__nf_conntrack_confirm"
+	Refused map[Backend]string // backends tried before this one, and why they failed
 	// RefusedReason classifies each refusal in a short, stable word, for a
 	// metric label: no_btf, permission_denied, not_supported,
 	// symbol_not_found, verifier_rejected, unavailable or error.
 	RefusedReason map[Backend]string
-	RingBuffer bool               // eBPF: ring buffer (true) or perf event array
-	Kernel     string             // uname -r
+	RingBuffer    bool   // eBPF: ring buffer (true) or perf event array
+	Kernel        string // uname -r
 }
 
 // Tracer observes the conntrack table.
@@ -225,7 +225,7 @@ type Options struct {
 	// BPF programs (Programs) while the tracer is open; it costs a clock
 	// read per program run. Ignored by the netlink backend.
 	BPFStats bool
-	Logger          *zap.Logger
+	Logger   *zap.Logger
 
 	// Netlink backend: the namespaces to listen in, called at start and
 	// every RescanInterval. nil: only the current namespace.
