@@ -49,6 +49,7 @@ type config struct {
 	btfPath           string
 	ringbufSize       byteSize
 	perfBuffer        bool
+	bpfStats          bool
 	perfBufferSize    byteSize
 	eventBuffer       int
 	netlinkBufferSize byteSize
@@ -136,6 +137,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&cfg.btfPath, "btf.path", "", "Kernel BTF file (raw BTF or an ELF file with a .BTF section) for kernels without /sys/kernel/btf/vmlinux.")
 	fs.Var(&cfg.ringbufSize, "tracer.ringbuf-size", "eBPF ring buffer size, a power-of-two multiple of the page size (e.g. 4MiB); 0: the tracer's default (4MiB).")
 	fs.BoolVar(&cfg.perfBuffer, "tracer.perf-buffer", false, "Use a perf event array instead of the ring buffer even where ring buffers exist.")
+	fs.BoolVar(&cfg.bpfStats, "tracer.bpf-stats", true, "Have the kernel account the run count and run time of the eBPF programs while ctagent runs (ctagent_bpf_program_run_*; costs a clock read per program run).")
 	fs.Var(&cfg.perfBufferSize, "tracer.perf-buffer-size", "Perf event buffer size per CPU (e.g. 256KiB); 0: the tracer's default.")
 	fs.IntVar(&cfg.eventBuffer, "tracer.event-buffer", 0, "Capacity of the in-process event queue; 0: the tracer's default (4096).")
 	fs.Var(&cfg.netlinkBufferSize, "tracer.netlink-buffer-size", "Receive buffer of each ctnetlink socket (netlink backend, e.g. 8MiB); 0: the tracer's default.")

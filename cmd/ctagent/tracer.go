@@ -53,6 +53,7 @@ func tracerOptions(cfg *config, log *zap.Logger) tracer.Options {
 		RingBufferSize:    int(cfg.ringbufSize),
 		PerfBufferSize:    int(cfg.perfBufferSize),
 		ForcePerfBuffer:   cfg.perfBuffer,
+		BPFStats:          cfg.bpfStats,
 		EventBuffer:       cfg.eventBuffer,
 		Logger:            log.Named("tracer"),
 		RescanInterval:    cfg.netnsRescanInterval,

@@ -227,12 +227,12 @@ func buildDefs() []metricDef {
 	}
 	d[mProgramRunCount] = metricDef{
 		name: "ctagent_bpf_program_run_count_total", kind: kindCounter, labels: []string{"program", "hook"},
-		help:  "Runs of an attached eBPF program (0 unless kernel BPF stats are enabled).",
+		help:  "Runs of an attached eBPF program (0 with --tracer.bpf-stats=false, or on kernels before 5.8).",
 		notes: "One series per attached program; none for the netlink backend.",
 	}
 	d[mProgramRunSeconds] = metricDef{
 		name: "ctagent_bpf_program_run_seconds_total", kind: kindCounter, labels: []string{"program", "hook"},
-		help:  "Time spent running an attached eBPF program (0 unless kernel BPF stats are enabled).",
+		help:  "Time spent running an attached eBPF program (0 with --tracer.bpf-stats=false, or on kernels before 5.8).",
 		notes: "One series per attached program; none for the netlink backend.",
 	}
 	d[mScrapeDuration] = metricDef{
