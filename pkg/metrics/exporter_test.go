@@ -319,7 +319,7 @@ func TestPodLabelName(t *testing.T) {
 		if got != want {
 			t.Errorf("PodLabelName(%q) = %q, want %q", key, got, want)
 		}
-		if !model.LabelName(got).IsValidLegacy() {
+		if !model.LegacyValidation.IsValidLabelName(got) {
 			t.Errorf("PodLabelName(%q) = %q: not a valid Prometheus label name", key, got)
 		}
 	}

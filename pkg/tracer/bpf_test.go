@@ -278,7 +278,45 @@ func TestHideAddress(t *testing.T) {
 	if hideAddress(a, salt) == a || hideAddress(a, salt) == hideAddress(b, salt) {
 		t.Errorf("cookies %x %x for %x %x", hideAddress(a, salt), hideAddress(b, salt), a, b)
 	}
-	if hideAddress(a, salt) != hideAddress(a, salt) || hideAddress(0, salt) != 0 {
+	if again := hideAddress(a, salt); again != hideAddress(a, salt) || hideAddress(0, salt) != 0 {
 		t.Error("cookie not stable, or 0 not kept")
+	}
+}
+
+// TestCloseAfterReaderFailure: when the event buffer cannot be opened (here a
+// per-CPU perf buffer far too large to map, as --tracer.perf-buffer-size
+// allows), openBPF closes the half-built tracer; Close must return, so that
+// auto mode goes on to the next backend instead of hanging.
+func TestCloseAfterReaderFailure(t *testing.T) {
+	labnet.Require(t)
+	if err := rlimit.RemoveMemlock(); err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{ForcePerfBuffer: true, PerfBufferSize: 1 << 50}
+	co, err := collectionOptions(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := loadSpec(opts, BackendKprobe, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, co)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &bpfTracer{log: zaptest.NewLogger(t), coll: coll, done: make(chan struct{})}
+	if err := tr.startReader(opts); err == nil {
+		tr.Close()
+		t.Fatal("a perf buffer of 1 PiB per CPU was opened")
+	} else {
+		t.Logf("startReader: %v", err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- tr.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hangs after the event reader failed to open")
 	}
 }
