@@ -57,10 +57,13 @@ build: ## Build bin/ctagent
 run: deps build ## Install what is needed, build and run ctagent (as root) on :9695
 	$(BIN) $(ARGS)
 
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
 .PHONY: lint
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet and staticcheck (pinned)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 .PHONY: test
 test: ## Host tests: unit, verifier load, netlink backend, metrics, e2e with Prometheus (root)
