@@ -300,7 +300,8 @@ func (t *bpfTracer) attach(b Backend) error {
 }
 
 // startReader opens the ring or perf buffer and starts the decoding loop.
-func (t *bpfTracer) startReader(opts Options) error {
+// On failure t.done is closed, for Close.
+func (t *bpfTracer) startReader(opts Options) (err error) {
 	size := opts.EventBuffer
 	if size <= 0 {
 		size = 4096
@@ -312,6 +313,11 @@ func (t *bpfTracer) startReader(opts Options) error {
 		close(t.done)
 		return nil
 	}
+	defer func() {
+		if err != nil {
+			close(t.done) // no readLoop to close it
+		}
+	}()
 	var next func() ([]byte, uint64, error)
 	if t.info.RingBuffer {
 		rd, err := ringbuf.NewReader(t.coll.Maps["events"])
