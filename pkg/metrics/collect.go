@@ -189,14 +189,16 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 }
 
 // identityValues returns the values of the identity labels and then of the
-// pod labels, in the order of the descriptors' label names.
+// pod labels, in the order of the descriptors' label names. Invalid UTF-8
+// (a comm or a netns name can be any bytes), which client_golang refuses
+// with a panic that ends the scrape, becomes U+FFFD.
 func (e *Exporter) identityValues(id *Identity) []string {
 	vs := make([]string, 0, len(e.idLabels)+len(e.podKeys))
 	for _, l := range e.idLabels {
-		vs = append(vs, id.label(l))
+		vs = append(vs, strings.ToValidUTF8(id.label(l), "\uFFFD"))
 	}
 	for _, k := range e.podKeys {
-		vs = append(vs, id.PodLabels[k])
+		vs = append(vs, strings.ToValidUTF8(id.PodLabels[k], "\uFFFD"))
 	}
 	return vs
 }
