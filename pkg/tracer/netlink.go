@@ -34,7 +34,9 @@ package tracer
 //     (only present with net.netfilter.nf_conntrack_timestamp=1).
 //   - A socket overrun (ENOBUFS) loses events; it is counted as
 //     LostNetlinkNoBufs and followed by a table dump that prunes the
-//     lifetime map.
+//     lifetime map. DESTROY can also be missing with no overrun (an event
+//     mask without destroy, nft "ct event set new"): a dump also runs when
+//     the map has doubled since the last one.
 
 import (
 	"context"
@@ -66,6 +68,10 @@ const (
 	// be in the socket buffer.
 	suspectGrace = 10 * time.Second
 )
+
+// minResyncSize is the least size of a listener's first-seen map that
+// makes it resync (see nlListener.resyncAt). A variable for tests.
+var minResyncSize = 4096
 
 // netlinkHooks are what the netlink backend "attaches" to.
 var netlinkHooks = []string{"ctnetlink/NEW", "ctnetlink/DESTROY"}
@@ -264,9 +270,18 @@ type nlListener struct {
 	qClosed bool
 	lastCPU map[uint16]cpuStats
 
+	// tracked is len(firstSeen), for tests.
+	tracked atomic.Int64
+
 	// Owned by run.
-	firstSeen     map[uint32]time.Time // CTA_ID -> receipt of NEW
-	suspects      map[uint32]struct{}  // missing from the last resync dump
+	firstSeen map[uint32]time.Time // CTA_ID -> receipt of NEW
+	// resyncAt is the size of firstSeen that calls for a resync: twice
+	// the entries the last resync found alive, at least minResyncSize.
+	// DESTROY events can be missing without any overrun (a conntrack
+	// template whose event mask lacks destroy, e.g. nft "ct event set
+	// new"), and firstSeen must not grow without bound.
+	resyncAt      int
+	suspects      map[uint32]struct{} // missing from the last resync dump
 	suspectsAt    time.Time
 	lastResync    time.Time
 	resyncPending bool
@@ -305,6 +320,7 @@ func (t *netlinkTracer) startListener(ns Namespace) error {
 		done:      make(chan struct{}),
 		lastCPU:   map[uint16]cpuStats{},
 		firstSeen: map[uint32]time.Time{},
+		resyncAt:  minResyncSize,
 	}
 	// Baseline for the failure deltas, taken after joining the groups.
 	if err := l.refreshFailed(); err != nil {
@@ -422,6 +438,7 @@ func (l *nlListener) run() {
 			}
 			l.suspects = nil
 		}
+		l.tracked.Store(int64(len(l.firstSeen)))
 	}
 }
 
@@ -441,6 +458,9 @@ func (l *nlListener) handle(msg nlMessage, now time.Time) {
 	case EventCreated:
 		if m.HasID {
 			l.firstSeen[m.ID] = now
+			if len(l.firstSeen) >= l.resyncAt {
+				l.resyncPending = true
+			}
 		}
 	case EventDestroyed:
 		if seen, ok := l.firstSeen[m.ID]; ok && m.HasID {
@@ -505,7 +525,8 @@ func (l *nlListener) maybeResync() {
 	l.resync()
 }
 
-// resync dumps the table after an overrun. Entries whose NEW was seen but
+// resync dumps the table after an overrun, or when firstSeen reaches
+// resyncAt. Entries whose NEW was seen but
 // which are no longer in the table lost their DESTROY (or it is still
 // queued): they become suspects and are forgotten after suspectGrace.
 // The socket itself stays open: after ENOBUFS it keeps delivering.
@@ -534,6 +555,7 @@ func (l *nlListener) resync() {
 			delete(l.firstSeen, id)
 		}
 	}
+	l.resyncAt = max(2*len(present), minResyncSize)
 	l.suspects = map[uint32]struct{}{}
 	l.suspectsAt = time.Now()
 	for id := range l.firstSeen {
