@@ -187,10 +187,13 @@ static __always_inline struct ct_counter_value *counter(struct ct_event *e)
 	return v;
 }
 
-/* Index of the first bucket whose bound (2^i ms) holds the lifetime. */
+/* Index of the first bucket whose bound (2^i ms) holds the lifetime. The
+ * lifetime is rounded up to whole milliseconds: for an integer bound N,
+ * ns <= N ms exactly when ceil(ns in ms) <= N, so every bucket is a true
+ * "less or equal" bucket. */
 static __always_inline __u32 lifetime_bucket(__u64 ns)
 {
-	__u64 ms = ns / 1000000;
+	__u64 ms = (ns + 999999) / 1000000;
 	__u32 b = 0;
 
 	if (ms <= 1)

@@ -358,7 +358,10 @@ func (t *bpfTracer) readLoop(next func() ([]byte, uint64, error)) {
 			if errors.Is(err, os.ErrClosed) || errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, perf.ErrClosed) {
 				return
 			}
+			// Unexpected (e.g. a failed epoll wait): say so, and do not
+			// spin on an error that persists.
 			t.log.Warn("read event buffer", zap.Error(err))
+			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		if lost > 0 {

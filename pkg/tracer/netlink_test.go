@@ -25,7 +25,7 @@ import (
 // cLifetimeBucket is lifetime_bucket of bpf/conntrack.bpf.c: the same
 // steps, its unrolled shifts (16, 8, 4, 2, 1) written as a loop.
 func cLifetimeBucket(ns uint64) int {
-	ms := ns / 1000000
+	ms := (ns + 999999) / 1000000
 	b := uint64(0)
 	if ms <= 1 {
 		return 0
@@ -50,7 +50,7 @@ func TestNetlinkLifetimeBucket(t *testing.T) {
 		d    time.Duration
 		want int
 	}{
-		{-time.Second, 0}, {0, 0}, {ms / 2, 0}, {ms, 0}, {ms + ms/2, 0}, {2 * ms, 1}, {3 * ms, 2},
+		{-time.Second, 0}, {0, 0}, {ms / 2, 0}, {ms, 0}, {ms + 1, 1}, {ms + ms/2, 1}, {2 * ms, 1}, {2*ms + 1, 2}, {3 * ms, 2},
 		{4 * ms, 2}, {5 * ms, 3}, {1024 * ms, 10}, {1025 * ms, 11}, {time.Duration(1<<26) * ms, 26},
 		{time.Duration(1<<26+1) * ms, 27}, {time.Duration(1<<27) * ms, 27}, {1 << 62, 27},
 	} {
@@ -66,12 +66,12 @@ func TestNetlinkLifetimeBucket(t *testing.T) {
 		if want := cLifetimeBucket(ns); got != want {
 			t.Fatalf("lifetimeBucket(%d ns) = %d, C rule says %d", ns, got, want)
 		}
-		// Bucket i holds whole-ms lifetimes in (2^(i-1), 2^i] ms.
-		wms := float64(d / time.Millisecond)
-		if got < NumLifetimeBuckets-1 && wms > LifetimeBucketBound(got)*1000 {
+		// Bucket i holds exactly the lifetimes in (2^(i-1), 2^i] ms.
+		bound := func(i int) uint64 { return uint64(1) << uint(i) * uint64(time.Millisecond) }
+		if got < NumLifetimeBuckets-1 && ns > bound(got) {
 			t.Fatalf("%v in bucket %d above its bound %v s", d, got, LifetimeBucketBound(got))
 		}
-		if got > 0 && wms <= LifetimeBucketBound(got-1)*1000 {
+		if got > 0 && ns <= bound(got-1) {
 			t.Fatalf("%v in bucket %d, fits bucket %d", d, got, got-1)
 		}
 	}
