@@ -53,3 +53,35 @@ func TestNetlinkForget(t *testing.T) {
 		t.Errorf("other namespace counts %d created, want 1", got)
 	}
 }
+
+// TestNetlinkCountersDoNotWaitForDumps: a table dump holding a namespace's
+// query socket does not hold up Counters (the scrape path).
+func TestNetlinkCountersDoNotWaitForDumps(t *testing.T) {
+	labnet.Require(t, "ip", "nft", "conntrack")
+	n := labnet.New(t)
+	tr, err := Open(t.Context(), Options{Backend: BackendNetlink, Logger: zaptest.NewLogger(t),
+		Namespaces: func() ([]Namespace, error) { return []Namespace{labNamespace(n)}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	nt := tr.(*netlinkTracer)
+	nt.mu.Lock()
+	l := nt.listeners[n.Inode]
+	nt.mu.Unlock()
+	if l == nil {
+		t.Fatal("no listener for the namespace")
+	}
+	l.qmu.Lock() // as a long dump would
+	done := make(chan error, 1)
+	go func() { _, err := tr.Counters(); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("Counters waited for the query socket")
+	}
+	l.qmu.Unlock()
+}

@@ -355,8 +355,18 @@ func (l *nlListener) close() error {
 // refreshFailed reads the per-CPU statistics and adds what changed since
 // the last read to the namespace's failure counters. Per-CPU counters are
 // 32-bit in ctnetlink; the differences are taken modulo 2^32.
-func (l *nlListener) refreshFailed() error {
-	l.qmu.Lock()
+func (l *nlListener) refreshFailed() error { return l.refreshFailedWait(true) }
+
+// refreshFailedWait is refreshFailed; without wait it gives up at once when
+// a table dump holds the query socket (it can for seconds), so that a
+// scrape never waits: the kernel's counters are cumulative, and the next
+// refresh adds what this one skipped.
+func (l *nlListener) refreshFailedWait(wait bool) error {
+	if wait {
+		l.qmu.Lock()
+	} else if !l.qmu.TryLock() {
+		return nil
+	}
 	defer l.qmu.Unlock()
 	if l.qClosed || l.closing.Load() {
 		return nil
@@ -592,7 +602,7 @@ func (t *netlinkTracer) Counters() (Counters, error) {
 	}
 	t.mu.Unlock()
 	for _, l := range ls {
-		if err := l.refreshFailed(); err != nil {
+		if err := l.refreshFailedWait(false); err != nil {
 			t.log.Debug("conntrack stats", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
 		}
 	}
