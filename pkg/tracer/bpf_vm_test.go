@@ -258,6 +258,23 @@ func vmScenario(t *testing.T, b Backend) []string {
 			t.Errorf("lost[%s] = %d", r, n)
 		}
 	}
+	// Forget drops a namespace's keys from the kernel map, and only its.
+	if err := tr.Forget(nsA.Inode); err != nil {
+		t.Fatal(err)
+	}
+	after, err := tr.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range after {
+		if k.NetNS == nsA.Inode {
+			t.Errorf("counters of forgotten netns %d still there: %+v", nsA.Inode, k)
+		}
+	}
+	if v := after[Key{NetNS: nsB.Inode, Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP}]; v.Created != 2 {
+		t.Errorf("after Forget of another namespace, %q tcp6 created = %d, want 2", nsB.Name, v.Created)
+	}
+
 	// Every attached program ran, and the kernel accounted for it.
 	progs, err := tr.Programs()
 	if err != nil {
