@@ -98,12 +98,25 @@ struct inflight {
 	__u64 repl;
 };
 
-/* Keyed by skb address (fentry) or pid_tgid (kprobe). */
+/* Entry/return pairs nest: __nf_conntrack_confirm ends with
+ * local_bh_enable(), which runs pending softirqs (received packets, other
+ * confirms) on the same task before the outer call returns; ctnetlink
+ * inserts can be interrupted the same way. Nesting on one key is strictly
+ * last in, first out, so each key holds a small stack. */
+#define INFLIGHT_DEPTH 4 /* a power of two */
+
+struct inflight_stack {
+	struct inflight frames[INFLIGHT_DEPTH];
+	__u32 depth;
+	__u32 pad;
+};
+
+/* Keyed by skb address (fentry) or probe_key() (kprobe). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
 	__type(key, __u64);
-	__type(value, struct inflight);
+	__type(value, struct inflight_stack);
 } inflights SEC(".maps");
 
 /* Before about 3.19 the inode lived in struct net itself (proc_inum); since
@@ -277,19 +290,65 @@ static __always_inline void on_failed(void *ctx, struct nf_conn *ct,
 	submit(ctx, &e);
 }
 
-/* Takes what an entry probe stashed under key, for its return probe. A miss
- * (the entry probe did not run, or a nested call on the same key replaced
- * it) is counted. */
+/* Empty stack for new keys; kept in .rodata, not on the stack. */
+static const struct inflight_stack empty_stack;
+
+/* The key of a kprobe entry/return pair: the task. Idle tasks are pid 0 on
+ * every CPU, so softirqs that interrupt them are told apart by CPU. */
+static __always_inline __u64 probe_key(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if ((__u32)id == 0)
+		return (1ULL << 63) | bpf_get_smp_processor_id();
+	return id;
+}
+
+/* Pushes what an entry probe saw under key; a full map or stack is
+ * counted, and its return probe will then count a miss too. */
+static __always_inline void put_inflight(__u64 key, struct inflight *in)
+{
+	struct inflight_stack *st = bpf_map_lookup_elem(&inflights, &key);
+	__u32 d;
+
+	if (!st) {
+		bpf_map_update_elem(&inflights, &key, &empty_stack, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&inflights, &key);
+		if (!st) {
+			count_lost(CT_LOST_INFLIGHT_MISS);
+			return;
+		}
+	}
+	d = st->depth;
+	if (d >= INFLIGHT_DEPTH) {
+		count_lost(CT_LOST_INFLIGHT_MISS);
+		return;
+	}
+	/* The mask is a no-op after the check; barrier_var keeps clang from
+	 * dropping it, so the verifier sees the bound. */
+	barrier_var(d);
+	st->frames[d & (INFLIGHT_DEPTH - 1)] = *in;
+	st->depth = d + 1;
+}
+
+/* Pops what the matching entry probe stashed under key, for its return
+ * probe. A miss (the entry probe did not run, or could not store) is
+ * counted. */
 static __always_inline bool take_inflight(__u64 key, struct inflight *out)
 {
-	struct inflight *in = bpf_map_lookup_elem(&inflights, &key);
+	struct inflight_stack *st = bpf_map_lookup_elem(&inflights, &key);
+	__u32 d;
 
-	if (!in) {
+	if (!st || st->depth == 0 || st->depth > INFLIGHT_DEPTH) {
 		count_lost(CT_LOST_INFLIGHT_MISS);
 		return false;
 	}
-	*out = *in;
-	bpf_map_delete_elem(&inflights, &key);
+	d = st->depth - 1;
+	barrier_var(d); /* see put_inflight */
+	*out = st->frames[d & (INFLIGHT_DEPTH - 1)];
+	st->depth = d;
+	if (d == 0)
+		bpf_map_delete_elem(&inflights, &key);
 	return true;
 }
 
@@ -300,7 +359,7 @@ static __always_inline void confirm_enter(__u64 key, struct sk_buff *skb)
 		.ct = BPF_CORE_READ(skb, _nfct) & NFCT_PTRMASK,
 	};
 
-	bpf_map_update_elem(&inflights, &key, &in, BPF_ANY);
+	put_inflight(key, &in);
 }
 
 /* Exit of __nf_conntrack_confirm. NF_ACCEPT with IPS_CONFIRMED set on the
@@ -445,29 +504,28 @@ int BPF_PROG(fexit_alloc, struct net *net, const struct nf_conntrack_zone *zone,
 	return 0;
 }
 
-/* kprobe / kretprobe: arguments are stashed at entry, keyed by pid_tgid. */
+/* kprobe / kretprobe: arguments are stashed at entry, keyed by the task. */
 
 SEC("kprobe/__nf_conntrack_confirm")
 int BPF_KPROBE(kprobe_confirm, struct sk_buff *skb)
 {
-	confirm_enter(bpf_get_current_pid_tgid(), skb);
+	confirm_enter(probe_key(), skb);
 	return 0;
 }
 
 SEC("kretprobe/__nf_conntrack_confirm")
 int BPF_KRETPROBE(kretprobe_confirm, int ret)
 {
-	confirm_exit(ctx, bpf_get_current_pid_tgid(), ret);
+	confirm_exit(ctx, probe_key(), ret);
 	return 0;
 }
 
 SEC("kprobe/nf_conntrack_hash_check_insert")
 int BPF_KPROBE(kprobe_check_insert, struct nf_conn *ct)
 {
-	__u64 key = bpf_get_current_pid_tgid();
 	struct inflight in = { .ct = (__u64)ct };
 
-	bpf_map_update_elem(&inflights, &key, &in, BPF_ANY);
+	put_inflight(probe_key(), &in);
 	return 0;
 }
 
@@ -476,7 +534,7 @@ int BPF_KRETPROBE(kretprobe_check_insert, int ret)
 {
 	struct inflight in;
 
-	if (take_inflight(bpf_get_current_pid_tgid(), &in))
+	if (take_inflight(probe_key(), &in))
 		check_insert_exit(ctx, (struct nf_conn *)in.ct, ret);
 	return 0;
 }
@@ -493,14 +551,13 @@ int BPF_KPROBE(kprobe_alloc, struct net *net, const struct nf_conntrack_zone *zo
 	       const struct nf_conntrack_tuple *orig,
 	       const struct nf_conntrack_tuple *repl)
 {
-	__u64 key = bpf_get_current_pid_tgid();
 	struct inflight in = {
 		.net = (__u64)net,
 		.orig = (__u64)orig,
 		.repl = (__u64)repl,
 	};
 
-	bpf_map_update_elem(&inflights, &key, &in, BPF_ANY);
+	put_inflight(probe_key(), &in);
 	return 0;
 }
 
@@ -509,7 +566,7 @@ int BPF_KRETPROBE(kretprobe_alloc, long ret)
 {
 	struct inflight in;
 
-	if (take_inflight(bpf_get_current_pid_tgid(), &in))
+	if (take_inflight(probe_key(), &in))
 		alloc_exit(ctx, (struct net *)in.net,
 			   (const struct nf_conntrack_tuple *)in.orig,
 			   (const struct nf_conntrack_tuple *)in.repl, ret);

@@ -103,12 +103,17 @@ type conntrackCtTuple struct {
 	DstPort uint16
 }
 
-type conntrackInflight struct {
-	_    structs.HostLayout
-	Ct   uint64
-	Net  uint64
-	Orig uint64
-	Repl uint64
+type conntrackInflightStack struct {
+	_      structs.HostLayout
+	Frames [4]struct {
+		_    structs.HostLayout
+		Ct   uint64
+		Net  uint64
+		Orig uint64
+		Repl uint64
+	}
+	Depth uint32
+	Pad   uint32
 }
 
 // Names of all BPF objects in the ELF.
