@@ -274,7 +274,7 @@ func buildDefs() []metricDef {
 		d = append(d, metricDef{
 			name: "ctagent_conntrack_kernel_stat_" + s.name + "_total", kind: kindCounter, perNS: true,
 			help:  "Kernel conntrack statistic " + s.name + " (conntrack -S, summed over CPUs, read at scrape time): " + s.help,
-			notes: "Only for namespaces the namespace source lists.",
+			notes: "Only for namespaces the namespace source lists. The kernel keeps these as 32-bit counters per CPU; ctagent adds each CPU's change, so the sum does not step back when one wraps.",
 		})
 	}
 	return d

@@ -153,6 +153,8 @@ type Exporter struct {
 	passMu      sync.Mutex // one baseline pass at a time
 	settle      time.Duration
 
+	kstats *tracer.KernelStatsReader // wrap-safe kernel statistics
+
 	// Replaced by tests.
 	now       func() time.Time
 	dump      func(tracer.Namespace, func(tracer.Entry)) error
@@ -187,7 +189,11 @@ func New(opts Options) (*Exporter, error) {
 	if opts.StaleAfter < 0 || opts.RescanInterval < 0 || opts.KernelStatsTimeout < 0 {
 		return nil, errors.New("metrics: StaleAfter, RescanInterval and KernelStatsTimeout must not be negative")
 	}
+	// The kernel's per-CPU statistics are 32-bit; the reader keeps the
+	// exported sums from stepping back when one wraps.
+	kstats := tracer.NewKernelStatsReader()
 	e := &Exporter{
+		kstats:     kstats,
 		tr:         opts.Tracer,
 		src:        opts.Namespaces,
 		idLabels:   labels,
@@ -204,7 +210,7 @@ func New(opts Options) (*Exporter, error) {
 		kick:       make(chan struct{}, 1),
 		now:        time.Now,
 		dump:       tracer.DumpTable,
-		readStats:  tracer.ReadKernelStats,
+		readStats:  kstats.Read,
 		procRoot:   "/proc",
 		ns:         map[uint32]*nsState{},
 		tombs:      map[uint32]uint64{},
@@ -374,6 +380,7 @@ func (e *Exporter) refresh() {
 	// The tracer's counters of expired namespaces go too, so that its maps
 	// do not grow with namespace churn.
 	for _, inode := range forget {
+		e.kstats.Forget(inode)
 		if err := e.tr.Forget(inode); err != nil {
 			e.log.Debug("forget namespace counters", zap.Uint32("netns", inode), zap.Error(err))
 		}

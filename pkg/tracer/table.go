@@ -77,23 +77,27 @@ func ReadKernelStats(ns Namespace) (KernelStats, error) {
 }
 
 func (s *nlSock) kernelStats() (KernelStats, error) {
-	var ks KernelStats
 	cpus, err := s.statsCPU()
 	if err != nil {
-		return ks, err
+		return KernelStats{}, err
 	}
+	var ks KernelStats
+	if ks.Entries, ks.MaxEntries, err = s.globalStats(); err != nil {
+		return KernelStats{}, err
+	}
+	var sum [numCPUStats]uint64
 	for _, c := range cpus {
-		ks.Found += uint64(c.Found)
-		ks.Invalid += uint64(c.Invalid)
-		ks.Insert += uint64(c.Insert)
-		ks.InsertFailed += uint64(c.InsertFailed)
-		ks.Drop += uint64(c.Drop)
-		ks.EarlyDrop += uint64(c.EarlyDrop)
-		ks.Error += uint64(c.Error)
-		ks.SearchRestart += uint64(c.Restart)
-		ks.ClashResolve += uint64(c.ClashResolve)
-		ks.ChainTooLong += uint64(c.ChainTooLong)
+		for i, v := range c.values() {
+			sum[i] += uint64(v)
+		}
 	}
+	ks.setCounters(sum)
+	return ks, nil
+}
+
+// globalStats reads the entry count and the limit
+// (IPCTNL_MSG_CT_GET_STATS).
+func (s *nlSock) globalStats() (entries, limit uint64, err error) {
 	var gerr error
 	err = s.query(ipctnlMsgCtGetStats, unix.AF_UNSPEC, 0, nil, func(msg nlMessage) error {
 		if mt, ok := ctMsgType(msg.Type); !ok || mt != ipctnlMsgCtGetStats {
@@ -104,16 +108,16 @@ func (s *nlSock) kernelStats() (KernelStats, error) {
 			gerr = err
 			return nil
 		}
-		ks.Entries, ks.MaxEntries = uint64(e), uint64(m)
+		entries, limit = uint64(e), uint64(m)
 		return nil
 	})
 	if err == nil {
 		err = gerr
 	}
 	if err != nil {
-		return ks, fmt.Errorf("conntrack global stats: %w", err)
+		return 0, 0, fmt.Errorf("conntrack global stats: %w", err)
 	}
-	return ks, nil
+	return entries, limit, nil
 }
 
 // statsCPU reads the per-CPU conntrack counters, one element per CPU.

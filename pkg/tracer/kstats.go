@@ -1,0 +1,92 @@
+package tracer
+
+import "sync"
+
+// KernelStatsReader reads KernelStats of many namespaces and keeps the
+// per-CPU counters monotonic. ctnetlink reports them as 32-bit numbers
+// (CTA_STATS_*), so a plain sum over CPUs drops by 2^32 whenever one CPU's
+// counter wraps, which Prometheus would take for a reset and turn into a
+// spike of rate(). The reader adds each CPU's change modulo 2^32 instead.
+// Safe for concurrent use.
+type KernelStatsReader struct {
+	mu sync.Mutex
+	ns map[uint32]*cpuTotals
+}
+
+// cpuTotals is what the reader remembers of one namespace.
+type cpuTotals struct {
+	last  map[uint16]cpuStats
+	total [numCPUStats]uint64
+}
+
+// numCPUStats is the number of per-CPU counters in cpuStats.
+const numCPUStats = 10
+
+func (c *cpuStats) values() [numCPUStats]uint32 {
+	return [numCPUStats]uint32{c.Found, c.Invalid, c.Insert, c.InsertFailed, c.Drop,
+		c.EarlyDrop, c.Error, c.Restart, c.ClashResolve, c.ChainTooLong}
+}
+
+func (ks *KernelStats) setCounters(v [numCPUStats]uint64) {
+	ks.Found, ks.Invalid, ks.Insert, ks.InsertFailed, ks.Drop = v[0], v[1], v[2], v[3], v[4]
+	ks.EarlyDrop, ks.Error, ks.SearchRestart, ks.ClashResolve, ks.ChainTooLong = v[5], v[6], v[7], v[8], v[9]
+}
+
+// NewKernelStatsReader returns a reader that remembers no namespace yet.
+func NewKernelStatsReader() *KernelStatsReader {
+	return &KernelStatsReader{ns: map[uint32]*cpuTotals{}}
+}
+
+// Read reads the statistics of ns, like ReadKernelStats, with counters that
+// only go up: the first read of a namespace gives the kernel's sums, later
+// ones add each CPU's change since the previous read.
+func (r *KernelStatsReader) Read(ns Namespace) (KernelStats, error) {
+	s, err := dialNetfilter(ns)
+	if err != nil {
+		return KernelStats{}, err
+	}
+	defer s.close()
+	cpus, err := s.statsCPU()
+	if err != nil {
+		return KernelStats{}, err
+	}
+	var ks KernelStats
+	if ks.Entries, ks.MaxEntries, err = s.globalStats(); err != nil {
+		return KernelStats{}, err
+	}
+	ks.setCounters(r.accumulate(ns.Inode, cpus))
+	return ks, nil
+}
+
+// accumulate adds the per-CPU counters of one read of namespace inode to
+// its totals and returns them.
+func (r *KernelStatsReader) accumulate(inode uint32, cpus []cpuStats) [numCPUStats]uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.ns[inode]
+	if st == nil {
+		st = &cpuTotals{last: map[uint16]cpuStats{}}
+		r.ns[inode] = st
+	}
+	for _, c := range cpus {
+		now := c.values()
+		prev, seen := st.last[c.CPU]
+		was := prev.values()
+		for i := range now {
+			if seen {
+				st.total[i] += uint64(now[i] - was[i]) // modulo 2^32
+			} else {
+				st.total[i] += uint64(now[i])
+			}
+		}
+		st.last[c.CPU] = c
+	}
+	return st.total
+}
+
+// Forget drops what the reader remembers of a namespace that is gone.
+func (r *KernelStatsReader) Forget(inode uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.ns, inode)
+}
