@@ -13,60 +13,33 @@ type KernelStatsReader struct {
 	ns map[uint32]*cpuTotals
 }
 
-// cpuTotals is what the reader remembers of one namespace.
+// cpuTotals turns a namespace's 32-bit per-CPU counters into 64-bit totals
+// that only go up: each CPU's change since its last read, modulo 2^32, is
+// added; a CPU seen for the first time adds its whole value.
 type cpuTotals struct {
 	last  map[uint16]cpuStats
 	total [numCPUStats]uint64
 }
 
-// numCPUStats is the number of per-CPU counters in cpuStats.
-const numCPUStats = 10
+// Indexes of the per-CPU counters in cpuStats.values.
+const (
+	statFound = iota
+	statInvalid
+	statInsert
+	statInsertFailed
+	statDrop
+	statEarlyDrop
+	statError
+	statSearchRestart
+	statClashResolve
+	statChainTooLong
+	numCPUStats
+)
 
-func (c *cpuStats) values() [numCPUStats]uint32 {
-	return [numCPUStats]uint32{c.Found, c.Invalid, c.Insert, c.InsertFailed, c.Drop,
-		c.EarlyDrop, c.Error, c.Restart, c.ClashResolve, c.ChainTooLong}
-}
-
-func (ks *KernelStats) setCounters(v [numCPUStats]uint64) {
-	ks.Found, ks.Invalid, ks.Insert, ks.InsertFailed, ks.Drop = v[0], v[1], v[2], v[3], v[4]
-	ks.EarlyDrop, ks.Error, ks.SearchRestart, ks.ClashResolve, ks.ChainTooLong = v[5], v[6], v[7], v[8], v[9]
-}
-
-// NewKernelStatsReader returns a reader that remembers no namespace yet.
-func NewKernelStatsReader() *KernelStatsReader {
-	return &KernelStatsReader{ns: map[uint32]*cpuTotals{}}
-}
-
-// Read reads the statistics of ns, like ReadKernelStats, with counters that
-// only go up: the first read of a namespace gives the kernel's sums, later
-// ones add each CPU's change since the previous read.
-func (r *KernelStatsReader) Read(ns Namespace) (KernelStats, error) {
-	s, err := dialNetfilter(ns)
-	if err != nil {
-		return KernelStats{}, err
-	}
-	defer s.close()
-	cpus, err := s.statsCPU()
-	if err != nil {
-		return KernelStats{}, err
-	}
-	var ks KernelStats
-	if ks.Entries, ks.MaxEntries, err = s.globalStats(); err != nil {
-		return KernelStats{}, err
-	}
-	ks.setCounters(r.accumulate(ns.Inode, cpus))
-	return ks, nil
-}
-
-// accumulate adds the per-CPU counters of one read of namespace inode to
-// its totals and returns them.
-func (r *KernelStatsReader) accumulate(inode uint32, cpus []cpuStats) [numCPUStats]uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	st := r.ns[inode]
-	if st == nil {
-		st = &cpuTotals{last: map[uint16]cpuStats{}}
-		r.ns[inode] = st
+// add adds one read of every CPU's counters and returns the totals.
+func (st *cpuTotals) add(cpus []cpuStats) [numCPUStats]uint64 {
+	if st.last == nil {
+		st.last = map[uint16]cpuStats{}
 	}
 	for _, c := range cpus {
 		now := c.values()
@@ -82,6 +55,44 @@ func (r *KernelStatsReader) accumulate(inode uint32, cpus []cpuStats) [numCPUSta
 		st.last[c.CPU] = c
 	}
 	return st.total
+}
+
+func (c *cpuStats) values() [numCPUStats]uint32 {
+	return [numCPUStats]uint32{c.Found, c.Invalid, c.Insert, c.InsertFailed, c.Drop,
+		c.EarlyDrop, c.Error, c.Restart, c.ClashResolve, c.ChainTooLong}
+}
+
+func (ks *KernelStats) setCounters(v [numCPUStats]uint64) {
+	ks.Found, ks.Invalid, ks.Insert, ks.InsertFailed = v[statFound], v[statInvalid], v[statInsert], v[statInsertFailed]
+	ks.Drop, ks.EarlyDrop, ks.Error = v[statDrop], v[statEarlyDrop], v[statError]
+	ks.SearchRestart, ks.ClashResolve, ks.ChainTooLong = v[statSearchRestart], v[statClashResolve], v[statChainTooLong]
+}
+
+// NewKernelStatsReader returns a reader that remembers no namespace yet.
+func NewKernelStatsReader() *KernelStatsReader {
+	return &KernelStatsReader{ns: map[uint32]*cpuTotals{}}
+}
+
+// Read reads the statistics of ns, like ReadKernelStats, with counters that
+// only go up: the first read of a namespace gives the kernel's sums, later
+// ones add each CPU's change since the previous read.
+func (r *KernelStatsReader) Read(ns Namespace) (KernelStats, error) {
+	return readKernelStats(ns, func(cpus []cpuStats) [numCPUStats]uint64 {
+		return r.accumulate(ns.Inode, cpus)
+	})
+}
+
+// accumulate adds the per-CPU counters of one read of namespace inode to
+// its totals and returns them.
+func (r *KernelStatsReader) accumulate(inode uint32, cpus []cpuStats) [numCPUStats]uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.ns[inode]
+	if st == nil {
+		st = &cpuTotals{}
+		r.ns[inode] = st
+	}
+	return st.add(cpus)
 }
 
 // Forget drops what the reader remembers of a namespace that is gone.

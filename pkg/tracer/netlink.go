@@ -265,10 +265,11 @@ type nlListener struct {
 	closing atomic.Bool
 	done    chan struct{}
 
-	qmu     sync.Mutex // guards q, qClosed and lastCPU
-	q       *nlSock    // request socket: statistics, resync dumps
-	qClosed bool
-	lastCPU map[uint16]cpuStats
+	qmu       sync.Mutex // guards q, qClosed, stats and baselined
+	q         *nlSock    // request socket: statistics, resync dumps
+	qClosed   bool
+	stats     cpuTotals // the kernel's counters since the first read
+	baselined bool      // the first read is the baseline of the failure deltas
 
 	// tracked is len(firstSeen), for tests.
 	tracked atomic.Int64
@@ -318,7 +319,6 @@ func (t *netlinkTracer) startListener(ns Namespace) error {
 		ev:        ev,
 		q:         q,
 		done:      make(chan struct{}),
-		lastCPU:   map[uint16]cpuStats{},
 		firstSeen: map[uint32]time.Time{},
 		resyncAt:  minResyncSize,
 	}
@@ -353,8 +353,8 @@ func (l *nlListener) close() error {
 }
 
 // refreshFailed reads the per-CPU statistics and adds what changed since
-// the last read to the namespace's failure counters. Per-CPU counters are
-// 32-bit in ctnetlink; the differences are taken modulo 2^32.
+// the last read to the namespace's failure counters (cpuTotals handles the
+// 32-bit wrap); the first successful read is only the baseline.
 func (l *nlListener) refreshFailed() error { return l.refreshFailedWait(true) }
 
 // refreshFailedWait is refreshFailed; without wait it gives up at once when
@@ -375,15 +375,15 @@ func (l *nlListener) refreshFailedWait(wait bool) error {
 	if err != nil {
 		return err
 	}
-	var insertFailed, drop, clash uint64
-	for _, c := range cpus {
-		if last, ok := l.lastCPU[c.CPU]; ok {
-			insertFailed += uint64(c.InsertFailed - last.InsertFailed)
-			drop += uint64(c.Drop - last.Drop)
-			clash += uint64(c.ClashResolve - last.ClashResolve)
-		}
-		l.lastCPU[c.CPU] = c
+	before := l.stats.total
+	after := l.stats.add(cpus)
+	if !l.baselined {
+		l.baselined = true
+		return nil
 	}
+	insertFailed := after[statInsertFailed] - before[statInsertFailed]
+	drop := after[statDrop] - before[statDrop]
+	clash := after[statClashResolve] - before[statClashResolve]
 	if insertFailed|drop|clash == 0 {
 		return nil
 	}

@@ -68,15 +68,28 @@ func (s *nlSock) dump(fn func(*ctMessage)) (skipped int, first error, err error)
 // entry count and limit (IPCTNL_MSG_CT_GET_STATS). Namespace is interpreted
 // as in DumpTable.
 func ReadKernelStats(ns Namespace) (KernelStats, error) {
+	return readKernelStats(ns, sumCPUStats)
+}
+
+// sumCPUStats sums per-CPU counters.
+func sumCPUStats(cpus []cpuStats) [numCPUStats]uint64 {
+	var sum [numCPUStats]uint64
+	for _, c := range cpus {
+		for i, v := range c.values() {
+			sum[i] += uint64(v)
+		}
+	}
+	return sum
+}
+
+// readKernelStats reads the statistics of ns, turning the per-CPU counters
+// into totals with total.
+func readKernelStats(ns Namespace, total func([]cpuStats) [numCPUStats]uint64) (KernelStats, error) {
 	s, err := dialNetfilter(ns)
 	if err != nil {
 		return KernelStats{}, err
 	}
 	defer s.close()
-	return s.kernelStats()
-}
-
-func (s *nlSock) kernelStats() (KernelStats, error) {
 	cpus, err := s.statsCPU()
 	if err != nil {
 		return KernelStats{}, err
@@ -85,13 +98,7 @@ func (s *nlSock) kernelStats() (KernelStats, error) {
 	if ks.Entries, ks.MaxEntries, err = s.globalStats(); err != nil {
 		return KernelStats{}, err
 	}
-	var sum [numCPUStats]uint64
-	for _, c := range cpus {
-		for i, v := range c.values() {
-			sum[i] += uint64(v)
-		}
-	}
-	ks.setCounters(sum)
+	ks.setCounters(total(cpus))
 	return ks, nil
 }
 
