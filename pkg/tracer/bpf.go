@@ -193,7 +193,9 @@ func ValidateBTF(path string) error {
 	return err
 }
 
-func openBPF(opts Options, b Backend) (Tracer, error) {
+// loadCollection loads (without attaching) the programs and maps of backend
+// b: the verifier and CO-RE relocation against the kernel's BTF.
+func loadCollection(opts Options, b Backend, ringbufOK bool) (*ebpf.Collection, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
 	}
@@ -201,22 +203,12 @@ func openBPF(opts Options, b Backend) (Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	ringbufOK := features.HaveMapType(ebpf.RingBuf) == nil
 	spec, err := loadSpec(opts, b, ringbufOK)
 	if err != nil {
 		return nil, err
 	}
-	t := &bpfTracer{
-		log:    opts.Logger,
-		byName: map[string]*ebpf.Program{},
-		done:   make(chan struct{}),
-		info: Info{
-			Backend:    b,
-			RingBuffer: ringbufOK && !opts.ForcePerfBuffer,
-			Kernel:     kernelRelease(),
-		},
-	}
-	if t.coll, err = ebpf.NewCollectionWithOptions(spec, co); err != nil {
+	coll, err := ebpf.NewCollectionWithOptions(spec, co)
+	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			opts.Logger.Debug("verifier log", zap.String("log", fmt.Sprintf("%+v", verr)))
@@ -228,6 +220,26 @@ func openBPF(opts Options, b Backend) (Tracer, error) {
 				"a lockdown or sandbox may refuse tracing programs): %w", b, err)
 		}
 		return nil, fmt.Errorf("load %s programs: %w", b, err)
+	}
+	return coll, nil
+}
+
+func openBPF(opts Options, b Backend) (Tracer, error) {
+	ringbufOK := features.HaveMapType(ebpf.RingBuf) == nil
+	coll, err := loadCollection(opts, b, ringbufOK)
+	if err != nil {
+		return nil, err
+	}
+	t := &bpfTracer{
+		coll:   coll,
+		log:    opts.Logger,
+		byName: map[string]*ebpf.Program{},
+		done:   make(chan struct{}),
+		info: Info{
+			Backend:    b,
+			RingBuffer: ringbufOK && !opts.ForcePerfBuffer,
+			Kernel:     kernelRelease(),
+		},
 	}
 	if err := t.attach(b); err != nil {
 		t.Close()

@@ -11,7 +11,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/rlimit"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
@@ -136,22 +135,7 @@ func TestProgramsLoad(t *testing.T) {
 		for _, perfBuf := range []bool{false, true} {
 			name := string(b) + map[bool]string{false: "/ringbuf", true: "/perf"}[perfBuf]
 			t.Run(name, func(t *testing.T) {
-				if err := rlimit.RemoveMemlock(); err != nil {
-					t.Fatal(err)
-				}
-				opts := Options{ForcePerfBuffer: perfBuf}
-				co, err := collectionOptions(opts)
-				if err != nil {
-					t.Fatal(err)
-				}
-				spec, err := loadSpec(opts, b, true)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got, want := len(spec.Programs), len(programsFor(b)); got != want || want == 0 {
-					t.Fatalf("%d programs in spec, want %d", got, want)
-				}
-				coll, err := ebpf.NewCollectionWithOptions(spec, co)
+				coll, err := loadCollection(Options{ForcePerfBuffer: perfBuf, Logger: zaptest.NewLogger(t)}, b, true)
 				if b == BackendFentry && errors.Is(err, unix.EPERM) && !labnet.InVM() {
 					t.Skipf("skipped: this kernel refuses to load tracing programs (%v); the VM matrix loads them", err)
 				}
@@ -163,6 +147,9 @@ func TestProgramsLoad(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer coll.Close()
+				if got, want := len(coll.Programs), len(programsFor(b)); got != want || want == 0 {
+					t.Fatalf("%d programs loaded, want %d", got, want)
+				}
 				for name := range programsFor(b) {
 					if coll.Programs[name] == nil {
 						t.Errorf("program %s not loaded", name)
@@ -192,11 +179,8 @@ func TestUserBTFPath(t *testing.T) {
 	if co.Programs.KernelTypes == nil {
 		t.Fatal("KernelTypes not set from --btf.path")
 	}
-	spec, err := loadSpec(opts, BackendKprobe, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, co)
+	opts.Logger = zaptest.NewLogger(t)
+	coll, err := loadCollection(opts, BackendKprobe, true)
 	if err != nil {
 		t.Fatalf("load with user BTF: %v", err)
 	}
@@ -289,19 +273,8 @@ func TestHideAddress(t *testing.T) {
 // auto mode goes on to the next backend instead of hanging.
 func TestCloseAfterReaderFailure(t *testing.T) {
 	labnet.Require(t)
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
-	opts := Options{ForcePerfBuffer: true, PerfBufferSize: 1 << 50}
-	co, err := collectionOptions(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, err := loadSpec(opts, BackendKprobe, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, co)
+	opts := Options{ForcePerfBuffer: true, PerfBufferSize: 1 << 50, Logger: zaptest.NewLogger(t)}
+	coll, err := loadCollection(opts, BackendKprobe, true)
 	if err != nil {
 		t.Fatal(err)
 	}
