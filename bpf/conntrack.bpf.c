@@ -2,24 +2,24 @@
 /*
  * ctagent: CO-RE programs on nf_conntrack.
  *
- * Hook points (all present, and not inlined, on Debian's 6.1 and 6.12; the
- * first three are EXPORT_SYMBOL_GPL and therefore never inlined away):
- *   __nf_conntrack_confirm         packet path: an entry is confirmed into the
- *                                  hash table, or loses a clash (NF_DROP or a
- *                                  resolved clash).
- *   nf_conntrack_hash_check_insert ctnetlink path: 0, or -EEXIST / -ENOSPC ...
- *   nf_ct_delete                   a confirmed entry is removed (timeout, gc,
- *                                  ctnetlink delete or flush, early drop,
- *                                  netns teardown).
- *   __nf_conntrack_alloc           static; ERR_PTR(-ENOMEM) when the table is
- *                                  full and early_drop() freed nothing.
- * Alternatives on kernels that inline a static function:
- *   __nf_conntrack_hash_insert (both insert paths), early_drop (returns false
- *   when the table is full), nf_ct_destroy (also fires for unconfirmed
- *   entries: filter on IPS_CONFIRMED).
+ * Every kind of event has a ranked list of candidate hooks (pkg/tracer,
+ * hooks.go); user space loads the candidates whose kernel function exists,
+ * attaches the first, proves at start that it sees every event (a self-test
+ * in a throwaway network namespace) and moves to the next one when it does
+ * not. A symbol that attaches is not proof: gcc splits and clones static
+ * and exported functions differently per build (Debian 5.10 and 7.2 call a
+ * clone nf_ct_delete.part.0 from gc, flush and early drop).
  *
- * Every handler exists as an fentry/fexit program (preferred, args at exit)
- * and as a kprobe/kretprobe program; user space loads one set.
+ *   created, clash, confirm drop  __nf_conntrack_confirm (entry + exit)
+ *   created, -EEXIST, -ENOSPC     nf_conntrack_hash_check_insert (exit)
+ *   destroyed                     __nf_ct_delete_from_lists (5.10:
+ *                                 nf_ct_delete_from_lists), nf_ct_delete,
+ *                                 nf_ct_delete.part.N, nf_ct_destroy (5.10:
+ *                                 destroy_conntrack), in this order
+ *   table full                    __nf_conntrack_alloc (exit; optional)
+ *
+ * Every handler exists as an fentry/fexit program and as a
+ * kprobe/kretprobe program; user space loads one set.
  */
 #include "vmlinux.h"
 #include "bpf_helpers.h"
@@ -62,9 +62,14 @@ struct {
 	__uint(value_size, sizeof(__u32));
 } events_perf SEC(".maps");
 
-/* Counters per {netns, family, protocol}, read by the collector at scrape. */
+/* Counters per {netns, family, protocol}, read by the collector at scrape.
+ * Not preallocated: a preallocated per-CPU hash reserves max_entries values
+ * on every possible CPU up front (16,384 keys x 320 bytes is 5 MiB per CPU,
+ * over 300 MiB on a 64-CPU node); this one costs 320 bytes per CPU per key
+ * in use. max_entries is set from Go. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, struct ct_counter_key);
 	__type(value, struct ct_counter_value);
@@ -90,12 +95,35 @@ struct {
 	__type(value, __u64);
 } starts SEC(".maps");
 
+/* Deletes claimed at the entry of nf_ct_delete, keyed by entry address.
+ * Two CPUs can enter nf_ct_delete for the same entry (two ctnetlink deletes,
+ * gc and a flush); only one passes the kernel's test_and_set_bit of
+ * IPS_DYING, after the entry program ran. The first to insert the key here
+ * counts the entry. on_created drops the key of a new entry at the same
+ * address (slab reuse) while claims are on. Only the nf_ct_delete candidate
+ * needs this: the others run after the kernel chose its winner. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u64);
+	__type(value, __u8);
+} claims SEC(".maps");
+
+/* Set from Go after load when the nf_ct_delete candidate serves destroyed. */
+volatile __u8 use_claims;
+
+/* The start-up self-test's namespace while it runs (0 otherwise): counted,
+ * left out of the event stream. */
+volatile __u32 selftest_netns;
+
 /* What an entry probe saw, for its return probe. */
 struct inflight {
-	__u64 ct;   /* struct nf_conn * */
+	__u64 ct;   /* struct nf_conn * (confirm: the one the skb carried) */
+	__u64 skb;  /* struct sk_buff * (confirm) */
 	__u64 net;  /* struct net * (allocation) */
 	__u64 orig; /* const struct nf_conntrack_tuple * (allocation) */
 	__u64 repl;
+	__u64 reply_dir; /* confirm: the skb is in the reply direction */
 };
 
 /* Entry/return pairs nest: __nf_conntrack_confirm ends with
@@ -111,9 +139,13 @@ struct inflight_stack {
 	__u32 pad;
 };
 
-/* Keyed by skb address (fentry) or probe_key() (kprobe). */
+/* Keyed by skb address (fentry) or probe_key() (kprobe). An LRU: a pair
+ * whose return never came (the entry program ran just before detach, or a
+ * task died in between) is evicted instead of filling the map. User space
+ * attaches return programs before entry programs, so a return without its
+ * entry is the only mismatch at attach, and it is counted. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
 	__type(key, __u64);
 	__type(value, struct inflight_stack);
@@ -255,7 +287,7 @@ static __always_inline void account(struct ct_event *e)
 static __always_inline void submit(void *ctx, struct ct_event *e)
 {
 	account(e);
-	if (!ct_cfg.emit_events)
+	if (!ct_cfg.emit_events || (selftest_netns && e->netns == selftest_netns))
 		return;
 	if (ct_cfg.use_ringbuf) {
 		if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))
@@ -275,6 +307,8 @@ static __always_inline void on_created(void *ctx, struct nf_conn *ct)
 	fill_from_ct(&e, ct);
 	e.type = CT_EVENT_CREATED;
 	bpf_map_update_elem(&starts, &key, &e.timestamp_ns, BPF_ANY);
+	if (use_claims)
+		bpf_map_delete_elem(&claims, &key);
 	submit(ctx, &e);
 }
 
@@ -352,38 +386,72 @@ static __always_inline bool take_inflight(__u64 key, struct inflight *out)
 	return true;
 }
 
+/* The entry an skb carries: skb->_nfct is the pointer with ctinfo in its
+ * low 3 bits. */
+static __always_inline __u64 skb_ct(struct sk_buff *skb, __u64 *ctinfo)
+{
+	__u64 nfct = BPF_CORE_READ(skb, _nfct);
+
+	if (ctinfo)
+		*ctinfo = nfct & ~NFCT_PTRMASK;
+	return nfct & NFCT_PTRMASK;
+}
+
 /* Entry of __nf_conntrack_confirm: remember the entry the skb carries. */
 static __always_inline void confirm_enter(__u64 key, struct sk_buff *skb)
 {
+	__u64 ctinfo = 0;
 	struct inflight in = {
-		.ct = BPF_CORE_READ(skb, _nfct) & NFCT_PTRMASK,
+		.skb = (__u64)skb,
 	};
 
+	in.ct = skb_ct(skb, &ctinfo);
+	/* A reply-direction skb (REJECT's RST or ICMP error attached to an
+	 * unconfirmed entry) returns NF_ACCEPT at once without inserting. */
+	in.reply_dir = ctinfo >= IP_CT_IS_REPLY;
 	put_inflight(key, &in);
 }
 
-/* Exit of __nf_conntrack_confirm. NF_ACCEPT with IPS_CONFIRMED set on the
- * entry seen at entry: inserted. NF_ACCEPT without it: the clash was resolved
- * in favour of an existing entry (nf_ct_resolve_clash). NF_DROP: the kernel
- * counted insert_failed and dropped the packet. */
-static __always_inline void confirm_exit(void *ctx, __u64 key, int ret)
+/* Exit of __nf_conntrack_confirm, from the entry the skb carried at entry
+ * and the one it carries now:
+ *   NF_DROP                         insert_failed (the kernel dropped it);
+ *   the skb's entry was replaced    the clash was resolved to the entry
+ *                                   that won (nf_ct_resolve_clash);
+ *   same entry, IPS_CONFIRMED       inserted.
+ * IPS_CONFIRMED alone cannot tell a clash loser from an inserted entry:
+ * kernels before the 2025 fix "netfilter: nf_conntrack: fix crash due to
+ * removal of uninitialised entry" set it before the clash check, later ones
+ * after the insertion. A loser kept by nf_ct_resolve_clash_harder (NAT) is
+ * inserted in the reply direction with IPS_NAT_CLASH: it is a clash
+ * (the kernel's clash_resolve) and, where it is confirmed, an entry whose
+ * removal will be seen, so it is counted as created too. */
+static __always_inline void confirm_exit(void *ctx, __u64 key, int ret,
+					 struct sk_buff *skb)
 {
 	struct inflight in;
 	struct nf_conn *ct;
+	__u32 status;
 
 	if (!take_inflight(key, &in))
 		return;
 	ct = (struct nf_conn *)in.ct;
-	if (!ct)
+	if (!ct || in.reply_dir)
 		return;
+	if (!skb)
+		skb = (struct sk_buff *)in.skb;
 	if (ret == NF_DROP) {
 		on_failed(ctx, ct, CT_FAIL_CONFIRM_DROP, ret);
 		return;
 	}
-	if (BPF_CORE_READ(ct, status) & IPS_CONFIRMED)
-		on_created(ctx, ct);
-	else
+	if (skb_ct(skb, NULL) != in.ct) {
 		on_failed(ctx, ct, CT_FAIL_CLASH_RESOLVED, ret);
+		return;
+	}
+	status = BPF_CORE_READ(ct, status);
+	if (status & IPS_NAT_CLASH)
+		on_failed(ctx, ct, CT_FAIL_CLASH_RESOLVED, ret);
+	if (status & IPS_CONFIRMED)
+		on_created(ctx, ct);
 }
 
 /* Exit of nf_conntrack_hash_check_insert (ctnetlink). */
@@ -408,19 +476,54 @@ static __always_inline void check_insert_exit(void *ctx, struct nf_conn *ct, int
 	on_failed(ctx, ct, reason, ret);
 }
 
-/* Entry of nf_ct_delete: only the first caller gets past
- * test_and_set_bit(IPS_DYING_BIT) in the kernel, so an entry already dying is
- * not counted twice. Removal happens even when nf_ct_delete later returns
- * false (undelivered destroy event), so the entry, not the exit, is used. */
-static __always_inline void on_delete(void *ctx, struct nf_conn *ct)
+/* Where a destroyed-candidate hook runs, relative to the kernel's
+ * test_and_set_bit(IPS_DYING_BIT) that makes one caller the winner. */
+enum delete_hook {
+	/* After it, winner only, once per entry: __nf_ct_delete_from_lists,
+	 * nf_ct_delete.part.N (its callers ran the test inline). */
+	DELETE_WINNER,
+	/* Before it, every caller: nf_ct_delete. IPS_DYING already set means
+	 * an earlier caller won; two callers at once are told apart by claims. */
+	DELETE_ENTRY,
+	/* When the last reference goes: nf_ct_destroy / destroy_conntrack. Also
+	 * runs for entries never inserted (clash losers, dropped packets):
+	 * only an entry that was deleted (IPS_DYING) and confirmed counts. */
+	DELETE_DESTROY,
+};
+
+/* A confirmed entry is removed. Removal happens even when nf_ct_delete
+ * later returns false (undelivered destroy event), so entry programs are
+ * used, not exits. */
+static __always_inline void on_delete(void *ctx, struct nf_conn *ct,
+				      enum delete_hook where)
 {
 	struct ct_event e = {};
 	__u64 key = (__u64)ct;
 	__u64 *start;
+	__u32 st;
 
 	fill_from_ct(&e, ct);
-	if ((e.status & (IPS_CONFIRMED | IPS_DYING)) != IPS_CONFIRMED)
-		return;
+	st = e.status & (IPS_CONFIRMED | IPS_DYING);
+	switch (where) {
+	case DELETE_WINNER:
+		if (!(st & IPS_CONFIRMED))
+			return;
+		break;
+	case DELETE_ENTRY:
+		if (st != IPS_CONFIRMED)
+			return;
+		break;
+	case DELETE_DESTROY:
+		if (st != (IPS_CONFIRMED | IPS_DYING))
+			return;
+		break;
+	}
+	if (where == DELETE_ENTRY) {
+		__u8 one = 1;
+
+		if (bpf_map_update_elem(&claims, &key, &one, BPF_NOEXIST))
+			return; /* another CPU is deleting it */
+	}
 	e.type = CT_EVENT_DESTROYED;
 	start = bpf_map_lookup_elem(&starts, &key);
 	if (start) {
@@ -459,7 +562,9 @@ static __always_inline void alloc_exit(void *ctx, struct net *net,
 	submit(ctx, &e);
 }
 
-/* fentry / fexit: arguments are available at exit. */
+/* fentry / fexit: arguments are available at exit. Programs on functions
+ * with more than one name across kernels are retargeted from Go
+ * (ProgramSpec.AttachTo) to the name this kernel has. */
 
 SEC("fentry/__nf_conntrack_confirm")
 int BPF_PROG(fentry_confirm, struct sk_buff *skb)
@@ -471,7 +576,7 @@ int BPF_PROG(fentry_confirm, struct sk_buff *skb)
 SEC("fexit/__nf_conntrack_confirm")
 int BPF_PROG(fexit_confirm, struct sk_buff *skb, int ret)
 {
-	confirm_exit(ctx, (__u64)skb, ret);
+	confirm_exit(ctx, (__u64)skb, ret, skb);
 	return 0;
 }
 
@@ -482,10 +587,25 @@ int BPF_PROG(fexit_check_insert, struct nf_conn *ct, int ret)
 	return 0;
 }
 
+SEC("fentry/__nf_ct_delete_from_lists")
+int BPF_PROG(fentry_delete_from_lists, struct nf_conn *ct)
+{
+	on_delete(ctx, ct, DELETE_WINNER);
+	return 0;
+}
+
 SEC("fentry/nf_ct_delete")
 int BPF_PROG(fentry_delete, struct nf_conn *ct)
 {
-	on_delete(ctx, ct);
+	on_delete(ctx, ct, DELETE_ENTRY);
+	return 0;
+}
+
+/* struct nf_conntrack is the first member of struct nf_conn. */
+SEC("fentry/nf_ct_destroy")
+int BPF_PROG(fentry_destroy, struct nf_conntrack *nfct)
+{
+	on_delete(ctx, (struct nf_conn *)nfct, DELETE_DESTROY);
 	return 0;
 }
 
@@ -494,17 +614,19 @@ int BPF_PROG(fexit_alloc, struct net *net, const struct nf_conntrack_zone *zone,
 	     const struct nf_conntrack_tuple *orig,
 	     const struct nf_conntrack_tuple *repl)
 {
-	long ret = 0;
+	__u64 ret = 0;
 
 	/* The verifier types the return value as a trusted struct nf_conn
-	 * pointer, which cannot be narrowed to an errno: read the raw slot
-	 * (argument 6, after net, zone, orig, repl, gfp, hash). */
-	bpf_probe_read_kernel(&ret, sizeof(ret), &ctx[6]);
-	alloc_exit(ctx, net, orig, repl, ret);
+	 * pointer, which cannot be narrowed to an errno: the helper (5.17)
+	 * reads the raw value wherever the arguments end. User space leaves
+	 * this program out on kernels without it. */
+	bpf_get_func_ret(ctx, &ret);
+	alloc_exit(ctx, net, orig, repl, (long)ret);
 	return 0;
 }
 
-/* kprobe / kretprobe: arguments are stashed at entry, keyed by the task. */
+/* kprobe / kretprobe: arguments are stashed at entry, keyed by the task.
+ * Attached by symbol from Go, which picks the name this kernel has. */
 
 SEC("kprobe/__nf_conntrack_confirm")
 int BPF_KPROBE(kprobe_confirm, struct sk_buff *skb)
@@ -516,7 +638,7 @@ int BPF_KPROBE(kprobe_confirm, struct sk_buff *skb)
 SEC("kretprobe/__nf_conntrack_confirm")
 int BPF_KRETPROBE(kretprobe_confirm, int ret)
 {
-	confirm_exit(ctx, probe_key(), ret);
+	confirm_exit(ctx, probe_key(), ret, NULL);
 	return 0;
 }
 
@@ -539,10 +661,35 @@ int BPF_KRETPROBE(kretprobe_check_insert, int ret)
 	return 0;
 }
 
+SEC("kprobe/__nf_ct_delete_from_lists")
+int BPF_KPROBE(kprobe_delete_from_lists, struct nf_conn *ct)
+{
+	on_delete(ctx, ct, DELETE_WINNER);
+	return 0;
+}
+
 SEC("kprobe/nf_ct_delete")
 int BPF_KPROBE(kprobe_delete, struct nf_conn *ct)
 {
-	on_delete(ctx, ct);
+	on_delete(ctx, ct, DELETE_ENTRY);
+	return 0;
+}
+
+/* nf_ct_delete.part.N: gcc's clone of nf_ct_delete without its first test;
+ * its callers ran test_and_set_bit(IPS_DYING_BIT) inline, so it sees the
+ * winner only. Same first argument (the wrapper tail-jumps to it with the
+ * registers unchanged: objdump of Debian's 5.10.262 and 7.2.13). */
+SEC("kprobe/nf_ct_delete.part.0")
+int BPF_KPROBE(kprobe_delete_part, struct nf_conn *ct)
+{
+	on_delete(ctx, ct, DELETE_WINNER);
+	return 0;
+}
+
+SEC("kprobe/nf_ct_destroy")
+int BPF_KPROBE(kprobe_destroy, struct nf_conntrack *nfct)
+{
+	on_delete(ctx, (struct nf_conn *)nfct, DELETE_DESTROY);
 	return 0;
 }
 

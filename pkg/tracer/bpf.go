@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +17,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
-	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/perf"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -24,53 +24,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hook is one kernel function and the programs that observe it.
-type hook struct {
-	symbol   string
-	optional bool // a static function that a kernel may have inlined
-	fentry   string
-	fexit    string
-	kprobe   string
-	kretprob string
-}
-
-// hooks lists every attach point; see bpf/conntrack.bpf.c for why these.
-var hooks = []hook{
-	{symbol: "__nf_conntrack_confirm", fentry: "fentry_confirm", fexit: "fexit_confirm", kprobe: "kprobe_confirm", kretprob: "kretprobe_confirm"},
-	{symbol: "nf_conntrack_hash_check_insert", fexit: "fexit_check_insert", kprobe: "kprobe_check_insert", kretprob: "kretprobe_check_insert"},
-	{symbol: "nf_ct_delete", fentry: "fentry_delete", kprobe: "kprobe_delete"},
-	{symbol: "__nf_conntrack_alloc", optional: true, fexit: "fexit_alloc", kprobe: "kprobe_alloc", kretprob: "kretprobe_alloc"},
-}
-
-// attachment is one program of a hook in one backend.
-type attachment struct {
-	prog string
-	kind string // fentry, fexit, kprobe, kretprobe
-}
-
-func (h hook) attachments(b Backend) []attachment {
-	var out []attachment
-	add := func(prog, kind string) {
-		if prog != "" {
-			out = append(out, attachment{prog, kind})
-		}
-	}
-	if b == BackendFentry {
-		add(h.fentry, "fentry")
-		add(h.fexit, "fexit")
-	} else {
-		add(h.kprobe, "kprobe")
-		add(h.kretprob, "kretprobe")
-	}
-	return out
-}
-
-// programsFor returns the names of the programs a backend loads.
+// programsFor returns the names of every program of backend b.
 func programsFor(b Backend) map[string]bool {
 	names := map[string]bool{}
-	for _, h := range hooks {
-		for _, a := range h.attachments(b) {
-			names[a.prog] = true
+	for _, g := range hookGroups {
+		for _, c := range g.candidates {
+			entry, exit := c.programs(b)
+			for _, a := range []attachment{entry, exit} {
+				if a.prog != "" {
+					names[a.prog] = true
+				}
+			}
 		}
 	}
 	return names
@@ -80,7 +44,7 @@ func programsFor(b Backend) map[string]bool {
 type bpfTracer struct {
 	log     *zap.Logger
 	coll    *ebpf.Collection
-	links   []link.Link
+	plan    [][]*plannedHook // candidates per hook group; the active one has links
 	info    Info
 	progs   []ProgramStats // Name and Hook of each attached program
 	byName  map[string]*ebpf.Program
@@ -95,16 +59,21 @@ type bpfTracer struct {
 	closed  error
 }
 
-// loadSpec reads the embedded object and configures it for backend b.
-func loadSpec(opts Options, b Backend, ringbufOK bool) (*ebpf.CollectionSpec, error) {
+// loadSpec reads the embedded object and configures it for backend b: the
+// programs of the candidates in plan, or every program of b when plan is nil.
+func loadSpec(opts Options, b Backend, ringbufOK bool, plan [][]*plannedHook) (*ebpf.CollectionSpec, error) {
 	spec, err := loadConntrack()
 	if err != nil {
 		return nil, fmt.Errorf("read embedded BPF object: %w", err)
 	}
-	keep := programsFor(b)
-	for name := range spec.Programs {
-		if !keep[name] {
-			delete(spec.Programs, name)
+	if plan != nil {
+		configureSpec(spec, plan)
+	} else {
+		keep := programsFor(b)
+		for name := range spec.Programs {
+			if !keep[name] {
+				delete(spec.Programs, name)
+			}
 		}
 	}
 	useRingbuf := ringbufOK && !opts.ForcePerfBuffer
@@ -128,6 +97,7 @@ func loadSpec(opts Options, b Backend, ringbufOK bool) (*ebpf.CollectionSpec, er
 		cfg.EmitEvents = 0
 	}
 	spec.Maps["starts"].MaxEntries = startsCapacity(readConntrackMax())
+	spec.Maps["counters"].MaxEntries = countersCapacity(opts.MaxNamespaces)
 	if err := spec.Variables["ct_cfg"].Set(cfg); err != nil {
 		return nil, fmt.Errorf("set ct_cfg: %w", err)
 	}
@@ -140,6 +110,18 @@ func loadSpec(opts Options, b Backend, ringbufOK bool) (*ebpf.CollectionSpec, er
 func startsCapacity(conntrackMax uint64) uint32 {
 	const lo, hi = 1 << 14, 1 << 21
 	return uint32(min(max(conntrackMax, lo), hi))
+}
+
+// countersCapacity sizes the counters map: a namespace uses one key per
+// family and protocol it tracks, seldom more than 8 (TCP, UDP, ICMP over
+// IPv4 and IPv6, and a few others). The map is not preallocated, so a large
+// bound costs nothing until keys are used.
+func countersCapacity(maxNamespaces int) uint32 {
+	const perNS, lo, hi = 8, 1 << 14, 1 << 20
+	if maxNamespaces <= 0 {
+		return lo
+	}
+	return uint32(min(max(maxNamespaces*perNS, lo), hi))
 }
 
 // readConntrackMax returns net.netfilter.nf_conntrack_max, or its usual
@@ -194,8 +176,9 @@ func ValidateBTF(path string) error {
 }
 
 // loadCollection loads (without attaching) the programs and maps of backend
-// b: the verifier and CO-RE relocation against the kernel's BTF.
-func loadCollection(opts Options, b Backend, ringbufOK bool) (*ebpf.Collection, error) {
+// b (of plan's candidates, or all when plan is nil): the verifier and CO-RE
+// relocation against the kernel's BTF.
+func loadCollection(opts Options, b Backend, ringbufOK bool, plan [][]*plannedHook) (*ebpf.Collection, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
 	}
@@ -203,7 +186,7 @@ func loadCollection(opts Options, b Backend, ringbufOK bool) (*ebpf.Collection, 
 	if err != nil {
 		return nil, err
 	}
-	spec, err := loadSpec(opts, b, ringbufOK)
+	spec, err := loadSpec(opts, b, ringbufOK, plan)
 	if err != nil {
 		return nil, err
 	}
@@ -224,14 +207,19 @@ func loadCollection(opts Options, b Backend, ringbufOK bool) (*ebpf.Collection, 
 	return coll, nil
 }
 
-func openBPF(opts Options, b Backend) (Tracer, error) {
+func openBPF(ctx context.Context, opts Options, b Backend) (Tracer, error) {
 	ringbufOK := features.HaveMapType(ebpf.RingBuf) == nil
-	coll, err := loadCollection(opts, b, ringbufOK)
+	plan, err := planHooks(b, newLiveKernel(b), opts.OnlyHooks)
+	if err != nil {
+		return nil, err
+	}
+	coll, err := loadCollection(opts, b, ringbufOK, plan)
 	if err != nil {
 		return nil, err
 	}
 	t := &bpfTracer{
 		coll:   coll,
+		plan:   plan,
 		log:    opts.Logger,
 		byName: map[string]*ebpf.Program{},
 		done:   make(chan struct{}),
@@ -241,74 +229,129 @@ func openBPF(opts Options, b Backend) (Tracer, error) {
 			Kernel:     kernelRelease(),
 		},
 	}
-	if err := t.attach(b); err != nil {
-		t.Close()
-		return nil, err
-	}
-	if err := t.startReader(opts); err != nil {
-		t.Close()
-		return nil, err
-	}
 	if opts.BPFStats {
 		// Not fatal: the programs run, Programs reports zeros.
 		if t.stats, err = EnableBPFStats(); err != nil {
 			opts.Logger.Warn("BPF run-time statistics not available", zap.Error(err))
 		}
 	}
+	if err := t.attachAll(); err != nil {
+		t.Close()
+		return nil, err
+	}
+	// The reader runs during the self-test: a perf event array has no
+	// buffer until it is opened, and the self-test's events are dropped.
+	if err := t.startReader(opts); err != nil {
+		t.Close()
+		return nil, err
+	}
+	if !opts.SkipSelfTest {
+		if err := t.proveHooks(ctx); err != nil {
+			t.Close()
+			return nil, err
+		}
+	}
+	t.publishHooks()
+	for _, h := range t.info.HookStatus {
+		if h.Active {
+			opts.Logger.Info("hook serves its events", zap.String("backend", string(b)), zap.String("group", h.Group),
+				zap.Strings("serves", h.Serves), zap.String("hook", h.Hook), zap.String("self_test", string(h.State)), zap.String("detail", h.Detail))
+		} else if h.State != HookStandby && h.State != HookUnavailable {
+			opts.Logger.Info("hook candidate not used", zap.String("backend", string(b)), zap.String("group", h.Group),
+				zap.String("hook", h.Hook), zap.String("state", string(h.State)), zap.String("detail", h.Detail))
+		}
+	}
 	return t, nil
 }
 
-// programByName returns a loaded program.
-func (t *bpfTracer) programByName(name string) *ebpf.Program {
-	return t.coll.Programs[name]
-}
-
-// attach attaches every program of backend b. A required hook that fails
-// fails the backend; an optional one is logged and left out.
-func (t *bpfTracer) attach(b Backend) error {
-	for _, h := range hooks {
-		var hookLinks []link.Link
-		var err error
-		for _, a := range h.attachments(b) {
-			prog := t.programByName(a.prog)
-			if prog == nil {
-				err = fmt.Errorf("program %s not loaded", a.prog)
-				break
-			}
-			var l link.Link
-			switch a.kind {
-			case "fentry", "fexit":
-				l, err = link.AttachTracing(link.TracingOptions{Program: prog})
-			case "kprobe":
-				l, err = link.Kprobe(h.symbol, prog, nil)
-			case "kretprobe":
-				l, err = link.Kretprobe(h.symbol, prog, nil)
-			}
-			if err != nil {
-				err = fmt.Errorf("attach %s/%s: %w", a.kind, h.symbol, err)
-				break
-			}
-			hookLinks = append(hookLinks, l)
-			t.progs = append(t.progs, ProgramStats{Name: a.prog, Hook: a.kind + "/" + h.symbol})
-			t.byName[a.prog] = prog
+// attachAll attaches, in every hook group, the first usable candidate that
+// attaches. A required group with none fails the backend; an optional one
+// is logged and left out.
+func (t *bpfTracer) attachAll() error {
+	for _, group := range t.plan {
+		if len(group) == 0 {
+			continue
 		}
-		if err != nil {
-			for _, l := range hookLinks {
-				l.Close()
-			}
-			t.progs = t.progs[:len(t.progs)-len(hookLinks)]
-			if h.optional {
-				t.log.Warn("optional hook not attached", zap.String("symbol", h.symbol), zap.Error(err))
+		if _, err := t.attachNext(group, -1); err != nil {
+			if group[0].group.optional {
+				t.log.Warn("optional hook not attached: its counters stay 0",
+					zap.String("group", group[0].group.name), zap.Strings("serves", group[0].group.serves), zap.Error(err))
 				continue
 			}
 			return err
 		}
-		t.links = append(t.links, hookLinks...)
-		for _, a := range h.attachments(b) {
-			t.info.Hooks = append(t.info.Hooks, a.kind+"/"+h.symbol)
-		}
 	}
 	return nil
+}
+
+// attachNext attaches the first usable candidate of group after index from
+// and returns its index. Candidates that fail are marked attach_failed.
+func (t *bpfTracer) attachNext(group []*plannedHook, from int) (int, error) {
+	var errs []error
+	for i := from + 1; i < len(group); i++ {
+		p := group[i]
+		if !p.usable() {
+			errs = append(errs, fmt.Errorf("%s: %s: %w", p.name(), p.status.Detail, os.ErrNotExist))
+			continue
+		}
+		if p.cand.claims {
+			if err := t.setUseClaims(true); err != nil {
+				return -1, err
+			}
+		}
+		if err := p.attach(t.coll); err != nil {
+			p.status.State, p.status.Detail = HookAttachFailed, err.Error()
+			errs = append(errs, err)
+			continue
+		}
+		p.status.Active = true
+		return i, nil
+	}
+	if len(errs) == 0 {
+		return -1, fmt.Errorf("hook group %s: no candidate left", group[0].group.name)
+	}
+	return -1, fmt.Errorf("hook group %s: %w", group[0].group.name, errors.Join(errs...))
+}
+
+// setUseClaims turns the claims of nf_ct_delete's entry program on or off.
+func (t *bpfTracer) setUseClaims(on bool) error {
+	v := t.coll.Variables["use_claims"]
+	if v == nil {
+		return errors.New("variable use_claims not in the BPF object")
+	}
+	var b uint8
+	if on {
+		b = 1
+	}
+	if err := v.Set(b); err != nil {
+		return fmt.Errorf("set use_claims: %w", err)
+	}
+	return nil
+}
+
+// publishHooks fills Info.Hooks, Info.HookStatus and the program list from
+// the active candidates.
+func (t *bpfTracer) publishHooks() {
+	t.info.Hooks, t.info.HookStatus, t.progs = nil, nil, nil
+	for _, group := range t.plan {
+		for _, p := range group {
+			if p.status.State == "" {
+				p.status.State = HookStandby
+			}
+			t.info.HookStatus = append(t.info.HookStatus, p.status)
+			if !p.status.Active {
+				continue
+			}
+			t.info.Hooks = append(t.info.Hooks, p.hookNames()...)
+			for _, a := range []attachment{p.entry, p.exit} {
+				if a.prog == "" {
+					continue
+				}
+				t.progs = append(t.progs, ProgramStats{Name: a.prog, Hook: a.kind + "/" + p.symbol})
+				t.byName[a.prog] = t.coll.Programs[a.prog]
+			}
+		}
+	}
 }
 
 // startReader opens the ring or perf buffer and starts the decoding loop.
@@ -523,9 +566,11 @@ func (t *bpfTracer) Programs() ([]ProgramStats, error) {
 func (t *bpfTracer) Close() error {
 	t.closing.Do(func() {
 		var errs []error
-		for _, l := range t.links {
-			if err := l.Close(); err != nil {
-				errs = append(errs, err)
+		for _, group := range t.plan {
+			for _, p := range group {
+				if err := p.detach(); err != nil {
+					errs = append(errs, err)
+				}
 			}
 		}
 		if t.reader != nil {

@@ -127,15 +127,39 @@ func FuzzDecodeEvent(f *testing.F) {
 	})
 }
 
-// TestProgramsLoad runs every program of both eBPF backends through the
-// verifier with CO-RE relocation against this kernel's BTF, without attach.
+// TestProgramsLoad runs the programs of both eBPF backends through the
+// verifier with CO-RE relocation against this kernel's BTF, without attach:
+// every kprobe program, and the fentry programs whose function this
+// kernel's BTF has.
 func TestProgramsLoad(t *testing.T) {
 	labnet.Require(t)
 	for _, b := range []Backend{BackendFentry, BackendKprobe} {
 		for _, perfBuf := range []bool{false, true} {
 			name := string(b) + map[bool]string{false: "/ringbuf", true: "/perf"}[perfBuf]
 			t.Run(name, func(t *testing.T) {
-				coll, err := loadCollection(Options{ForcePerfBuffer: perfBuf, Logger: zaptest.NewLogger(t)}, b, true)
+				plan, err := planHooks(b, newLiveKernel(b), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := map[string]bool{}
+				for _, group := range plan {
+					for _, p := range group {
+						if !p.usable() {
+							t.Logf("%s: %s %s", p.name(), p.status.State, p.status.Detail)
+							continue
+						}
+						for _, a := range []attachment{p.entry, p.exit} {
+							if a.prog != "" {
+								want[a.prog] = true
+							}
+						}
+					}
+				}
+				if b == BackendKprobe {
+					// kprobe programs load whatever the kernel has: all of them.
+					plan, want = nil, programsFor(b)
+				}
+				coll, err := loadCollection(Options{ForcePerfBuffer: perfBuf, Logger: zaptest.NewLogger(t)}, b, true, plan)
 				if b == BackendFentry && errors.Is(err, unix.EPERM) && !labnet.InVM() {
 					t.Skipf("skipped: this kernel refuses to load tracing programs (%v); the VM matrix loads them", err)
 				}
@@ -147,10 +171,10 @@ func TestProgramsLoad(t *testing.T) {
 					t.Fatal(err)
 				}
 				defer coll.Close()
-				if got, want := len(coll.Programs), len(programsFor(b)); got != want || want == 0 {
-					t.Fatalf("%d programs loaded, want %d", got, want)
+				if got := len(coll.Programs); got != len(want) || got == 0 {
+					t.Fatalf("%d programs loaded, want %d", got, len(want))
 				}
-				for name := range programsFor(b) {
+				for name := range want {
 					if coll.Programs[name] == nil {
 						t.Errorf("program %s not loaded", name)
 					}
@@ -180,7 +204,7 @@ func TestUserBTFPath(t *testing.T) {
 		t.Fatal("KernelTypes not set from --btf.path")
 	}
 	opts.Logger = zaptest.NewLogger(t)
-	coll, err := loadCollection(opts, BackendKprobe, true)
+	coll, err := loadCollection(opts, BackendKprobe, true, nil)
 	if err != nil {
 		t.Fatalf("load with user BTF: %v", err)
 	}
@@ -274,7 +298,7 @@ func TestHideAddress(t *testing.T) {
 func TestCloseAfterReaderFailure(t *testing.T) {
 	labnet.Require(t)
 	opts := Options{ForcePerfBuffer: true, PerfBufferSize: 1 << 50, Logger: zaptest.NewLogger(t)}
-	coll, err := loadCollection(opts, BackendKprobe, true)
+	coll, err := loadCollection(opts, BackendKprobe, true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -106,11 +106,13 @@ type conntrackCtTuple struct {
 type conntrackInflightStack struct {
 	_      structs.HostLayout
 	Frames [4]struct {
-		_    structs.HostLayout
-		Ct   uint64
-		Net  uint64
-		Orig uint64
-		Repl uint64
+		_        structs.HostLayout
+		Ct       uint64
+		Skb      uint64
+		Net      uint64
+		Orig     uint64
+		Repl     uint64
+		ReplyDir uint64
 	}
 	Depth uint32
 	Pad   uint32
@@ -120,30 +122,38 @@ type conntrackInflightStack struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	conntrackMapCounters              = "counters"
-	conntrackMapEvents                = "events"
-	conntrackMapEventsPerf            = "events_perf"
-	conntrackMapInflights             = "inflights"
-	conntrackMapLost                  = "lost"
-	conntrackMapStarts                = "starts"
-	conntrackProgFentryConfirm        = "fentry_confirm"
-	conntrackProgFentryDelete         = "fentry_delete"
-	conntrackProgFexitAlloc           = "fexit_alloc"
-	conntrackProgFexitCheckInsert     = "fexit_check_insert"
-	conntrackProgFexitConfirm         = "fexit_confirm"
-	conntrackProgKprobeAlloc          = "kprobe_alloc"
-	conntrackProgKprobeCheckInsert    = "kprobe_check_insert"
-	conntrackProgKprobeConfirm        = "kprobe_confirm"
-	conntrackProgKprobeDelete         = "kprobe_delete"
-	conntrackProgKretprobeAlloc       = "kretprobe_alloc"
-	conntrackProgKretprobeCheckInsert = "kretprobe_check_insert"
-	conntrackProgKretprobeConfirm     = "kretprobe_confirm"
-	conntrackVarCtCfg                 = "ct_cfg"
-	conntrackVarUnusedEvent           = "unused_event"
-	conntrackVarUnusedEventFlag       = "unused_event_flag"
-	conntrackVarUnusedEventType       = "unused_event_type"
-	conntrackVarUnusedFailReason      = "unused_fail_reason"
-	conntrackVarUnusedLostReason      = "unused_lost_reason"
+	conntrackMapClaims                 = "claims"
+	conntrackMapCounters               = "counters"
+	conntrackMapEvents                 = "events"
+	conntrackMapEventsPerf             = "events_perf"
+	conntrackMapInflights              = "inflights"
+	conntrackMapLost                   = "lost"
+	conntrackMapStarts                 = "starts"
+	conntrackProgFentryConfirm         = "fentry_confirm"
+	conntrackProgFentryDelete          = "fentry_delete"
+	conntrackProgFentryDeleteFromLists = "fentry_delete_from_lists"
+	conntrackProgFentryDestroy         = "fentry_destroy"
+	conntrackProgFexitAlloc            = "fexit_alloc"
+	conntrackProgFexitCheckInsert      = "fexit_check_insert"
+	conntrackProgFexitConfirm          = "fexit_confirm"
+	conntrackProgKprobeAlloc           = "kprobe_alloc"
+	conntrackProgKprobeCheckInsert     = "kprobe_check_insert"
+	conntrackProgKprobeConfirm         = "kprobe_confirm"
+	conntrackProgKprobeDelete          = "kprobe_delete"
+	conntrackProgKprobeDeleteFromLists = "kprobe_delete_from_lists"
+	conntrackProgKprobeDeletePart      = "kprobe_delete_part"
+	conntrackProgKprobeDestroy         = "kprobe_destroy"
+	conntrackProgKretprobeAlloc        = "kretprobe_alloc"
+	conntrackProgKretprobeCheckInsert  = "kretprobe_check_insert"
+	conntrackProgKretprobeConfirm      = "kretprobe_confirm"
+	conntrackVarCtCfg                  = "ct_cfg"
+	conntrackVarSelftestNetns          = "selftest_netns"
+	conntrackVarUnusedEvent            = "unused_event"
+	conntrackVarUnusedEventFlag        = "unused_event_flag"
+	conntrackVarUnusedEventType        = "unused_event_type"
+	conntrackVarUnusedFailReason       = "unused_fail_reason"
+	conntrackVarUnusedLostReason       = "unused_lost_reason"
+	conntrackVarUseClaims              = "use_claims"
 )
 
 // loadConntrack returns the embedded CollectionSpec for conntrack.
@@ -188,24 +198,30 @@ type conntrackSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type conntrackProgramSpecs struct {
-	FentryConfirm        *ebpf.ProgramSpec `ebpf:"fentry_confirm"`
-	FentryDelete         *ebpf.ProgramSpec `ebpf:"fentry_delete"`
-	FexitAlloc           *ebpf.ProgramSpec `ebpf:"fexit_alloc"`
-	FexitCheckInsert     *ebpf.ProgramSpec `ebpf:"fexit_check_insert"`
-	FexitConfirm         *ebpf.ProgramSpec `ebpf:"fexit_confirm"`
-	KprobeAlloc          *ebpf.ProgramSpec `ebpf:"kprobe_alloc"`
-	KprobeCheckInsert    *ebpf.ProgramSpec `ebpf:"kprobe_check_insert"`
-	KprobeConfirm        *ebpf.ProgramSpec `ebpf:"kprobe_confirm"`
-	KprobeDelete         *ebpf.ProgramSpec `ebpf:"kprobe_delete"`
-	KretprobeAlloc       *ebpf.ProgramSpec `ebpf:"kretprobe_alloc"`
-	KretprobeCheckInsert *ebpf.ProgramSpec `ebpf:"kretprobe_check_insert"`
-	KretprobeConfirm     *ebpf.ProgramSpec `ebpf:"kretprobe_confirm"`
+	FentryConfirm         *ebpf.ProgramSpec `ebpf:"fentry_confirm"`
+	FentryDelete          *ebpf.ProgramSpec `ebpf:"fentry_delete"`
+	FentryDeleteFromLists *ebpf.ProgramSpec `ebpf:"fentry_delete_from_lists"`
+	FentryDestroy         *ebpf.ProgramSpec `ebpf:"fentry_destroy"`
+	FexitAlloc            *ebpf.ProgramSpec `ebpf:"fexit_alloc"`
+	FexitCheckInsert      *ebpf.ProgramSpec `ebpf:"fexit_check_insert"`
+	FexitConfirm          *ebpf.ProgramSpec `ebpf:"fexit_confirm"`
+	KprobeAlloc           *ebpf.ProgramSpec `ebpf:"kprobe_alloc"`
+	KprobeCheckInsert     *ebpf.ProgramSpec `ebpf:"kprobe_check_insert"`
+	KprobeConfirm         *ebpf.ProgramSpec `ebpf:"kprobe_confirm"`
+	KprobeDelete          *ebpf.ProgramSpec `ebpf:"kprobe_delete"`
+	KprobeDeleteFromLists *ebpf.ProgramSpec `ebpf:"kprobe_delete_from_lists"`
+	KprobeDeletePart      *ebpf.ProgramSpec `ebpf:"kprobe_delete_part"`
+	KprobeDestroy         *ebpf.ProgramSpec `ebpf:"kprobe_destroy"`
+	KretprobeAlloc        *ebpf.ProgramSpec `ebpf:"kretprobe_alloc"`
+	KretprobeCheckInsert  *ebpf.ProgramSpec `ebpf:"kretprobe_check_insert"`
+	KretprobeConfirm      *ebpf.ProgramSpec `ebpf:"kretprobe_confirm"`
 }
 
 // conntrackMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type conntrackMapSpecs struct {
+	Claims     *ebpf.MapSpec `ebpf:"claims"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	EventsPerf *ebpf.MapSpec `ebpf:"events_perf"`
@@ -219,11 +235,13 @@ type conntrackMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type conntrackVariableSpecs struct {
 	CtCfg            *ebpf.VariableSpec `ebpf:"ct_cfg"`
+	SelftestNetns    *ebpf.VariableSpec `ebpf:"selftest_netns"`
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventFlag  *ebpf.VariableSpec `ebpf:"unused_event_flag"`
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
 	UnusedFailReason *ebpf.VariableSpec `ebpf:"unused_fail_reason"`
 	UnusedLostReason *ebpf.VariableSpec `ebpf:"unused_lost_reason"`
+	UseClaims        *ebpf.VariableSpec `ebpf:"use_claims"`
 }
 
 // conntrackObjects contains all objects after they have been loaded into the kernel.
@@ -246,6 +264,7 @@ func (o *conntrackObjects) Close() error {
 //
 // It can be passed to loadConntrackObjects or ebpf.CollectionSpec.LoadAndAssign.
 type conntrackMaps struct {
+	Claims     *ebpf.Map `ebpf:"claims"`
 	Counters   *ebpf.Map `ebpf:"counters"`
 	Events     *ebpf.Map `ebpf:"events"`
 	EventsPerf *ebpf.Map `ebpf:"events_perf"`
@@ -256,6 +275,7 @@ type conntrackMaps struct {
 
 func (m *conntrackMaps) Close() error {
 	return _ConntrackClose(
+		m.Claims,
 		m.Counters,
 		m.Events,
 		m.EventsPerf,
@@ -270,35 +290,44 @@ func (m *conntrackMaps) Close() error {
 // It can be passed to loadConntrackObjects or ebpf.CollectionSpec.LoadAndAssign.
 type conntrackVariables struct {
 	CtCfg            *ebpf.Variable `ebpf:"ct_cfg"`
+	SelftestNetns    *ebpf.Variable `ebpf:"selftest_netns"`
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventFlag  *ebpf.Variable `ebpf:"unused_event_flag"`
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
 	UnusedFailReason *ebpf.Variable `ebpf:"unused_fail_reason"`
 	UnusedLostReason *ebpf.Variable `ebpf:"unused_lost_reason"`
+	UseClaims        *ebpf.Variable `ebpf:"use_claims"`
 }
 
 // conntrackPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadConntrackObjects or ebpf.CollectionSpec.LoadAndAssign.
 type conntrackPrograms struct {
-	FentryConfirm        *ebpf.Program `ebpf:"fentry_confirm"`
-	FentryDelete         *ebpf.Program `ebpf:"fentry_delete"`
-	FexitAlloc           *ebpf.Program `ebpf:"fexit_alloc"`
-	FexitCheckInsert     *ebpf.Program `ebpf:"fexit_check_insert"`
-	FexitConfirm         *ebpf.Program `ebpf:"fexit_confirm"`
-	KprobeAlloc          *ebpf.Program `ebpf:"kprobe_alloc"`
-	KprobeCheckInsert    *ebpf.Program `ebpf:"kprobe_check_insert"`
-	KprobeConfirm        *ebpf.Program `ebpf:"kprobe_confirm"`
-	KprobeDelete         *ebpf.Program `ebpf:"kprobe_delete"`
-	KretprobeAlloc       *ebpf.Program `ebpf:"kretprobe_alloc"`
-	KretprobeCheckInsert *ebpf.Program `ebpf:"kretprobe_check_insert"`
-	KretprobeConfirm     *ebpf.Program `ebpf:"kretprobe_confirm"`
+	FentryConfirm         *ebpf.Program `ebpf:"fentry_confirm"`
+	FentryDelete          *ebpf.Program `ebpf:"fentry_delete"`
+	FentryDeleteFromLists *ebpf.Program `ebpf:"fentry_delete_from_lists"`
+	FentryDestroy         *ebpf.Program `ebpf:"fentry_destroy"`
+	FexitAlloc            *ebpf.Program `ebpf:"fexit_alloc"`
+	FexitCheckInsert      *ebpf.Program `ebpf:"fexit_check_insert"`
+	FexitConfirm          *ebpf.Program `ebpf:"fexit_confirm"`
+	KprobeAlloc           *ebpf.Program `ebpf:"kprobe_alloc"`
+	KprobeCheckInsert     *ebpf.Program `ebpf:"kprobe_check_insert"`
+	KprobeConfirm         *ebpf.Program `ebpf:"kprobe_confirm"`
+	KprobeDelete          *ebpf.Program `ebpf:"kprobe_delete"`
+	KprobeDeleteFromLists *ebpf.Program `ebpf:"kprobe_delete_from_lists"`
+	KprobeDeletePart      *ebpf.Program `ebpf:"kprobe_delete_part"`
+	KprobeDestroy         *ebpf.Program `ebpf:"kprobe_destroy"`
+	KretprobeAlloc        *ebpf.Program `ebpf:"kretprobe_alloc"`
+	KretprobeCheckInsert  *ebpf.Program `ebpf:"kretprobe_check_insert"`
+	KretprobeConfirm      *ebpf.Program `ebpf:"kretprobe_confirm"`
 }
 
 func (p *conntrackPrograms) Close() error {
 	return _ConntrackClose(
 		p.FentryConfirm,
 		p.FentryDelete,
+		p.FentryDeleteFromLists,
+		p.FentryDestroy,
 		p.FexitAlloc,
 		p.FexitCheckInsert,
 		p.FexitConfirm,
@@ -306,6 +335,9 @@ func (p *conntrackPrograms) Close() error {
 		p.KprobeCheckInsert,
 		p.KprobeConfirm,
 		p.KprobeDelete,
+		p.KprobeDeleteFromLists,
+		p.KprobeDeletePart,
+		p.KprobeDestroy,
 		p.KretprobeAlloc,
 		p.KretprobeCheckInsert,
 		p.KretprobeConfirm,

@@ -39,7 +39,7 @@ func open(ctx context.Context, opts Options) (Tracer, error) {
 		if b == BackendNetlink {
 			t, err = openNetlink(ctx, opts)
 		} else {
-			t, err = openBPF(opts, b)
+			t, err = openBPF(ctx, opts, b)
 		}
 		if err == nil {
 			setRefused(t, refused, reasons)
@@ -58,6 +58,8 @@ func refusalReason(err error) string {
 	switch {
 	case errors.Is(err, ErrNoBTF):
 		return "no_btf"
+	case errors.Is(err, ErrSelfTest):
+		return "self_test_failed"
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 		return "permission_denied"
 	case errors.As(err, &verr):

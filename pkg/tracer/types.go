@@ -179,11 +179,16 @@ type Namespace struct {
 // Info describes what a Tracer runs.
 type Info struct {
 	Backend Backend
-	Hooks   []string           // attached kernel symbols, e.g. "fexit/__nf_conntrack_confirm"
-	Refused map[Backend]string // backends tried before this one, and why they failed
+	Hooks   []string // attached kernel symbols, e.g. "fexit/__nf_conntrack_confirm"
+	// HookStatus lists every candidate hook of an eBPF backend, in order
+	// of preference per group, with the one that serves it (Active) and
+	// what the start-up self-test found. nil for the netlink backend.
+	HookStatus []HookStatus
+	Refused    map[Backend]string // backends tried before this one, and why they failed
 	// RefusedReason classifies each refusal in a short, stable word, for a
 	// metric label: no_btf, permission_denied, not_supported,
-	// symbol_not_found, verifier_rejected, unavailable or error.
+	// symbol_not_found, verifier_rejected, self_test_failed, unavailable or
+	// error.
 	RefusedReason map[Backend]string
 	RingBuffer    bool   // eBPF: ring buffer (true) or perf event array
 	Kernel        string // uname -r
@@ -226,6 +231,17 @@ type Options struct {
 	// read per program run. Ignored by the netlink backend.
 	BPFStats bool
 	Logger   *zap.Logger
+	// MaxNamespaces sizes the in-kernel counters map (about 8 keys per
+	// namespace); 0: room for 2,048 namespaces.
+	MaxNamespaces int
+	// SkipSelfTest attaches the first candidate hook of every group without
+	// proving at start that it sees every event. For tests of the proof
+	// itself; a daemon should never skip it.
+	SkipSelfTest bool
+	// OnlyHooks restricts hook groups to one candidate each, by group name
+	// ("destroy") and kernel symbol ("nf_ct_delete") or clone prefix
+	// ("nf_ct_delete.part."). For tests that prove each candidate.
+	OnlyHooks map[string]string
 
 	// Netlink backend: the namespaces to listen in, called at start and
 	// every RescanInterval. nil: only the current namespace.
