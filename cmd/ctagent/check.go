@@ -52,6 +52,14 @@ func runCheck(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logge
 	if len(info.Hooks) > 0 {
 		p("hooks", "%s", strings.Join(info.Hooks, ", "))
 	}
+	for _, h := range info.HookStatus {
+		switch {
+		case h.Active:
+			p("hook", "%s serves %s (%s), self-test %s: %s", h.Hook, h.Group, strings.Join(h.Serves, ", "), h.State, h.Detail)
+		case h.State != tracer.HookStandby && h.State != tracer.HookUnavailable:
+			p("hook", "%s not used for %s: %s: %s", h.Hook, h.Group, h.State, h.Detail)
+		}
+	}
 	for _, b := range refusedOrder(info.Refused) {
 		p("refused", "%s: %s", b, info.Refused[b])
 	}

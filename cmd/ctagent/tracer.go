@@ -58,6 +58,7 @@ func tracerOptions(cfg *config, log *zap.Logger) tracer.Options {
 		Logger:            log.Named("tracer"),
 		RescanInterval:    cfg.netnsRescanInterval,
 		NetlinkBufferSize: int(cfg.netlinkBufferSize),
+		MaxNamespaces:     cfg.maxNamespaces,
 	}
 }
 

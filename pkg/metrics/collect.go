@@ -354,6 +354,13 @@ func (e *Exporter) collectGlobal(m emitter) {
 	for _, h := range slices.Compact(slices.Sorted(slices.Values(info.Hooks))) {
 		m.val(mTracerHooks, 1, h)
 	}
+	for _, h := range info.HookStatus {
+		v := 0.0
+		if h.Active {
+			v = 1
+		}
+		m.val(mTracerHookActive, v, h.Group, h.Hook, string(h.State))
+	}
 
 	for t := tracer.EventCreated; t <= tracer.EventFailed; t++ {
 		m.val(mEvents, float64(e.events[t].Load()), t.String())

@@ -77,6 +77,7 @@ const (
 	mTracerInfo
 	mTracerRefused
 	mTracerHooks
+	mTracerHookActive
 	mEvents
 	mEventsLost
 	mProgramRunCount
@@ -207,13 +208,21 @@ func buildDefs() []metricDef {
 	}
 	d[mTracerRefused] = metricDef{
 		name: "ctagent_tracer_backend_refused", kind: kindGauge, labels: []string{"backend", "reason"},
-		help:  "Always 1; a tracer backend that was tried before the running one, and why it was refused: no_btf, permission_denied, not_supported, symbol_not_found, verifier_rejected, unavailable or error (the full error is logged at start).",
+		help:  "Always 1; a tracer backend that was tried before the running one, and why it was refused: no_btf, permission_denied, not_supported, symbol_not_found, verifier_rejected, self_test_failed (it attached, but no candidate hook saw every event of a kind), unavailable or error (the full error is logged at start).",
 		notes: "At most one series per backend; reason is at most 64 characters.",
 	}
 	d[mTracerHooks] = metricDef{
 		name: "ctagent_tracer_hooks", kind: kindGauge, labels: []string{"hook"},
 		help:  "Always 1; a kernel hook the tracer attached to.",
 		notes: "One series per attached hook, e.g. fexit/__nf_conntrack_confirm.",
+	}
+	d[mTracerHookActive] = metricDef{
+		name: "ctagent_tracer_hook_active", kind: kindGauge, labels: []string{"group", "hook", "self_test"},
+		help: "1 for the candidate hook that serves each group of events (confirm: created, clash_resolved, confirm_drop; ctnetlink_insert: created, exists, no_space, other; " +
+			"destroy: destroyed; alloc: table_full), 0 for the other candidates of the group on this kernel. self_test says what the start-up self-test found: " +
+			"passed, missed (it saw fewer or more events than the kernel made, so the next candidate was tried), not_tested (the self-test cannot make these events, or could not run), " +
+			"attach_failed, unavailable (this kernel has no such function) or standby (loaded, a better candidate passed). eBPF backends only.",
+		notes: "At most about 10 series: one per candidate hook. Alert on an active hook that is not_tested outside group alloc: it is attached but unproven.",
 	}
 	d[mEvents] = metricDef{
 		name: "ctagent_events_total", kind: kindCounter, labels: []string{"type"},

@@ -813,7 +813,11 @@ func TestGlobalMetrics(t *testing.T) {
 	f := newFixture(t, Options{Version: "1.2.3", Revision: "abc"})
 	f.tr.info = tracer.Info{
 		Backend: tracer.BackendKprobe, RingBuffer: true, Kernel: "6.18.0",
-		Hooks:   []string{"kprobe/__nf_conntrack_confirm", "kprobe/nf_ct_delete"},
+		Hooks: []string{"kprobe/__nf_conntrack_confirm", "kprobe/nf_ct_delete"},
+		HookStatus: []tracer.HookStatus{
+			{Group: "destroy", Hook: "kprobe/__nf_ct_delete_from_lists", State: tracer.HookMissed},
+			{Group: "destroy", Hook: "kprobe/nf_ct_delete", Active: true, State: tracer.HookPassed},
+		},
 		Refused: map[tracer.Backend]string{tracer.BackendFentry: "fentry: loading fexit_confirm: attach: " + strings.Repeat("x", 100)},
 	}
 	f.tr.lost = map[tracer.LostReason]uint64{tracer.LostRingbufFull: 3}
@@ -840,6 +844,8 @@ func TestGlobalMetrics(t *testing.T) {
 	expect(t, m, "ctagent_tracer_info", "backend=kprobe,kernel=6.18.0,ring_buffer=true", 1)
 	expect(t, m, "ctagent_tracer_backend_refused", "backend=fentry,reason="+strings.Repeat("x", 64), 1)
 	expect(t, m, "ctagent_tracer_hooks", "hook=kprobe/nf_ct_delete", 1)
+	expect(t, m, "ctagent_tracer_hook_active", "group=destroy,hook=kprobe/nf_ct_delete,self_test=passed", 1)
+	expect(t, m, "ctagent_tracer_hook_active", "group=destroy,hook=kprobe/__nf_ct_delete_from_lists,self_test=missed", 0)
 	expect(t, m, "ctagent_events_total", "type=created", 2)
 	expect(t, m, "ctagent_events_total", "type=destroyed", 0)
 	expect(t, m, "ctagent_events_total", "type=failed", 1)
