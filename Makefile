@@ -53,6 +53,10 @@ libbpf-headers: ## Copy the pinned libbpf BPF headers from Debian's libbpf-dev
 build: ## Build bin/ctagent
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ctagent
 
+.PHONY: build-arm64
+build-arm64: ## Cross-build bin/ctagent-arm64 (the arm64 BPF object is generated with the amd64 one)
+	CGO_ENABLED=0 GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)-arm64 ./cmd/ctagent
+
 .PHONY: run
 run: deps build ## Install what is needed, build and run ctagent (as root) on :9695
 	$(BIN) $(ARGS)
@@ -95,4 +99,4 @@ bench: ## Benchmarks: host, and in-kernel overhead in the VM; ratios to a baseli
 	@awk -f scripts/benchratio.awk .cache/bench-host.txt .cache/bench-vm.txt
 
 .PHONY: ci
-ci: deps lint check-generate test fuzz vmtest ## Everything CI runs (the README's test command)
+ci: deps lint check-generate build-arm64 test fuzz vmtest ## Everything CI runs (the README's test command)

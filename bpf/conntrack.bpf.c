@@ -22,6 +22,17 @@
  * kprobe/kretprobe program; user space loads one set.
  */
 #include "vmlinux.h"
+#if defined(__TARGET_ARCH_arm64)
+/* bpf/vmlinux.h is dumped from an x86 kernel. The arm64 kprobe macros read
+ * arguments from struct user_pt_regs (arch/arm64/include/uapi/asm/ptrace.h);
+ * CO-RE relocates it against the running kernel's BTF. */
+struct user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+} __attribute__((preserve_access_index));
+#endif
 #include "bpf_helpers.h"
 #include "bpf_tracing.h"
 #include "bpf_core_read.h"
