@@ -252,11 +252,11 @@ apt_dir() {
 # resolve_image DIR META SUFFIX: set IMG_PKG and IMG_VER (the linux-image
 # package META depends on, plus SUFFIX, at its candidate version) and
 # IMG_WANT (package=version words to download): the image, and the packages
-# it depends on that carry its kernel release in their name. Since Debian's
-# 6.16-era packaging, sid's image is only a shell over linux-binary-<rel>
-# (vmlinuz), linux-modules-<rel> and linux-base-<rel> (modules.builtin,
-# config); older images ship everything themselves and depend on no such
-# package. Fails (status 1) when apt cannot name them.
+# it depends on that carry its kernel release in their name: sid's 7.x
+# image is only a shell over linux-binary-<rel> (vmlinuz),
+# linux-modules-<rel> and linux-base-<rel> (modules.builtin, config), while
+# the bullseye and bookworm images ship everything themselves and depend on
+# no such package. Fails (status 1) when apt cannot name them.
 resolve_image() {
 	local dir=$1 meta=$2 suffix=$3 rel dep ver
 	IMG_PKG="" IMG_VER="" IMG_WANT=()
