@@ -21,6 +21,8 @@ VMTEST_PKGS := ./pkg/tracer ./pkg/metrics
 VMTEST_DIR  := .cache/vmtest/bin
 VMTEST_BINS := $(foreach p,$(VMTEST_PKGS),$(VMTEST_DIR)/$(notdir $(p)).test)
 VMTEST_ARGS ?= -test.run '^(TestVM|TestProgramsLoad|TestEventLayout)'
+# Kernels to boot (names from scripts/vmtest.sh -l); empty: all of them.
+VMTEST_KERNELS ?=
 
 .PHONY: help
 help: ## List the targets
@@ -82,11 +84,11 @@ fuzz: ## Run every fuzz target briefly
 	  done; done
 
 .PHONY: vmtest
-vmtest: ## Boot the Debian 6.1 and 6.12 kernels under qemu and run the eBPF tests inside
+vmtest: ## Boot Debian's 5.10, 6.1, 6.12 and sid kernels under qemu, run the eBPF tests inside (VMTEST_KERNELS=debian-sid: one)
 	mkdir -p $(VMTEST_DIR)
 	for p in $(VMTEST_PKGS); do \
 	  CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/$$(basename $$p).test $$p || exit 1; done
-	VMTEST_ARGS="$(VMTEST_ARGS)" scripts/vmtest.sh $(VMTEST_BINS)
+	VMTEST_ARGS="$(VMTEST_ARGS)" scripts/vmtest.sh $(foreach k,$(VMTEST_KERNELS),-k $(k)) $(VMTEST_BINS)
 
 .PHONY: bench
 bench: ## Benchmarks: host, and in-kernel overhead in the VM; ratios to a baseline of the same run

@@ -2,13 +2,13 @@
 # install-deps.sh: install the Debian 12 packages ctagent's build and tests need
 # (clang/llvm for the BPF objects, libbpf headers, bpftool, the qemu kernel lab,
 # the network tools used by the tests). Idempotent: when every package is
-# already installed (and apt has package lists) it only runs dpkg-query.
+# already installed it only runs dpkg-query.
 # Run as root.
 set -euo pipefail
 
 PACKAGES=(
 	clang-19 llvm-19 libbpf-dev bpftool
-	qemu-system-x86 busybox-static cpio kmod xz-utils
+	qemu-system-x86 busybox-static cpio kmod xz-utils debian-archive-keyring
 	conntrack nftables iproute2 iputils-ping traceroute
 	prometheus systemd make git
 )
@@ -21,29 +21,25 @@ for p in "${PACKAGES[@]}"; do
 	[[ $status == installed ]] || missing+=("$p")
 done
 
-# apt-cache (used by scripts/vmtest.sh to resolve kernels) needs package lists.
-have_lists=0
-compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null && have_lists=1
-
-if ((${#missing[@]} == 0 && have_lists)); then
+# (scripts/vmtest.sh resolves its kernels with package lists of its own, so
+# the system's are refreshed only to install.)
+if ((${#missing[@]} == 0)); then
 	say "all ${#PACKAGES[@]} packages present"
 	exit 0
 fi
 
 if ((EUID != 0)); then
-	say "must run as root to install: ${missing[*]:-(package lists only)}" >&2
+	say "must run as root to install: ${missing[*]}" >&2
 	exit 1
 fi
 
 say "apt-get update"
 apt-get update -qq
 
-if ((${#missing[@]} > 0)); then
-	say "installing: ${missing[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-		"${missing[@]}"
-fi
+say "installing: ${missing[*]}"
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	"${missing[@]}"
 
 still=()
 for p in "${PACKAGES[@]}"; do

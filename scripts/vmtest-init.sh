@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # vmtest guest /init (PID 1), packed into the initramfs by scripts/vmtest.sh.
 #
 # Mounts the usual filesystems, loads the modules listed in /vmtest/modules,

@@ -22,6 +22,9 @@
 #   VMTEST_MEM      guest memory in MiB (default 2048)
 #   VMTEST_SMP      guest CPUs (default 2)
 #   VMTEST_CACHE    cache directory (default <repo>/.cache/vmtest)
+#   VMTEST_MIRROR, VMTEST_SECURITY_MIRROR
+#                   Debian mirror URIs for the kernel suites (default: the
+#                   ones the system's apt sources use for its own release)
 #   VMTEST_KEEP=1   keep the per-run work directory (initramfs images)
 #
 # Exit status: 0 when every selected kernel booted, every test binary exited 0
@@ -33,20 +36,31 @@
 set -euo pipefail
 
 # ---------------------------------------------------------------------------
-# Kernels: NAME  META-PACKAGE  [DOWNLOAD-SUFFIX]
-# The meta package is resolved with `apt-cache depends` at run time; the
-# optional suffix is appended to the resolved package name for the download
-# (Debian 12's 6.12 kernel is fetched as the `-unsigned` package).
+# Kernels: NAME  SUITES  META-PACKAGE  [DOWNLOAD-SUFFIX]
+# SUITES: the Debian suites (comma-separated) the kernel comes from, read with
+# an apt configuration of their own (see "Kernel download" below). The meta
+# package is resolved with `apt-cache depends` in them at run time, so each
+# run takes the current version; the optional suffix is appended to the
+# resolved package name for the download (Debian 12's 6.12 kernel is fetched
+# as the `-unsigned` package).
 KERNELS=(
-	"debian-6.1   linux-image-cloud-amd64"
-	"debian-6.12  linux-image-6.12-cloud-amd64  -unsigned"
+	"debian-5.10  bullseye,bullseye-security  linux-image-cloud-amd64"
+	"debian-6.1   bookworm,bookworm-security  linux-image-cloud-amd64"
+	"debian-6.12  bookworm,bookworm-security  linux-image-6.12-cloud-amd64  -unsigned"
+	"debian-sid   sid                         linux-image-cloud-amd64"
 )
 
-# Modules loaded in the guest, in this order. `?` marks optional ones (skipped
-# when the kernel has no such module). Built-in ones are skipped silently.
+# Modules loaded in the guest, in this order, with what they depend on.
+# `?` marks optional ones: a kernel without such a module (nft_counter is
+# part of nf_tables since 5.13) skips it, and the run says so. Built-in ones
+# are skipped silently. ipv6 and nfnetlink are not named: where they are
+# modules they come as dependencies, and in sid's 7.x they are part of the
+# kernel without being listed in modules.builtin (no longer modular), so
+# naming them would fail there.
 MODULES=(
-	ipv6 veth nfnetlink nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack nf_conntrack_netlink
-	nf_nat nf_tables nft_ct nft_nat nft_masq nft_redir nft_chain_nat nft_reject? nft_reject_inet?
+	veth nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack nf_conntrack_netlink
+	nf_nat nf_tables nft_ct nft_counter? nft_nat nft_masq nft_redir nft_chain_nat
+	nft_reject? nft_reject_inet?
 )
 
 # Real (dynamically linked) tools copied with their libraries; they replace
@@ -71,6 +85,7 @@ TIMEOUT=${VMTEST_TIMEOUT:-900}
 MEM=${VMTEST_MEM:-2048}
 SMP=${VMTEST_SMP:-2}
 BUSYBOX=/bin/busybox
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
@@ -126,12 +141,13 @@ if ((PREPARE_ONLY == 0 && ${#TESTBINS[@]} == 0)); then
 fi
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "VMTEST_TIMEOUT must be a number of seconds"
 
-need=(apt-cache apt-get dpkg-deb depmod modprobe cpio gzip xz ldd timeout flock xargs)
+need=(apt-cache apt-get apt-config dpkg-deb depmod modprobe cpio gzip xz ldd timeout flock xargs)
 ((PREPARE_ONLY)) || need+=(qemu-system-x86_64)
 for c in "${need[@]}"; do
 	command -v "$c" >/dev/null || die "'$c' not found: run scripts/install-deps.sh"
 done
 [[ -x $BUSYBOX ]] || die "$BUSYBOX not found: run scripts/install-deps.sh (busybox-static)"
+[[ -f $KEYRING ]] || die "$KEYRING not found: run scripts/install-deps.sh (debian-archive-keyring)"
 
 # Test binaries: must exist; warn when not static.
 declare -A seen_bin=()
@@ -145,90 +161,240 @@ for b in "${TESTBINS[@]}"; do
 	fi
 done
 
-mkdir -p "$CACHE"/{debs,kernels,logs,tmp}
+mkdir -p "$CACHE"/{apt,debs,kernels,logs,tmp}
 
 # ---------------------------------------------------------------------------
 # Kernel download and extraction (cached)
+#
+# Every kernel is resolved and downloaded through an apt configuration of its
+# own, $CACHE/apt/<suites>/ (sources list, package lists, apt's caches), and
+# never through the system's: the system's apt state is left alone, bullseye
+# and sid are suites the system does not list, a broken third-party source on
+# the host cannot stop a run, and the lists are refreshed once per run, so a
+# kernel is always its suite's current one (stale lists would name versions
+# the mirror has already dropped).
 
-APT_UPDATED=0
-apt_update_once() {
-	((APT_UPDATED)) && return 0
-	APT_UPDATED=1
-	say "running apt-get update"
-	apt-get update -qq >/dev/null || warn "apt-get update failed"
+# debian_mirrors: set MIRROR and SECURITY_MIRROR: VMTEST_MIRROR and
+# VMTEST_SECURITY_MIRROR, else the URIs the system's apt sources use for its
+# own release and that release's -security suite.
+debian_mirrors() {
+	[[ -n ${MIRROR:-} ]] && return 0
+	local codename uri rel
+	codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null | tr -d '"')
+	MIRROR=${VMTEST_MIRROR:-}
+	SECURITY_MIRROR=${VMTEST_SECURITY_MIRROR:-}
+	if [[ -z $MIRROR || -z $SECURITY_MIRROR ]]; then
+		[[ -n $codename ]] || die "no VERSION_CODENAME in /etc/os-release: set VMTEST_MIRROR and VMTEST_SECURITY_MIRROR"
+		while read -r uri rel; do
+			[[ -z ${VMTEST_MIRROR:-} && $rel == "$codename" ]] && MIRROR=${uri%/}
+			[[ -z ${VMTEST_SECURITY_MIRROR:-} && $rel == "$codename-security" ]] && SECURITY_MIRROR=${uri%/}
+		done < <(
+			# shellcheck disable=SC2016 # apt's own $(...) format fields
+			apt-get indextargets --no-release-info --format '$(REPO_URI) $(RELEASE)' 2>/dev/null | sort -u
+		)
+	fi
+	[[ -n $MIRROR ]] || die "the system's apt sources list no '$codename' suite to take the Debian mirror from: set VMTEST_MIRROR (e.g. the URI of your Debian mirror)"
+	[[ -n $SECURITY_MIRROR ]] || die "the system's apt sources list no '$codename-security' suite to take the security mirror from: set VMTEST_SECURITY_MIRROR"
 }
 
-# resolve_pkg META: print the concrete linux-image package META depends on.
-# (awk reads all its input: an early exit would SIGPIPE apt under pipefail.)
-resolve_pkg() {
-	{ apt-cache depends --important "$1" 2>/dev/null || true; } |
-		awk '!found && $1 ~ /^\|?Depends:$/ && $2 ~ /^linux-image-/ {print $2; found = 1}'
+# iapt TOOL DIR ARGS...: run apt-get or apt-cache with the sources, lists,
+# caches and (empty) dpkg status of DIR only; preferences and pins of the
+# system are ignored. apt.conf.d still applies (proxies), minus its extra
+# index targets (DEP-11 metadata, icons, Contents: only Packages is needed)
+# and minus a disabled binary cache (docker images disable it; without it
+# every apt-cache call parses the lists again, seconds each).
+IAPT_NOTARGETS=()
+iapt() {
+	local tool=$1 dir=$2 t
+	shift 2
+	if ((${#IAPT_NOTARGETS[@]} == 0)); then
+		IAPT_NOTARGETS=(-o Acquire::Languages=none)
+		while IFS= read -r t; do
+			[[ $t == Packages ]] || IAPT_NOTARGETS+=(-o "Acquire::IndexTargets::deb::$t::DefaultEnabled=false")
+		done < <(apt-config dump | sed -n 's/^Acquire::IndexTargets::deb::\([^:]*\) "";$/\1/p')
+	fi
+	"$tool" \
+		-o "Dir::Etc::SourceList=$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+		-o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null \
+		-o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o Dir::State::status=/dev/null \
+		-o Dir::Cache::pkgcache=pkgcache.bin -o Dir::Cache::srcpkgcache= \
+		-o APT::Architecture=amd64 -o APT::Architectures=amd64 -o APT::Sandbox::User=root \
+		"${IAPT_NOTARGETS[@]}" "$@"
 }
 
+# apt_dir SUITES: set APT_DIR to the apt directory of SUITES (comma-separated;
+# NAME-security suites come from the security mirror), writing its sources
+# list and refreshing its package lists once per run. A failed refresh is a
+# warning: the lists of an earlier run, or the cached kernel, may still do.
+declare -A APT_REFRESHED=()
+apt_dir() {
+	local suites=$1 s uri
+	APT_DIR="$CACHE/apt/${suites//,/+}"
+	[[ -n ${APT_REFRESHED[$suites]:-} ]] && return 0
+	APT_REFRESHED[$suites]=1
+	debian_mirrors
+	mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+	for s in ${suites//,/ }; do
+		case $s in
+		*-security) uri=$SECURITY_MIRROR ;;
+		*) uri=$MIRROR ;;
+		esac
+		echo "deb [signed-by=$KEYRING] $uri $s main"
+	done >"$APT_DIR/sources.list"
+	say "apt-get update: $suites (own lists in $APT_DIR)"
+	if ! iapt apt-get "$APT_DIR" -q update >"$APT_DIR/update.log" 2>&1 ||
+		grep -q '^[WE]:' "$APT_DIR/update.log"; then
+		warn "apt-get update of $suites failed or warned (log: $APT_DIR/update.log):"
+		grep '^[WE]:' "$APT_DIR/update.log" | sed 's/^/    /' >&2 || true
+	fi
+}
+
+# resolve_image DIR META SUFFIX: set IMG_PKG and IMG_VER (the linux-image
+# package META depends on, plus SUFFIX, at its candidate version) and
+# IMG_WANT (package=version words to download): the image, and the packages
+# it depends on that carry its kernel release in their name: sid's 7.x
+# image is only a shell over linux-binary-<rel> (vmlinuz),
+# linux-modules-<rel> and linux-base-<rel> (modules.builtin, config), while
+# the bullseye and bookworm images ship everything themselves and depend on
+# no such package. Fails (status 1) when apt cannot name them.
+resolve_image() {
+	local dir=$1 meta=$2 suffix=$3 rel dep ver
+	IMG_PKG="" IMG_VER="" IMG_WANT=()
+	# (awk reads all its input: an early exit would SIGPIPE apt under pipefail.)
+	IMG_PKG=$({ iapt apt-cache "$dir" depends --important "$meta" 2>/dev/null || true; } |
+		awk '!found && $1 ~ /^\|?Depends:$/ && $2 ~ /^linux-image-/ {print $2; found = 1}')
+	[[ -n $IMG_PKG ]] || return 1
+	rel=${IMG_PKG#linux-image-}
+	IMG_PKG+=$suffix
+	IMG_VER=$(candidate_version "$dir" "$IMG_PKG")
+	[[ -n $IMG_VER ]] || return 1
+	IMG_WANT=("$IMG_PKG=$IMG_VER")
+	while IFS= read -r dep; do
+		ver=$(candidate_version "$dir" "$dep")
+		[[ -n $ver ]] || die "$IMG_PKG depends on $dep, which apt cannot find"
+		IMG_WANT+=("$dep=$ver")
+	done < <({ iapt apt-cache "$dir" depends --important "$IMG_PKG" 2>/dev/null || true; } |
+		awk -v rel="-$rel" '$1 ~ /^\|?(Pre)?Depends:$/ && $2 ~ /^linux-/ &&
+			length($2) > length(rel) && substr($2, length($2) - length(rel) + 1) == rel && !seen[$2]++ {print $2}')
+}
+
+# candidate_version DIR PKG
 candidate_version() {
-	{ apt-cache policy "$1" 2>/dev/null || true; } |
+	{ iapt apt-cache "$1" policy "$2" 2>/dev/null || true; } |
 		awk '!found && $1 == "Candidate:" && $2 != "(none)" {print $2; found = 1}'
 }
 
-# prepare_kernel NAME META SUFFIX: sets KDIR (extracted tree) and KREL.
-prepare_kernel() {
-	local name=$1 meta=$2 suffix=$3 pkg ver current tries
-	pkg="" ver=""
-	for tries in 1 2; do
-		pkg=$(resolve_pkg "$meta")
-		[[ -n $pkg ]] && ver=$(candidate_version "$pkg$suffix")
-		[[ -n $pkg && -n $ver ]] && break
-		((tries == 1)) && apt_update_once
+# read_kernel_env KDIR: set KREL, KMODBASE (the directory whose
+# lib/modules/$KREL holds the modules, for depmod -b and modprobe -d),
+# KVMLINUZ and KPKGS from KDIR/kernel.env.
+read_kernel_env() {
+	local k v
+	KREL="" KMODBASE="" KVMLINUZ="" KPKGS=""
+	while IFS='=' read -r k v; do
+		case $k in
+		release) KREL=$v ;;
+		modbase) KMODBASE="$1/$v" ;;
+		vmlinuz) KVMLINUZ="$1/$v" ;;
+		packages) KPKGS=$v ;;
+		esac
+	done <"$1/kernel.env"
+	[[ -n $KREL && -d $KMODBASE/lib/modules/$KREL && -f $KVMLINUZ ]] ||
+		die "broken kernel cache entry $1 (remove it and run again)"
+}
+
+# extract_kernel NAME DEBS KDIR PKGS: unpack every .deb in DEBS into
+# KDIR/root, find the release, its modules and vmlinuz, run depmod, write
+# kernel.env (PKGS: the package=version words it was made of).
+extract_kernel() {
+	local name=$1 debs=$2 kdir=$3 pkgs=$4 deb base modbase="" rel="" d n vmlinuz=""
+	rm -rf "$kdir" "$kdir.tmp"
+	mkdir -p "$kdir.tmp/root"
+	for deb in "$debs"/*.deb; do
+		dpkg-deb -x "$deb" "$kdir.tmp/root"
 	done
+	# Modules are under lib/modules/<rel> (bullseye, bookworm) or, in the
+	# split packages of merged-/usr Debian (sid), usr/lib/modules/<rel>.
+	n=0
+	for base in root root/usr; do
+		for d in "$kdir.tmp/$base"/lib/modules/*/; do
+			[[ -d $d ]] || continue
+			n=$((n + 1))
+			modbase=$base
+			rel=$(basename "$d")
+		done
+	done
+	((n == 1)) || die "$name: expected one lib/modules/<release> or usr/lib/modules/<release> in $pkgs, found $n"
+	for vmlinuz in "root/boot/vmlinuz-$rel" "$modbase/lib/modules/$rel/vmlinuz" ""; do
+		[[ -n $vmlinuz && -f $kdir.tmp/$vmlinuz ]] && break
+	done
+	[[ -n $vmlinuz ]] || die "$name: no boot/vmlinuz-$rel or lib/modules/$rel/vmlinuz in $pkgs"
+	# Without modules.builtin, a built-in module (ipv6, ...) cannot be told
+	# from a missing one.
+	[[ -f $kdir.tmp/$modbase/lib/modules/$rel/modules.builtin ]] ||
+		die "$name: no lib/modules/$rel/modules.builtin in $pkgs"
+	depmod -b "$kdir.tmp/$modbase" "$rel"
+	printf 'release=%s\nmodbase=%s\nvmlinuz=%s\npackages=%s\n' "$rel" "$modbase" "$vmlinuz" "$pkgs" \
+		>"$kdir.tmp/kernel.env"
+	# The one-package layout's marker, so that an older vmtest.sh sharing
+	# this cache reuses a bookworm tree instead of extracting it again.
+	[[ $modbase != root ]] || echo "$rel" >"$kdir.tmp/.ready"
+	mv "$kdir.tmp" "$kdir"
+}
+
+# prepare_kernel NAME SUITES META SUFFIX: sets KDIR (extracted tree), KREL,
+# KMODBASE, KVMLINUZ and KPKGS.
+prepare_kernel() {
+	local name=$1 suites=$2 meta=$3 suffix=$4 current id
 	current="$CACHE/kernels/$name.current"
-	if [[ -z $pkg || -z $ver ]]; then
-		if [[ -f $current && -f "$CACHE/kernels/$(cat "$current")/.ready" ]]; then
-			warn "$name: cannot resolve $meta with apt; using cached $(cat "$current")"
+	apt_dir "$suites"
+	if ! resolve_image "$APT_DIR" "$meta" "$suffix"; then
+		if [[ -f $current && -f "$CACHE/kernels/$(cat "$current")/kernel.env" ]]; then
+			warn "$name: cannot resolve $meta in $suites with apt; using the cached $(cat "$current")"
 			KDIR="$CACHE/kernels/$(cat "$current")"
-			KREL=$(cat "$KDIR/.ready")
+			read_kernel_env "$KDIR"
 			return 0
 		fi
-		die "$name: cannot resolve $meta${suffix:+ ($suffix)} with apt-cache"
+		die "$name: cannot resolve $meta${suffix:+ (+$suffix)} in $suites with apt (log: $APT_DIR/update.log)"
 	fi
-	pkg="$pkg$suffix"
-	local id="${pkg}_${ver}"
+	id="${IMG_PKG}_${IMG_VER}"
 	KDIR="$CACHE/kernels/$id"
-	if [[ ! -f $KDIR/.ready ]]; then
-		local deb="$CACHE/debs/$id.deb"
-		if [[ ! -f $deb ]]; then
-			say "$name: downloading $pkg=$ver"
-			local dl
-			dl=$(mktemp -d "$CACHE/tmp/dl.XXXXXX")
-			(cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg=$ver" >/dev/null) ||
-				{ rm -rf "$dl"; die "$name: apt-get download $pkg=$ver failed"; }
-			local got
-			got=$(find "$dl" -maxdepth 1 -name '*.deb' -print -quit)
-			[[ -n $got && $(dpkg-deb -f "$got" Package) == "$pkg" ]] ||
-				{ rm -rf "$dl"; die "$name: download of $pkg gave no matching .deb"; }
-			mv "$got" "$deb"
-			rm -rf "$dl"
-		else
-			say "$name: using cached $(basename "$deb")"
+	if [[ ! -f $KDIR/kernel.env ]]; then
+		local debs="$CACHE/debs/$id"
+		# Caches of the one-package layout kept the image as debs/<id>.deb.
+		if [[ ! -d $debs && -f $debs.deb && ${#IMG_WANT[@]} == 1 ]]; then
+			mkdir -p "$debs.tmp" && mv "$debs.deb" "$debs.tmp/" && mv "$debs.tmp" "$debs"
 		fi
-		say "$name: extracting $pkg $ver"
-		rm -rf "$KDIR" "$KDIR.tmp"
-		mkdir -p "$KDIR.tmp"
-		dpkg-deb -x "$deb" "$KDIR.tmp/root"
-		local rels
-		rels=$(ls "$KDIR.tmp/root/lib/modules")
-		[[ $(wc -w <<<"$rels") == 1 ]] || die "$name: expected one lib/modules/<release> in $pkg, got: $rels"
-		ls "$KDIR.tmp/root/boot/vmlinuz-$rels" >/dev/null || die "$name: no boot/vmlinuz-$rels in $pkg"
-		depmod -b "$KDIR.tmp/root" "$rels"
-		echo "$rels" >"$KDIR.tmp/.ready"
-		mv "$KDIR.tmp" "$KDIR"
+		if [[ ! -d $debs ]]; then
+			say "$name: downloading ${IMG_WANT[*]}"
+			local dl w got deb
+			dl=$(mktemp -d "$CACHE/tmp/dl.XXXXXX")
+			(cd "$dl" && iapt apt-get "$APT_DIR" download -q "${IMG_WANT[@]}" >"$dl/.log" 2>&1) || {
+				sed 's/^/    /' "$dl/.log" >&2
+				rm -rf "$dl"
+				die "$name: apt-get download ${IMG_WANT[*]} failed"
+			}
+			rm -f "$dl/.log"
+			for w in "${IMG_WANT[@]}"; do
+				got=""
+				for deb in "$dl"/*.deb; do
+					[[ $(dpkg-deb -f "$deb" Package)=$(dpkg-deb -f "$deb" Version) == "$w" ]] && got=$deb
+				done
+				[[ -n $got ]] || { rm -rf "$dl"; die "$name: the download of $w gave no matching .deb"; }
+			done
+			mv "$dl" "$debs"
+		else
+			say "$name: using cached $(basename "$debs")"
+		fi
+		say "$name: extracting ${IMG_WANT[*]}"
+		extract_kernel "$name" "$debs" "$KDIR" "${IMG_WANT[*]}"
 	fi
-	KREL=$(cat "$KDIR/.ready")
+	read_kernel_env "$KDIR"
 	# Drop the previous version of this kernel from the cache.
 	if [[ -f $current && $(cat "$current") != "$id" ]]; then
 		local old
 		old=$(cat "$current")
 		say "$name: removing old cache entry $old"
-		rm -rf "${CACHE:?}/kernels/$old" "$CACHE/debs/$old.deb"
+		rm -rf "${CACHE:?}/kernels/$old" "$CACHE/debs/$old" "$CACHE/debs/$old.deb"
 	fi
 	echo "$id" >"$current"
 }
@@ -339,11 +505,14 @@ build_common() {
 	pack "$stage" "$out"
 }
 
-# build_kernel_part NAME KDIR KREL STAGE OUT: modules + kernel config.
+# build_kernel_part NAME MODBASE KREL STAGE OUT: the modules (from
+# MODBASE/lib/modules/KREL) and the list to load. Sets KMODS_COUNT and
+# KMODS_ABSENT (optional modules this kernel does not have).
 build_kernel_part() {
-	local name=$1 kdir=$2 krel=$3 stage=$4 out=$5
-	local src="$kdir/root/lib/modules/$krel" dst="$stage/usr/lib/modules/$krel"
+	local name=$1 modbase=$2 krel=$3 stage=$4 out=$5
+	local src="$modbase/lib/modules/$krel" dst="$stage/usr/lib/modules/$krel"
 	local m opt line f rel load=() missing=()
+	KMODS_ABSENT=()
 	mkdir -p "$dst" "$stage/vmtest"
 	for f in modules.builtin modules.builtin.modinfo modules.order; do
 		[[ -f $src/$f ]] && cp "$src/$f" "$dst/"
@@ -354,8 +523,12 @@ build_kernel_part() {
 		opt=0
 		[[ $m == *\? ]] && opt=1 && m=${m%\?}
 		local out_dep
-		if ! out_dep=$(modprobe -d "$kdir/root" -S "$krel" --show-depends "$m" 2>/dev/null); then
-			((opt)) || missing+=("$m")
+		if ! out_dep=$(modprobe -d "$modbase" -S "$krel" --show-depends "$m" 2>/dev/null); then
+			if ((opt)); then
+				KMODS_ABSENT+=("$m")
+			else
+				missing+=("$m")
+			fi
 			continue
 		fi
 		if grep -q "^builtin $m\$" <<<"$out_dep"; then
@@ -407,17 +580,19 @@ if ! flock -n 9; then
 	say "waiting for another vmtest run to finish preparing the cache"
 	flock 9
 fi
-declare -A KD=() KR=() PREP_MS=()
+declare -A KMB=() KR=() KVZ=() PREP_MS=()
 for k in "${SELECTED[@]}"; do
 	for l in "${KERNELS[@]}"; do
 		read -r -a f <<<"$l"
 		[[ ${f[0]} == "$k" ]] || continue
+		((${#f[@]} == 3 || ${#f[@]} == 4)) || die "KERNELS line '$l': want NAME SUITES META [SUFFIX]"
 		t0=$(now_ms)
-		prepare_kernel "${f[0]}" "${f[1]}" "${f[2]:-}"
-		KD[$k]=$KDIR
+		prepare_kernel "${f[0]}" "${f[1]}" "${f[2]}" "${f[3]:-}"
+		KMB[$k]=$KMODBASE
 		KR[$k]=$KREL
+		KVZ[$k]=$KVMLINUZ
 		PREP_MS[$k]=$(($(now_ms) - t0))
-		say "$k: kernel $KREL ($(basename "$KDIR")) ready in $(fmt_secs "${PREP_MS[$k]}")"
+		say "$k: kernel $KREL ($KPKGS) ready in $(fmt_secs "${PREP_MS[$k]}")"
 	done
 done
 flock -u 9
@@ -448,17 +623,18 @@ TOTAL_PASS=0 TOTAL_FAIL=0 TOTAL_SKIP=0
 OK_KERNELS=() FAILED_KERNELS=()
 RESULT_LINES=()
 for k in "${SELECTED[@]}"; do
-	kdir=${KD[$k]} krel=${KR[$k]}
+	krel=${KR[$k]} kvmlinuz=${KVZ[$k]}
 	# Written in the run's own directory (other runs may share the cache),
 	# copied to logs/ when the kernel is done.
 	log="$WORK/$k.log"
 	out="$WORK/$k.out"
 
 	t0=$(now_ms)
-	build_kernel_part "$k" "$kdir" "$krel" "$WORK/k-$k" "$WORK/k-$k.cpio.gz"
+	build_kernel_part "$k" "${KMB[$k]}" "$krel" "$WORK/k-$k" "$WORK/k-$k.cpio.gz"
 	cat "$WORK/common.cpio.gz" "$WORK/k-$k.cpio.gz" >"$WORK/init-$k.cpio.gz"
 	build_ms=$(($(now_ms) - t0))
 	say "$k: initramfs $(du -h "$WORK/init-$k.cpio.gz" | cut -f1) with $KMODS_COUNT modules in $(fmt_secs "$build_ms")"
+	((${#KMODS_ABSENT[@]} == 0)) || say "$k: optional modules this kernel does not have: ${KMODS_ABSENT[*]}"
 
 	say "$k: booting $krel (timeout ${TIMEOUT}s), console log $CACHE/logs/$k.log"
 	echo "----- vmtest $k console -----"
@@ -471,7 +647,7 @@ for k in "${SELECTED[@]}"; do
 		timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
 			-accel tcg -cpu max -m "$MEM" -smp "$SMP" -nographic -no-reboot -nic none \
 			-monitor none -serial stdio -serial "file:$out" \
-			-kernel "$kdir/root/boot/vmlinuz-$krel" -initrd "$WORK/init-$k.cpio.gz" \
+			-kernel "$kvmlinuz" -initrd "$WORK/init-$k.cpio.gz" \
 			-append "console=ttyS0 panic=-1 quiet" \
 			</dev/null 2>&1 | tr -d '\r' | sed -u 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g' | tee "$log"
 		qrc=${PIPESTATUS[0]}
@@ -544,6 +720,8 @@ for k in "${SELECTED[@]}"; do
 	TOTAL_FAIL=$((TOTAL_FAIL + nfail))
 	TOTAL_SKIP=$((TOTAL_SKIP + nskip))
 	say "$k: prepare $(fmt_secs "${PREP_MS[$k]}"), initramfs $(fmt_secs "$build_ms"), boot+test $(fmt_secs "$run_ms") (guest reached /init at ${uptime:-?}s uptime); $nskip tests skipped"
+	mods=$(sed -n 's/^vmtest-init: modules loaded: *//p' "$res" | sed -n 1p)
+	((booted)) && say "$k: modules loaded in the guest: ${mods:-none}"
 	# Failed top-level tests, for the CI log.
 	grep -a '^--- FAIL: ' "$res" | sed "s/^/vmtest: $k: /" || true
 	line="vmtest $k ($urel): hooks $hooks: $npass passed, $nfail failed"
