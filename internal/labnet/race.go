@@ -193,9 +193,11 @@ const (
 // ends of a veth pair from n to a namespace of its own), then two threads
 // pinned to two CPUs leave a spin barrier together: one sends a ctnetlink
 // DELETE for the entry, the other a bare RST A:20000+i -> B:80 over a raw
-// socket. The start of one of them is delayed by a few microseconds, a
-// different delay each iteration (a sweep), so that the two lookups meet
-// on any kernel. The ground truth for each path: the DELETE succeeds only
+// socket. The start of one of them is delayed by a few microseconds:
+// the delay follows a staircase (an RST that won makes the next RST later,
+// a DELETE that won makes the next DELETE later), so it settles where each
+// wins half the time, on whatever kernel and machine, which is where the
+// two lookups meet. The ground truth for each path: the DELETE succeeds only
 // if its lookup found the entry (ctnetlink_del_conntrack answers 0
 // whatever nf_ct_delete returned); an RST that found no entry is invalid
 // (a RST cannot create one), which an nft counter in n counts. An
@@ -243,8 +245,9 @@ func (n *NS) DeleteRace(iterations int) DeleteRaceResult {
 	var (
 		raw      int    // side 1's raw socket
 		seg      []byte // the RST of this iteration, made by side 0
-		offset   int64  // >0: side 1 starts this many ns late; <0: side 0 does
-		deleteOK int    // DELETEs that succeeded
+		stairs   staircase
+		offset   int64 // >0: side 1 starts this many ns late; <0: side 0 does
+		deleteOK int   // DELETEs that succeeded
 		dst      = &unix.SockaddrInet4{Addr: link.B4.As4()}
 	)
 	err = n.run(race{
@@ -274,7 +277,7 @@ func (n *NS) DeleteRace(iterations int) DeleteRaceResult {
 				return fmt.Errorf("ctnetlink NEW: %w", err)
 			}
 			seg = tcpSegment(netip.AddrPortFrom(link.A4, sport), netip.AddrPortFrom(link.B4, deletePort), tcpRST)
-			offset = sweepOffset(i)
+			offset = stairs.next(i)
 			return nil
 		},
 		act: func(side, i int) error {
@@ -296,8 +299,10 @@ func (n *NS) DeleteRace(iterations int) DeleteRaceResult {
 			switch err := errs[0]; {
 			case err == nil:
 				deleteOK++
+				stairs.down()
 			case errors.Is(err, unix.ENOENT):
 				res.RSTFirst++
+				stairs.up()
 			default:
 				return fmt.Errorf("ctnetlink DELETE: %w", err)
 			}
@@ -339,11 +344,31 @@ func (n *NS) rstInvalid() uint64 {
 	return 0
 }
 
-// sweepOffset is the start delay of iteration i, in ns: from -10 µs to
-// +10 µs in steps of 500 ns, in an order that interleaves early and late.
-func sweepOffset(i int) int64 {
-	const steps, step = 41, 500
-	return int64((i*17)%steps-steps/2) * step
+// staircase finds the start delay at which two racing paths each win
+// half the time: up delays the second path more, down less, by a step of
+// 1/16 of the current delay (at least 100 ns), so it settles quickly
+// whether the two paths differ by a microsecond or, under emulation, by a
+// hundred. next adds a dither of up to ±4 steps, so that iterations spread
+// around the point where they meet.
+type staircase struct {
+	center int64 // ns
+}
+
+func (s *staircase) step() int64 {
+	d := s.center
+	if d < 0 {
+		d = -d
+	}
+	return max(100, d/16)
+}
+
+func (s *staircase) up()   { s.center += s.step() }
+func (s *staircase) down() { s.center -= s.step() }
+
+// next is the delay for iteration i: >0 delays the second path (side 1),
+// <0 the first (side 0), in ns.
+func (s *staircase) next(i int) int64 {
+	return s.center + int64((i*5)%9-4)*s.step()
 }
 
 // spinFor busy-waits ns nanoseconds (no sleep: a sleep would give up the
