@@ -71,22 +71,7 @@ func (n *NS) UDPClash(iterations int) ClashResult {
 		n.t.Fatalf("labnet: UDPClash: %d iterations, want 1..%d", iterations, 65536-clashFirstPort)
 	}
 	n.Sysctl("net.netfilter.nf_conntrack_udp_timeout", "3600")
-	var pc net.PacketConn
-	if err := n.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", clashPort))
-		return err
-	}); err != nil {
-		n.t.Fatalf("netns %q: listen udp 127.0.0.1:%d: %v", n.Name, clashPort, err)
-	}
-	n.t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 64)
-		for {
-			if _, _, err := pc.ReadFrom(buf); err != nil {
-				return
-			}
-		}
-	}()
+	n.udpSink(clashPort)
 
 	res := ClashResult{Iterations: iterations, Before: n.CTStats()}
 	fd := -1
@@ -130,6 +115,30 @@ func (n *NS) UDPClash(iterations int) ClashResult {
 	res.After = n.CTStats()
 	res.Entries = n.ConntrackCount()
 	return res
+}
+
+// udpSink listens on 127.0.0.1:port in n and discards what arrives, so
+// that datagrams sent there get no ICMP port unreachable (which would fail
+// the next send on a connected socket with ECONNREFUSED). It stops in
+// t.Cleanup.
+func (n *NS) udpSink(port int) {
+	n.t.Helper()
+	var pc net.PacketConn
+	if err := n.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+		return err
+	}); err != nil {
+		n.t.Fatalf("netns %q: listen udp 127.0.0.1:%d: %v", n.Name, port, err)
+	}
+	n.t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
 }
 
 // udpSocket opens a UDP socket in the calling thread's namespace, bound to
@@ -206,13 +215,16 @@ const (
 //
 // DeleteRace first checks, without a race, that a lone RST kills such an
 // entry on this kernel, and fails t if not. It adds the nft table
-// labnetrst to n (whose ct rule also makes conntrack see n's packets).
+// labnetrst to n (whose ct rule also makes conntrack see n's packets) and
+// sets n's nf_conntrack_tcp_be_liberal to 1, so that tcp_in_window accepts
+// the RST whatever the window of an entry made over ctnetlink.
 func (n *NS) DeleteRace(iterations int) DeleteRaceResult {
 	n.t.Helper()
 	if iterations < 1 || deleteFirstPort+iterations > 65536 {
 		n.t.Fatalf("labnet: DeleteRace: %d iterations, want 1..%d", iterations, 65536-deleteFirstPort)
 	}
 	link := Connect(n.t, n, New(n.t))
+	n.Sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1")
 	n.NFT(fmt.Sprintf(`table ip %s {
 	counter %s { }
 	chain out { type filter hook output priority -150; tcp flags rst ct state invalid counter name %s; }
