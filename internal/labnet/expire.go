@@ -51,9 +51,13 @@ func (n *NS) insertExpiring(conn *conntrack.Conn, entries int) time.Time {
 // The gc worker is one for all namespaces and picks its own interval: on
 // Linux 5.17 and later it adapts the interval to the timeouts of the
 // entries it sees, biased as if there were 100 entries at its maximum
-// (GC_SCAN_INTERVAL_MAX, 60 s), so with few entries it is close to 60 s;
-// Linux 5.15 and 5.16 scanned every 120 s; before 5.15 it scanned 1/128 of
-// the table at a time, the whole table within 16 s (GC_MAX_SCAN_JIFFIES).
+// (GC_SCAN_INTERVAL_MAX, 60 s), so with few entries it is close to 60 s.
+// Linux 5.15 and 5.16 scan the whole table every 120 s (GC_SCAN_INTERVAL,
+// "netfilter: conntrack: collect all entries in one cycle"), and so does
+// Debian 11's 5.10.262, which carries that change (its gc_worker
+// reschedules itself 30000 jiffies, 120 s at HZ=250, later); 5.10 as
+// released scanned 1/128 of the table at a time, the whole table within
+// 16 s (GC_MAX_SCAN_JIFFIES).
 // Nothing else may look n's entries up meanwhile: a ctnetlink dump
 // (conntrack -L), GET or DELETE, or a packet that hashes to their bucket
 // would free them itself.

@@ -182,7 +182,7 @@ const (
 	deleteFirstPort = 20000 // source port of DeleteRace's entry in iteration 0; iteration i uses deleteFirstPort+i
 	deletePort      = 80    // its destination port
 	rstTable        = "labnetrst"
-	rstCounter      = "rst_invalid"
+	rstChain        = "out"
 )
 
 // DeleteRace provokes two concurrent nf_ct_delete calls on one entry, from
@@ -225,11 +225,12 @@ func (n *NS) DeleteRace(iterations int) DeleteRaceResult {
 	}
 	link := Connect(n.t, n, New(n.t))
 	n.Sysctl("net.netfilter.nf_conntrack_tcp_be_liberal", "1")
+	// An anonymous counter: a named one (counter name) needs nft_objref,
+	// which a kernel may have as a module that nothing loaded.
 	n.NFT(fmt.Sprintf(`table ip %s {
-	counter %s { }
-	chain out { type filter hook output priority -150; tcp flags rst ct state invalid counter name %s; }
+	chain %s { type filter hook output priority -150; tcp flags rst ct state invalid counter; }
 }
-`, rstTable, rstCounter, rstCounter))
+`, rstTable, rstChain))
 	conn, err := n.DialConntrack()
 	if err != nil {
 		n.t.Fatalf("labnet: DeleteRace: %v", err)
@@ -339,10 +340,10 @@ const (
 )
 
 // rstInvalid reads DeleteRace's nft counter of RSTs that conntrack found
-// invalid.
+// invalid, the only counter in its chain.
 func (n *NS) rstInvalid() uint64 {
 	n.t.Helper()
-	out := n.MustExec("nft", "list", "counter", "ip", rstTable, rstCounter)
+	out := n.MustExec("nft", "list", "chain", "ip", rstTable, rstChain)
 	f := strings.Fields(out)
 	for i, w := range f {
 		if w == "packets" && i+1 < len(f) {
@@ -352,7 +353,7 @@ func (n *NS) rstInvalid() uint64 {
 			}
 		}
 	}
-	n.t.Fatalf("netns %q: no packet count in nft list counter: %s", n.Name, out)
+	n.t.Fatalf("netns %q: no packet count in nft list chain: %s", n.Name, out)
 	return 0
 }
 
