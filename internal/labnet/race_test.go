@@ -48,3 +48,26 @@ func TestDeleteRace(t *testing.T) {
 		t.Errorf("%d entries left, want 0", r.Entries)
 	}
 }
+
+// TestStaircase: against a path that wins below a threshold delay, the
+// staircase settles at the threshold, whether it is 2 µs or 100 µs away.
+func TestStaircase(t *testing.T) {
+	for _, threshold := range []int64{2_000, -2_000, 100_000} {
+		var s staircase
+		var sum, n int64
+		for i := range 600 {
+			if s.next(i) < threshold {
+				s.up() // the first path won: delay the second more
+			} else {
+				s.down()
+			}
+			if i >= 400 {
+				sum += s.center
+				n++
+			}
+		}
+		if mean := sum / n; mean < threshold-threshold/8-500 || mean > threshold+threshold/8+500 {
+			t.Errorf("threshold %d ns: settled at %d ns", threshold, mean)
+		}
+	}
+}
