@@ -4,8 +4,12 @@
 // IPv6 made with Go's net package inside a namespace, and the conntrack CLI
 // and /proc/net/stat/nf_conntrack as ground truth; long-running processes
 // in those namespaces (StartProc), moved into cgroups named like the
-// kubelet's (CgroupRoot, MakeCgroup). Everything a test creates is removed
-// in t.Cleanup.
+// kubelet's (CgroupRoot, MakeCgroup). Scenarios make the kernel run
+// specific conntrack paths and return the kernel's own counts: the UDP
+// insert clash (UDPClash), concurrent nf_ct_delete (DeleteRace), early
+// drop (EarlyDrop), expiry through the gc worker (ExpireByGC) and through a
+// lookup (ExpireByLookup). Everything a test creates is removed in
+// t.Cleanup.
 //
 // It needs root and the ip, nft and conntrack tools; Require skips a test,
 // saying why, when they are missing. The same code runs on the host and in
@@ -26,6 +30,7 @@
 //	p := labnet.StartProc(t, b, "ct-web")  // sleep, as comm ct-web, in b
 //	cg := labnet.MakeCgroup(t, labnet.CgroupRoot(t, ""), "kubepods/besteffort/pod"+labnet.PodUID()+"/"+labnet.ContainerID())
 //	labnet.MoveToCgroup(t, cg, p.PID)
+//	r := a.UDPClash(2000)                  // r.Clashes(): clash_resolve + insert_failed
 package labnet
 
 import (

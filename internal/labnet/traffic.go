@@ -257,15 +257,7 @@ func (n *NS) Ping(dst netip.Addr, id uint16) {
 // or RST with no connection is what conntrack counts as "invalid".
 func (n *NS) SendRawTCP(src, dst netip.AddrPort, flags uint8) {
 	n.t.Helper()
-	seg := make([]byte, 20)
-	binary.BigEndian.PutUint16(seg[0:], src.Port())
-	binary.BigEndian.PutUint16(seg[2:], dst.Port())
-	binary.BigEndian.PutUint32(seg[4:], 12345)
-	seg[12] = 5 << 4 // data offset
-	seg[13] = flags
-	binary.BigEndian.PutUint16(seg[14:], 1024)
-	pseudo := slices.Concat(src.Addr().AsSlice(), dst.Addr().AsSlice(), []byte{0, unix.IPPROTO_TCP, 0, 20}, seg)
-	binary.BigEndian.PutUint16(seg[16:], checksum(pseudo))
+	seg := tcpSegment(src, dst, flags)
 	err := n.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 		if err != nil {
@@ -280,6 +272,21 @@ func (n *NS) SendRawTCP(src, dst netip.AddrPort, flags uint8) {
 	if err != nil {
 		n.t.Fatalf("netns %q: raw TCP %s -> %s: %v", n.Name, src, dst, err)
 	}
+}
+
+// tcpSegment is a bare IPv4 TCP header from src to dst with flags,
+// sequence number 12345, window 1024 and its checksum.
+func tcpSegment(src, dst netip.AddrPort, flags uint8) []byte {
+	seg := make([]byte, 20)
+	binary.BigEndian.PutUint16(seg[0:], src.Port())
+	binary.BigEndian.PutUint16(seg[2:], dst.Port())
+	binary.BigEndian.PutUint32(seg[4:], 12345)
+	seg[12] = 5 << 4 // data offset
+	seg[13] = flags
+	binary.BigEndian.PutUint16(seg[14:], 1024)
+	pseudo := slices.Concat(src.Addr().AsSlice(), dst.Addr().AsSlice(), []byte{0, unix.IPPROTO_TCP, 0, 20}, seg)
+	binary.BigEndian.PutUint16(seg[16:], checksum(pseudo))
+	return seg
 }
 
 // checksum is the Internet checksum (RFC 1071).
