@@ -115,7 +115,7 @@ struct {
  * needs this: the others run after the kernel chose its winner. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1 << 16);
+	__uint(max_entries, 1 << 12); /* a claim matters for microseconds */
 	__type(key, __u64);
 	__type(value, __u8);
 } claims SEC(".maps");

@@ -209,7 +209,12 @@ func loadCollection(opts Options, b Backend, ringbufOK bool, plan [][]*plannedHo
 
 func openBPF(ctx context.Context, opts Options, b Backend) (Tracer, error) {
 	ringbufOK := features.HaveMapType(ebpf.RingBuf) == nil
-	plan, err := planHooks(b, newLiveKernel(b), opts.OnlyHooks)
+	kernel := newLiveKernel(b)
+	if kernel.noModBTF {
+		// Debian 11's 5.10: vmlinux BTF, but none for modules.
+		return nil, fmt.Errorf("%w: nf_conntrack is a module without BTF (no /sys/kernel/btf/nf_conntrack); fentry cannot attach to its functions", ErrNoBTF)
+	}
+	plan, err := planHooks(b, kernel, opts.OnlyHooks)
 	if err != nil {
 		return nil, err
 	}

@@ -137,6 +137,9 @@ func TestProgramsLoad(t *testing.T) {
 		for _, perfBuf := range []bool{false, true} {
 			name := string(b) + map[bool]string{false: "/ringbuf", true: "/perf"}[perfBuf]
 			t.Run(name, func(t *testing.T) {
+				if b == BackendFentry && newLiveKernel(b).noModBTF {
+					t.Skip("skipped: nf_conntrack is a module without BTF here (Debian 11's 5.10): no fentry program can load; TestVMExactness checks that the backend says so")
+				}
 				plan, err := planHooks(b, newLiveKernel(b), nil)
 				if err != nil {
 					t.Fatal(err)

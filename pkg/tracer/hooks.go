@@ -358,6 +358,7 @@ func haveFuncRet(specs []*btf.Spec) bool {
 // and nf_conntrack's module BTF) for fentry/fexit, kallsyms for kprobes.
 type liveKernel struct {
 	btfSpecs []*btf.Spec
+	noModBTF bool // nf_conntrack is a module without BTF: no fentry on it
 	syms     map[string]bool // candidate symbols kallsyms lists
 	clones   []string        // symbols with a candidate clone prefix, in kallsyms order
 	symsErr  error
@@ -373,6 +374,8 @@ func newLiveKernel(b Backend) *liveKernel {
 		// nf_conntrack is usually a module; built in, vmlinux has its types.
 		if s, err := btf.LoadKernelModuleSpec("nf_conntrack"); err == nil {
 			k.btfSpecs = append(k.btfSpecs, s)
+		} else if _, serr := os.Stat("/sys/module/nf_conntrack/initstate"); serr == nil {
+			k.noModBTF = true // loaded as a module, and no BTF for it
 		}
 		return k
 	}
