@@ -358,7 +358,7 @@ func haveFuncRet(specs []*btf.Spec) bool {
 // and nf_conntrack's module BTF) for fentry/fexit, kallsyms for kprobes.
 type liveKernel struct {
 	btfSpecs []*btf.Spec
-	noModBTF bool // nf_conntrack is a module without BTF: no fentry on it
+	noModBTF bool            // nf_conntrack is a module without BTF: no fentry on it
 	syms     map[string]bool // candidate symbols kallsyms lists
 	clones   []string        // symbols with a candidate clone prefix, in kallsyms order
 	symsErr  error
