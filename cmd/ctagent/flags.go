@@ -52,6 +52,7 @@ type config struct {
 	bpfStats          bool
 	perfBufferSize    byteSize
 	eventBuffer       int
+	lifetimeEntries   int
 	netlinkBufferSize byteSize
 
 	logLevel  string
@@ -140,6 +141,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	fs.BoolVar(&cfg.bpfStats, "tracer.bpf-stats", true, "Have the kernel account the run count and run time of the eBPF programs while ctagent runs (ctagent_bpf_program_run_*; costs a clock read per program run).")
 	fs.Var(&cfg.perfBufferSize, "tracer.perf-buffer-size", "Perf event buffer size per CPU (e.g. 256KiB); 0: the tracer's default.")
 	fs.IntVar(&cfg.eventBuffer, "tracer.event-buffer", 0, "Capacity of the in-process event queue; 0: the tracer's default (4096).")
+	fs.IntVar(&cfg.lifetimeEntries, "tracer.lifetime-entries", 0, "Live entries, in all namespaces together, whose creation time the eBPF backends keep for ctagent_conntrack_lifetime_seconds (an LRU, preallocated, about 80 bytes each); 0: twice nf_conntrack_max (a per-namespace limit), between 65536 and 1048576.")
 	fs.Var(&cfg.netlinkBufferSize, "tracer.netlink-buffer-size", "Receive buffer of each ctnetlink socket (netlink backend, e.g. 8MiB); 0: the tracer's default.")
 	fs.StringVar(&cfg.logLevel, "log.level", "info", "Only log messages with the given severity or above: debug, info, warn, error.")
 	fs.StringVar(&cfg.logFormat, "log.format", "logfmt", "Output format of log messages: logfmt or json.")
@@ -235,6 +237,9 @@ func (c *config) validate() error {
 	}
 	if n := int64(c.perfBufferSize); n < 0 || (n > 0 && n < int64(os.Getpagesize())) {
 		return usageErrorf("--tracer.perf-buffer-size: %s is smaller than a page (%d bytes)", c.perfBufferSize, os.Getpagesize())
+	}
+	if c.lifetimeEntries < 0 || c.lifetimeEntries > 1<<26 {
+		return usageErrorf("--tracer.lifetime-entries must be between 0 and %d, got %d", 1<<26, c.lifetimeEntries)
 	}
 	if c.eventBuffer < 0 {
 		return usageErrorf("--tracer.event-buffer must not be negative")

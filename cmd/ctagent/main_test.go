@@ -116,6 +116,8 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		{"--reconcile.interval=0s"},
 		{"--reconcile.interval=soon"},
 		{"--metrics.max-namespaces=-1"},
+		{"--tracer.lifetime-entries=-1"},
+		{"--tracer.lifetime-entries=100000000"},
 		{"--metrics.labels=netns,pod"},
 		{"--netns.rescan-interval=-1s"},
 		{"--kubernetes.pod-labels=-bad-"},

@@ -55,6 +55,7 @@ func tracerOptions(cfg *config, log *zap.Logger) tracer.Options {
 		ForcePerfBuffer:   cfg.perfBuffer,
 		BPFStats:          cfg.bpfStats,
 		EventBuffer:       cfg.eventBuffer,
+		LifetimeEntries:   cfg.lifetimeEntries,
 		Logger:            log.Named("tracer"),
 		RescanInterval:    cfg.netnsRescanInterval,
 		NetlinkBufferSize: int(cfg.netlinkBufferSize),

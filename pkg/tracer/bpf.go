@@ -96,7 +96,10 @@ func loadSpec(opts Options, b Backend, ringbufOK bool, plan [][]*plannedHook) (*
 	if opts.DisableEvents {
 		cfg.EmitEvents = 0
 	}
-	spec.Maps["starts"].MaxEntries = startsCapacity(readConntrackMax())
+	spec.Maps["starts"].MaxEntries = uint32(opts.LifetimeEntries)
+	if opts.LifetimeEntries == 0 {
+		spec.Maps["starts"].MaxEntries = startsCapacity(readConntrackMax())
+	}
 	spec.Maps["counters"].MaxEntries = countersCapacity(opts.MaxNamespaces)
 	if err := spec.Variables["ct_cfg"].Set(cfg); err != nil {
 		return nil, fmt.Errorf("set ct_cfg: %w", err)
@@ -104,12 +107,15 @@ func loadSpec(opts Options, b Backend, ringbufOK bool, plan [][]*plannedHook) (*
 	return spec, nil
 }
 
-// startsCapacity sizes the LRU of creation times to the table limit, so that
-// live entries are not evicted (which would lose their lifetime), within
-// bounds that keep the map between about 1 and 130 MiB.
+// startsCapacity sizes the LRU of creation times when no size is given.
+// nf_conntrack_max limits each namespace's table, not their sum, so one
+// table's limit is not enough for the entries of all namespaces together:
+// twice the limit, within bounds that keep the preallocated map (about 80
+// bytes an entry) between 5 and 80 MiB. Evictions lose lifetimes, never
+// counts: the entry is counted in destroyed_no_start.
 func startsCapacity(conntrackMax uint64) uint32 {
-	const lo, hi = 1 << 14, 1 << 21
-	return uint32(min(max(conntrackMax, lo), hi))
+	const lo, hi = 1 << 16, 1 << 20
+	return uint32(min(max(2*conntrackMax, lo), hi))
 }
 
 // countersCapacity sizes the counters map: a namespace uses one key per

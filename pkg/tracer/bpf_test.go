@@ -269,13 +269,13 @@ func TestLifetimeBucketBounds(t *testing.T) {
 	}
 }
 
-// TestStartsCapacity: the creation-time LRU follows nf_conntrack_max within
-// bounds.
+// TestStartsCapacity: the creation-time LRU holds twice nf_conntrack_max
+// (a per-namespace limit), within bounds.
 func TestStartsCapacity(t *testing.T) {
 	for _, c := range []struct {
 		max  uint64
 		want uint32
-	}{{0, 1 << 14}, {262144, 262144}, {1 << 30, 1 << 21}} {
+	}{{0, 1 << 16}, {262144, 524288}, {1 << 30, 1 << 20}} {
 		if got := startsCapacity(c.max); got != c.want {
 			t.Errorf("startsCapacity(%d) = %d, want %d", c.max, got, c.want)
 		}

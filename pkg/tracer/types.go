@@ -231,6 +231,11 @@ type Options struct {
 	// read per program run. Ignored by the netlink backend.
 	BPFStats bool
 	Logger   *zap.Logger
+	// LifetimeEntries sizes the map of creation times (one LRU for the live
+	// entries of all namespaces, preallocated); an entry evicted from it is
+	// counted as destroyed without a known lifetime. 0: twice
+	// nf_conntrack_max, within 65,536..1,048,576.
+	LifetimeEntries int
 	// MaxNamespaces sizes the in-kernel counters map (about 8 keys per
 	// namespace); 0: room for 2,048 namespaces.
 	MaxNamespaces int
