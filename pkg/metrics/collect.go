@@ -105,7 +105,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	list := e.src.Namespaces()
 
 	e.mu.Lock()
-	e.observe(e.now(), list, byNS, cerr == nil)
+	unlisted := e.observe(e.now(), list, byNS, cerr == nil)
 	samples := make([]*sample, 0, len(e.ns))
 	needDump := false
 	for inode, st := range e.ns {
@@ -122,7 +122,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 			}
 			s.rank = sumEntries(s.entries)
 		}
-		if st.listed && st.base == nil && !st.dumping && !st.pathGone() {
+		if st.needsDump() {
 			needDump = true
 		}
 		samples = append(samples, s)
@@ -153,11 +153,16 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range kept {
 		s.ids = e.identityValues(&s.id)
 	}
+	// Discovery is Run's work, not the scrape's: these only wake it. They
+	// are a backstop, for namespaces that CountEvent and Discover did not
+	// announce (events lost or not counted, a listed namespace Run has not
+	// dumped yet); such a namespace has its entry gauges from the next
+	// scrape on.
+	for _, inode := range unlisted {
+		e.seek(inode)
+	}
 	if needDump {
-		select {
-		case e.kick <- struct{}{}:
-		default:
-		}
+		e.wake()
 	}
 
 	if !e.noStats {
