@@ -257,3 +257,12 @@ func TestDiscoveryFromEvents(t *testing.T) {
 	t.Logf("namespace dumped %v after its first entry, %d source refreshes; %d entries, right at scrape %d: %v",
 		found.Round(time.Millisecond), src.refreshes.Load(), made, scrapes, series(m, "ctagent_conntrack_entries", n.Inode))
 }
+
+// settled reports whether the namespace has a baseline that no dump is
+// about to replace.
+func (e *Exporter) settled(inode uint32) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := e.ns[inode]
+	return st != nil && st.base != nil && !st.rebase && !st.dumping
+}
