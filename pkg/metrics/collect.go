@@ -132,13 +132,18 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	reconDur, reconDone := e.reconDur, e.reconDone
 	e.mu.Unlock()
 
-	// Identities, outside e.mu: a lookup may rescan /proc. A namespace that
-	// left the source keeps the identity it had, so its counters keep their
-	// labels until they expire.
+	// Identities, outside e.mu. Only listed namespaces are looked up: the
+	// source knows them, so a lookup reads its cache, where an unknown
+	// inode can make a resolver rescan /proc in the scrape; finding a
+	// namespace is discovery's work, in Run. A namespace that left the
+	// source keeps the identity it had, so its counters keep their labels
+	// until they expire.
 	if len(e.idLabels)+len(e.podKeys) > 0 {
 		fresh := make([]bool, len(kept))
 		for i, s := range kept {
-			s.id, fresh[i] = e.src.Lookup(s.inode)
+			if s.listed {
+				s.id, fresh[i] = e.src.Lookup(s.inode)
+			}
 		}
 		e.mu.Lock()
 		for i, s := range kept {

@@ -696,7 +696,11 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	f.ns.setList(1)
 	delete(f.ns.ids, 2) // the source forgets it: its series keep their labels
 	f.tr.set(k2, 3, 3)  // its entries are destroyed with it
+	lookups := f.ns.lookups
 	m = f.scrape(t)
+	if n := f.ns.lookups - lookups; n != 1 {
+		t.Errorf("%d identity lookups in a scrape, want 1: namespace 1 (2 is no longer listed)", n)
+	}
 	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp")
 	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two")
 	absent(t, m, "ctagent_reconcile_last_timestamp_seconds", "netns=2,netns_name=two")
