@@ -102,7 +102,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		e.scrapeError(srcCounters, cerr)
 	}
 	byNS := groupCounters(c)
-	list := e.src.Namespaces()
+	list := e.listNamespaces()
 
 	e.mu.Lock()
 	unlisted := e.observe(e.now(), list, byNS, cerr == nil)

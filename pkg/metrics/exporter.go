@@ -196,6 +196,8 @@ type Exporter struct {
 	reconDur   time.Duration
 	reconDone  bool
 	statsSlots chan struct{}
+	listSeq    atomic.Uint64 // numbers the namespace lists taken
+	appliedSeq uint64        // the newest list observed; e.mu
 }
 
 // New checks opts and returns an Exporter.
@@ -315,17 +317,22 @@ const knownListed int64 = 0
 // CountEvent counts one event of the tracer's event stream in
 // ctagent_events_total. The caller owns Tracer.Events() (it may log or
 // forward events too) and calls CountEvent for each; it is one atomic add
-// and a lookup. An event of a namespace the source does not list asks for
-// discovery (see Discover), so that a namespace born after the last rescan
-// is dumped as soon as it has entries, before any scrape: the eBPF backends
-// see every namespace, and this is how the exporter learns of one.
+// and a lookup. A created or failed event of a namespace the source does
+// not list asks for discovery (see Discover), so that a namespace born
+// after the last rescan is dumped as soon as it has entries, before any
+// scrape: the eBPF backends see every namespace, and this is how the
+// exporter learns of one.
 func (e *Exporter) CountEvent(ev tracer.Event) {
 	i := int(ev.Type)
 	if i >= len(e.events) {
 		i = 0
 	}
 	e.events[i].Add(1)
-	e.seek(ev.NetNS)
+	if ev.Type != tracer.EventDestroyed {
+		// Destroy events announce nothing new; a namespace that is torn
+		// down sends them after it left the source.
+		e.seek(ev.NetNS)
+	}
 }
 
 // Discover asks Run to look for new namespaces now: refresh the namespace
@@ -362,6 +369,19 @@ func (e *Exporter) seek(inode uint32) {
 	}
 	e.known.Store(inode, now)
 	e.Discover()
+}
+
+// listing is a list of the namespace source, numbered in the order the
+// lists were taken.
+type listing struct {
+	nss []tracer.Namespace
+	seq uint64
+}
+
+// listNamespaces takes the namespace source's list.
+func (e *Exporter) listNamespaces() listing {
+	nss := e.src.Namespaces()
+	return listing{nss: nss, seq: e.listSeq.Add(1)}
 }
 
 // Ready reports whether the entry gauges can be trusted: Start dumped the
@@ -455,7 +475,7 @@ func (e *Exporter) discover(ctx context.Context) {
 				e.log.Debug("refreshing the namespace source", zap.Error(err))
 			}
 		}
-		list := e.src.Namespaces()
+		list := e.listNamespaces()
 		e.mu.Lock()
 		e.observeList(e.now(), list)
 		e.mu.Unlock()
@@ -476,7 +496,7 @@ func (e *Exporter) baselineNew(ctx context.Context) {
 // refresh lists the namespaces, reads the counters and expires stale
 // namespaces.
 func (e *Exporter) refresh() {
-	list := e.src.Namespaces()
+	list := e.listNamespaces()
 	c, err := e.tr.Counters()
 	if err != nil {
 		e.log.Debug("reading counters", zap.Error(err))

@@ -199,7 +199,7 @@ func (st *nsState) needsDump() bool {
 // and whose counters have not changed for staleAfter. It returns the
 // namespaces the source does not list whose counters are new or moved:
 // namespaces to look for. e.mu is held.
-func (e *Exporter) observe(now time.Time, list []tracer.Namespace, byNS map[uint32]*nsCounters, haveCounters bool) (unlisted []uint32) {
+func (e *Exporter) observe(now time.Time, list listing, byNS map[uint32]*nsCounters, haveCounters bool) (unlisted []uint32) {
 	e.observeList(now, list)
 	if haveCounters {
 		unlisted = e.observeCounters(now, byNS)
@@ -215,11 +215,16 @@ func (e *Exporter) observe(now time.Time, list []tracer.Namespace, byNS map[uint
 	return unlisted
 }
 
-// observeList updates the bookkeeping with the namespace source's list.
-// e.mu is held.
-func (e *Exporter) observeList(now time.Time, list []tracer.Namespace) {
-	in := make(map[uint32]tracer.Namespace, len(list))
-	for _, n := range list {
+// observeList updates the bookkeeping with the namespace source's list,
+// unless a newer list was observed already (Collect takes its list before
+// e.mu; a discovery may observe a fresher one meanwhile). e.mu is held.
+func (e *Exporter) observeList(now time.Time, list listing) {
+	if list.seq < e.appliedSeq {
+		return
+	}
+	e.appliedSeq = list.seq
+	in := make(map[uint32]tracer.Namespace, len(list.nss))
+	for _, n := range list.nss {
 		if _, dup := in[n.Inode]; !dup {
 			in[n.Inode] = n
 		}
