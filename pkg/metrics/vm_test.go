@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -392,6 +393,7 @@ func newNamespaceScenario(t *testing.T, backend tracer.Backend) {
 	}
 	tr, err := tracer.Open(ctx, tracer.Options{Backend: backend, Logger: zaptest.NewLogger(t)})
 	if err != nil {
+		skipWithoutModuleBTF(t, backend, err)
 		t.Fatalf("open %s: %v", backend, err)
 	}
 	t.Cleanup(func() { tr.Close() })
@@ -456,4 +458,17 @@ func newNamespaceScenario(t *testing.T, backend tracer.Backend) {
 	defer rmu.Unlock()
 	fmt.Printf("VMTEST-NEWNS %s %s: %d namespaces made after start in %v, dumped and settled %v after the first; first scrape: entries %v, conntrack -C %v; %d resolver refreshes\n",
 		tr.Info().Kernel, backend, len(labs), made.Round(time.Millisecond), settled.Round(time.Millisecond), got, kernel, refreshes)
+}
+
+// skipWithoutModuleBTF skips t when fentry could not open because the
+// kernel has no BTF for the nf_conntrack module (Debian's 5.10): fentry
+// cannot attach to module functions there, kprobes can.
+func skipWithoutModuleBTF(t *testing.T, backend tracer.Backend, err error) {
+	t.Helper()
+	if backend != tracer.BackendFentry {
+		return
+	}
+	if _, serr := os.Stat("/sys/kernel/btf/nf_conntrack"); errors.Is(serr, os.ErrNotExist) {
+		t.Skipf("skipped: fentry cannot attach without BTF for the nf_conntrack module (no /sys/kernel/btf/nf_conntrack): %v", err)
+	}
 }
