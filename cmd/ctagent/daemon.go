@@ -104,11 +104,23 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	}
 	reg.MustRegister(exp)
 	// Drain the events from now on, so the channel never fills while the
-	// baseline loads; the exporter counts them in ctagent_events_total.
+	// baseline loads; the exporter counts them in ctagent_events_total, and
+	// an event of a namespace it does not know yet makes it look for it.
 	events := t.Events()
 	goBG(&bg, func() {
 		for ev := range events {
 			exp.CountEvent(ev)
+		}
+	})
+	// A named namespace (ip netns add, a CNI plugin) is found when its
+	// mount appears, not at the next rescan: the netlink backend listens
+	// in it and the exporter dumps it right away, before it has any event
+	// to show. The watcher's first call covers what changed before it
+	// started; Run serves the calls made before it runs.
+	goBG(&bg, func() {
+		if err := resolver.WatchNamed(ctx, exp.Discover); err != nil {
+			log.Warn("Not watching the mount table for named network namespaces; they are found at the rescan",
+				zap.Duration("rescan", cfg.netnsRescanInterval), zap.Error(err))
 		}
 	})
 
@@ -177,10 +189,12 @@ func goBG(wg *sync.WaitGroup, f func()) {
 }
 
 // metricsNamespaces adapts the resolver to the exporter's namespace source.
-// Both calls read the resolver's cache; Lookup refreshes it, rate-limited,
-// only for an inode it does not know.
+// List and Identity read the resolver's cache (Lookup refreshes it,
+// rate-limited, only for an inode it does not know); the exporter's
+// discovery refreshes it through Rescan.
 func metricsNamespaces(r *netns.Resolver) metrics.Namespaces {
 	return metrics.NamespaceFuncs{
+		Rescan: r.Refresh,
 		List: func() []tracer.Namespace {
 			nss := r.Namespaces()
 			out := make([]tracer.Namespace, len(nss))

@@ -102,10 +102,10 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		e.scrapeError(srcCounters, cerr)
 	}
 	byNS := groupCounters(c)
-	list := e.src.Namespaces()
+	list := e.listNamespaces()
 
 	e.mu.Lock()
-	e.observe(e.now(), list, byNS, cerr == nil)
+	unlisted := e.observe(e.now(), list, byNS, cerr == nil)
 	samples := make([]*sample, 0, len(e.ns))
 	needDump := false
 	for inode, st := range e.ns {
@@ -122,7 +122,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 			}
 			s.rank = sumEntries(s.entries)
 		}
-		if st.listed && st.base == nil && !st.dumping && !st.pathGone() {
+		if st.needsDump() {
 			needDump = true
 		}
 		samples = append(samples, s)
@@ -132,13 +132,18 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	reconDur, reconDone := e.reconDur, e.reconDone
 	e.mu.Unlock()
 
-	// Identities, outside e.mu: a lookup may rescan /proc. A namespace that
-	// left the source keeps the identity it had, so its counters keep their
-	// labels until they expire.
+	// Identities, outside e.mu. Only listed namespaces are looked up: the
+	// source knows them, so a lookup reads its cache, where an unknown
+	// inode can make a resolver rescan /proc in the scrape; finding a
+	// namespace is discovery's work, in Run. A namespace that left the
+	// source keeps the identity it had, so its counters keep their labels
+	// until they expire.
 	if len(e.idLabels)+len(e.podKeys) > 0 {
 		fresh := make([]bool, len(kept))
 		for i, s := range kept {
-			s.id, fresh[i] = e.src.Lookup(s.inode)
+			if s.listed {
+				s.id, fresh[i] = e.src.Lookup(s.inode)
+			}
 		}
 		e.mu.Lock()
 		for i, s := range kept {
@@ -153,11 +158,16 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range kept {
 		s.ids = e.identityValues(&s.id)
 	}
+	// Discovery is Run's work, not the scrape's: these only wake it. They
+	// are a backstop, for namespaces that CountEvent and Discover did not
+	// announce (events lost or not counted, a listed namespace Run has not
+	// dumped yet); such a namespace has its entry gauges from the next
+	// scrape on.
+	for _, inode := range unlisted {
+		e.seek(inode)
+	}
 	if needDump {
-		select {
-		case e.kick <- struct{}{}:
-		default:
-		}
+		e.wake()
 	}
 
 	if !e.noStats {

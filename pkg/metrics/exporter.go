@@ -44,7 +44,8 @@ type Identity struct {
 
 // Namespaces is the source of network namespaces: which exist now, where to
 // open them, and who owns them. cmd/ctagent adapts a netns.Resolver to it.
-// Both methods are called at scrape time and must be cheap (cached).
+// Both methods are called at scrape time and must be cheap (cached). A
+// source that can rescan on demand implements Refresher too.
 type Namespaces interface {
 	// Namespaces lists the network namespaces that exist now. A Path of ""
 	// means the exporter's own namespace.
@@ -53,11 +54,23 @@ type Namespaces interface {
 	Lookup(inode uint32) (Identity, bool)
 }
 
-// NamespaceFuncs adapts two functions to Namespaces. A nil Identity
-// function knows no identities.
+// Refresher is a Namespaces that can look for new namespaces now. The
+// exporter calls Refresh from Run, never from Collect, when a namespace may
+// have appeared (see Exporter.Discover), so that the new namespace is
+// listed and dumped before the next scrape instead of at the next rescan
+// of the source.
+type Refresher interface {
+	// Refresh rescans; the next Namespaces call lists what it found. An
+	// error is logged; whatever was found is still used.
+	Refresh() error
+}
+
+// NamespaceFuncs adapts functions to Namespaces and Refresher. A nil
+// Identity function knows no identities; a nil Rescan does nothing.
 type NamespaceFuncs struct {
 	List     func() []tracer.Namespace
 	Identity func(inode uint32) (Identity, bool)
+	Rescan   func() error
 }
 
 // Namespaces calls f.List.
@@ -69,6 +82,14 @@ func (f NamespaceFuncs) Lookup(inode uint32) (Identity, bool) {
 		return Identity{}, false
 	}
 	return f.Identity(inode)
+}
+
+// Refresh calls f.Rescan.
+func (f NamespaceFuncs) Refresh() error {
+	if f.Rescan == nil {
+		return nil
+	}
+	return f.Rescan()
 }
 
 // Defaults of Options.
@@ -113,7 +134,9 @@ type Options struct {
 	ReconcileInterval time.Duration
 	// RescanInterval is how often Run asks the namespace source for new
 	// namespaces to dump and reads the counters to expire stale ones, so
-	// memory stays bounded without scrapes. 0: 10s.
+	// memory stays bounded without scrapes. 0: 10s. New namespaces need not
+	// wait for it: see Exporter.Discover. It is also the least time between
+	// two discoveries asked for the same unlisted namespace.
 	RescanInterval time.Duration
 	// KernelStatsTimeout bounds the scrape-time read of one namespace's
 	// kernel statistics. 0: 2s.
@@ -144,7 +167,12 @@ type Exporter struct {
 	version     string
 	revision    string
 	descs       []*prometheus.Desc
-	kick        chan struct{}
+	kick        chan struct{} // wakes Run for discovery: see discover
+	wantRefresh atomic.Bool   // the next discovery refreshes the source first
+	// known holds, for CountEvent to read without e.mu, the namespaces that
+	// need no discovery: knownListed for those the source lists, the time
+	// (UnixNano) discovery was last asked for an unlisted one.
+	known       sync.Map // uint32 → int64
 	ready       atomic.Bool
 	events      [4]atomic.Uint64 // by tracer.EventType; 0: other
 	scrapeErrs  [numSources]atomic.Uint64
@@ -168,6 +196,8 @@ type Exporter struct {
 	reconDur   time.Duration
 	reconDone  bool
 	statsSlots chan struct{}
+	listSeq    atomic.Uint64 // numbers the namespace lists taken
+	appliedSeq uint64        // the newest list observed; e.mu
 }
 
 // New checks opts and returns an Exporter.
@@ -281,15 +311,77 @@ func selfNamespace() (tracer.Namespace, error) {
 	return tracer.Namespace{Inode: uint32(st.Ino)}, nil
 }
 
+// knownListed is the value of Exporter.known for a listed namespace.
+const knownListed int64 = 0
+
 // CountEvent counts one event of the tracer's event stream in
 // ctagent_events_total. The caller owns Tracer.Events() (it may log or
-// forward events too) and calls CountEvent for each; it is one atomic add.
+// forward events too) and calls CountEvent for each; it is one atomic add
+// and a lookup. A created or failed event of a namespace the source does
+// not list asks for discovery (see Discover), so that a namespace born
+// after the last rescan is dumped as soon as it has entries, before any
+// scrape: the eBPF backends see every namespace, and this is how the
+// exporter learns of one.
 func (e *Exporter) CountEvent(ev tracer.Event) {
 	i := int(ev.Type)
 	if i >= len(e.events) {
 		i = 0
 	}
 	e.events[i].Add(1)
+	if ev.Type != tracer.EventDestroyed {
+		// Destroy events announce nothing new; a namespace that is torn
+		// down sends them after it left the source.
+		e.seek(ev.NetNS)
+	}
+}
+
+// Discover asks Run to look for new namespaces now: refresh the namespace
+// source (if it is a Refresher), have the tracer count the namespaces it
+// lists (tracer.Watcher), and dump the new ones' tables, so their entry
+// gauges are there at the next scrape. It returns at once; requests made
+// while a discovery runs are served by one more. cmd/ctagent calls it when
+// the mount table shows a named namespace come or go; the exporter calls it
+// itself for events and counters of namespaces the source does not list.
+func (e *Exporter) Discover() {
+	e.wantRefresh.Store(true)
+	e.wake()
+}
+
+// wake makes Run run a discovery, without blocking.
+func (e *Exporter) wake() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// seek asks for discovery of a namespace that the source does not list,
+// at most once per rescan interval for each: one that stays unlisted (its
+// path cannot be found, or it is gone with events still queued) waits for
+// the rescans. Lock-free: CountEvent calls it for every event.
+func (e *Exporter) seek(inode uint32) {
+	now := time.Now().UnixNano()
+	if v, ok := e.known.Load(inode); ok {
+		at := v.(int64)
+		if at == knownListed || now-at < int64(e.rescan) {
+			return
+		}
+	}
+	e.known.Store(inode, now)
+	e.Discover()
+}
+
+// listing is a list of the namespace source, numbered in the order the
+// lists were taken.
+type listing struct {
+	nss []tracer.Namespace
+	seq uint64
+}
+
+// listNamespaces takes the namespace source's list.
+func (e *Exporter) listNamespaces() listing {
+	nss := e.src.Namespaces()
+	return listing{nss: nss, seq: e.listSeq.Add(1)}
 }
 
 // Ready reports whether the entry gauges can be trusted: Start dumped the
@@ -315,9 +407,15 @@ func (e *Exporter) Start(ctx context.Context) error {
 	return nil
 }
 
+// retryDelays space out the passes that dump again a namespace whose last
+// dump raced changes of its table (at most maxRacyPasses of them).
+var retryDelays = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second}
+
 // Run keeps the exporter up to date until ctx ends: it dumps new
-// namespaces, expires stale ones, and reconciles every namespace's entries
-// with a table dump every ReconcileInterval.
+// namespaces as Discover or the rescan finds them, expires stale ones,
+// dumps again the namespaces whose last dump raced changes of their table,
+// and reconciles every namespace's entries with a table dump every
+// ReconcileInterval.
 func (e *Exporter) Run(ctx context.Context) {
 	rescan := time.NewTicker(e.rescan)
 	defer rescan.Stop()
@@ -327,6 +425,10 @@ func (e *Exporter) Run(ctx context.Context) {
 		defer t.Stop()
 		reconcile = t.C
 	}
+	var (
+		retry   <-chan time.Time
+		retries int
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -335,6 +437,9 @@ func (e *Exporter) Run(ctx context.Context) {
 			e.refresh()
 			e.baselineNew(ctx)
 		case <-e.kick:
+			e.discover(ctx)
+		case <-retry:
+			retry = nil
 			e.baselineNew(ctx)
 		case <-reconcile:
 			e.refresh()
@@ -350,7 +455,32 @@ func (e *Exporter) Run(ctx context.Context) {
 				e.log.Debug("reconciliation done", zap.Int("namespaces", n), zap.Duration("took", d))
 			}
 		}
+		switch {
+		case !e.rebasePending():
+			retry, retries = nil, 0
+		case retry == nil:
+			retry = time.After(retryDelays[min(retries, len(retryDelays)-1)])
+			retries++
+		}
 	}
+}
+
+// discover refreshes the namespace source if Discover asked for it, takes
+// its list, and dumps the namespaces that wait for a dump; baselinePass
+// has the tracer count them first.
+func (e *Exporter) discover(ctx context.Context) {
+	if e.wantRefresh.Swap(false) {
+		if r, ok := e.src.(Refresher); ok {
+			if err := r.Refresh(); err != nil {
+				e.log.Debug("refreshing the namespace source", zap.Error(err))
+			}
+		}
+		list := e.listNamespaces()
+		e.mu.Lock()
+		e.observeList(e.now(), list)
+		e.mu.Unlock()
+	}
+	e.baselineNew(ctx)
 }
 
 func (e *Exporter) baselineNew(ctx context.Context) {
@@ -366,17 +496,20 @@ func (e *Exporter) baselineNew(ctx context.Context) {
 // refresh lists the namespaces, reads the counters and expires stale
 // namespaces.
 func (e *Exporter) refresh() {
-	list := e.src.Namespaces()
+	list := e.listNamespaces()
 	c, err := e.tr.Counters()
 	if err != nil {
 		e.log.Debug("reading counters", zap.Error(err))
 	}
 	byNS := groupCounters(c)
 	e.mu.Lock()
-	e.observe(e.now(), list, byNS, err == nil)
+	unlisted := e.observe(e.now(), list, byNS, err == nil)
 	forget := e.forget
 	e.forget = nil
 	e.mu.Unlock()
+	for _, inode := range unlisted {
+		e.seek(inode)
+	}
 	// The tracer's counters of expired namespaces go too, so that its maps
 	// do not grow with namespace churn.
 	for _, inode := range forget {

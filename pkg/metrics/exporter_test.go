@@ -696,7 +696,11 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	f.ns.setList(1)
 	delete(f.ns.ids, 2) // the source forgets it: its series keep their labels
 	f.tr.set(k2, 3, 3)  // its entries are destroyed with it
+	lookups := f.ns.lookups
 	m = f.scrape(t)
+	if n := f.ns.lookups - lookups; n != 1 {
+		t.Errorf("%d identity lookups in a scrape, want 1: namespace 1 (2 is no longer listed)", n)
+	}
 	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp")
 	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two")
 	absent(t, m, "ctagent_reconcile_last_timestamp_seconds", "netns=2,netns_name=two")
@@ -1027,4 +1031,65 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// The bookkeeping of namespace lists: a list older than one observed
+// already changes nothing; a namespace listed again after it left the
+// source (an inode the kernel handed to a new namespace) has no table
+// gauges until it is dumped again; one whose path changed is dumped again
+// while its baseline stands.
+func TestNamespaceListBookkeeping(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.ns.setList(1, 2)
+	f.tables.set(1, udpEntry(unix.AF_INET, 0))
+	f.tables.set(2, udpEntry(unix.AF_INET, 0), udpEntry(unix.AF_INET, 0))
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	state := func(inode uint32) (listed, based, rebase bool) {
+		f.e.mu.Lock()
+		defer f.e.mu.Unlock()
+		st := f.e.ns[inode]
+		return st.listed, st.base != nil, st.rebase
+	}
+	observe := func(l listing) {
+		f.e.mu.Lock()
+		f.e.observeList(f.clock.now(), l)
+		f.e.mu.Unlock()
+	}
+	older := f.e.listNamespaces() // taken before namespace 2 left
+	f.ns.setList(1)
+	observe(f.e.listNamespaces())
+	if listed, _, _ := state(2); listed {
+		t.Fatal("namespace 2 still listed")
+	}
+	observe(older)
+	if listed, _, _ := state(2); listed {
+		t.Error("an older list brought namespace 2 back")
+	}
+
+	// Inode 2 names a new namespace with one entry: no gauges from the old
+	// baseline, then the new dump's.
+	f.tables.set(2, udpEntry(unix.AF_INET6, 0))
+	f.ns.setList(1, 2)
+	observe(f.e.listNamespaces())
+	if listed, based, _ := state(2); !listed || based {
+		t.Errorf("namespace 2 listed again: listed %v, baseline kept %v; want listed, no baseline", listed, based)
+	}
+	absent(t, f.scrape(t), "ctagent_conntrack_entries", "family=ipv4,netns=2,protocol=udp")
+	f.e.baselineNew(context.Background())
+	m := f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv6,netns=2,protocol=udp", 1)
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,protocol=udp")
+
+	// Namespace 1 is listed under another path: dumped again, its
+	// baseline standing meanwhile.
+	f.ns.mu.Lock()
+	f.ns.list[0].Path = "/proc/4242/ns/net"
+	f.ns.mu.Unlock()
+	observe(f.e.listNamespaces())
+	if _, based, rebase := state(1); !based || !rebase {
+		t.Errorf("namespace 1 under a new path: baseline %v, dump asked %v; want both", based, rebase)
+	}
+	expect(t, f.scrape(t), "ctagent_conntrack_entries", "family=ipv4,netns=1,protocol=udp", 1)
 }

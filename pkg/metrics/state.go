@@ -164,6 +164,14 @@ type nsState struct {
 	lastSeen time.Time // last listed, or last counter change
 	activity uint64    // nsCounters.activity at the last look
 	base     *baseline // nil until the first dump
+	// rebase asks for a new dump soon, base still standing until then:
+	// the last dump raced changes of the table (see racy), or the
+	// namespace's path changed and the inode may name another namespace
+	// now.
+	rebase bool
+	// racy counts the baseline passes in a row whose last dump raced
+	// changes of the table: its baseline may be off by those changes.
+	racy     int
 	rec      *reconInfo
 	dumping  bool     // a dump is running
 	gonePath string   // a path that no longer opens the namespace: no dumps through it
@@ -181,65 +189,147 @@ type nsState struct {
 // any more.
 func (st *nsState) pathGone() bool { return st.gonePath != "" && st.path == st.gonePath }
 
+// needsDump reports whether the namespace's entry gauges wait for a dump.
+func (st *nsState) needsDump() bool {
+	return st.listed && !st.dumping && !st.pathGone() && (st.base == nil || st.rebase)
+}
+
 // observe updates the namespace bookkeeping with a namespace list and, if
 // haveCounters, the counters; then drops namespaces that left the source
-// and whose counters have not changed for staleAfter. e.mu is held.
-func (e *Exporter) observe(now time.Time, list []tracer.Namespace, byNS map[uint32]*nsCounters, haveCounters bool) {
-	for _, st := range e.ns {
-		st.listed = false
-	}
-	for _, n := range list {
-		st := e.ns[n.Inode]
-		if st == nil {
-			st = &nsState{inode: n.Inode}
-			e.ns[n.Inode] = st
-			delete(e.tombs, n.Inode)
-			if c := byNS[n.Inode]; c != nil {
-				st.activity = c.activity
-			}
-		}
-		st.listed, st.path, st.lastSeen = true, n.Path, now
-	}
+// and whose counters have not changed for staleAfter. It returns the
+// namespaces the source does not list whose counters are new or moved:
+// namespaces to look for. e.mu is held.
+func (e *Exporter) observe(now time.Time, list listing, byNS map[uint32]*nsCounters, haveCounters bool) (unlisted []uint32) {
+	e.observeList(now, list)
 	if haveCounters {
-		for inode, c := range byNS {
-			st := e.ns[inode]
-			if st == nil {
-				if a, ok := e.tombs[inode]; ok && a == c.activity {
-					continue // gone, and nothing new happened there
-				}
-				delete(e.tombs, inode)
-				e.ns[inode] = &nsState{inode: inode, lastSeen: now, activity: c.activity}
-				continue
-			}
-			if c.activity != st.activity {
-				st.activity, st.lastSeen = c.activity, now
-			}
-		}
-		for inode := range e.tombs {
-			if byNS[inode] == nil {
-				delete(e.tombs, inode)
-			}
-		}
+		unlisted = e.observeCounters(now, byNS)
 	}
 	for inode, st := range e.ns {
 		if !st.listed && now.Sub(st.lastSeen) > e.staleAfter {
 			delete(e.ns, inode)
+			e.known.Delete(inode)
 			e.tombs[inode] = st.activity
 			e.forget = append(e.forget, inode)
 		}
 	}
+	return unlisted
 }
 
-// baselinePass dumps the listed namespaces (only those never dumped if
-// onlyNew) and makes each dump the namespace's new baseline. It returns how
-// many it tried, how many failed, and their errors.
+// observeList updates the bookkeeping with the namespace source's list,
+// unless a newer list was observed already (Collect takes its list before
+// e.mu; a discovery may observe a fresher one meanwhile). e.mu is held.
+func (e *Exporter) observeList(now time.Time, list listing) {
+	if list.seq < e.appliedSeq {
+		return
+	}
+	e.appliedSeq = list.seq
+	in := make(map[uint32]tracer.Namespace, len(list.nss))
+	for _, n := range list.nss {
+		if _, dup := in[n.Inode]; !dup {
+			in[n.Inode] = n
+		}
+	}
+	for inode, st := range e.ns {
+		if _, ok := in[inode]; !ok && st.listed {
+			st.listed = false
+			e.known.Delete(inode) // its next event asks for discovery
+		}
+	}
+	for inode, n := range in {
+		st := e.ns[inode]
+		switch {
+		case st == nil:
+			st = &nsState{inode: inode}
+			e.ns[inode] = st
+			delete(e.tombs, inode)
+		case !st.listed && st.base != nil:
+			// Listed again after it left the source: most likely a new
+			// namespace under a reused inode number (the kernel hands
+			// freed ones out at once). Its table gauges wait for a dump
+			// of its own.
+			st.base, st.rec, st.dumpedKeys, st.rebase = nil, nil, nil, false
+		case st.listed && st.path != n.Path && st.base != nil:
+			// The process its path named is gone, and the namespace with
+			// it if its inode is reused now: dump it again.
+			st.rebase = true
+		}
+		st.listed, st.path, st.lastSeen = true, n.Path, now
+		if v, ok := e.known.Load(inode); !ok || v.(int64) != knownListed {
+			e.known.Store(inode, knownListed)
+		}
+	}
+}
+
+// observeCounters updates the bookkeeping with the tracer's counters and
+// returns the inodes of unlisted namespaces whose counters are new or
+// moved. e.mu is held.
+func (e *Exporter) observeCounters(now time.Time, byNS map[uint32]*nsCounters) (unlisted []uint32) {
+	for inode, c := range byNS {
+		st := e.ns[inode]
+		if st == nil {
+			if a, ok := e.tombs[inode]; ok && a == c.activity {
+				continue // gone, and nothing new happened there
+			}
+			delete(e.tombs, inode)
+			e.ns[inode] = &nsState{inode: inode, lastSeen: now, activity: c.activity}
+			unlisted = append(unlisted, inode)
+			continue
+		}
+		if c.activity != st.activity {
+			st.activity, st.lastSeen = c.activity, now
+			if !st.listed {
+				unlisted = append(unlisted, inode)
+			}
+		}
+	}
+	for inode := range e.tombs {
+		if byNS[inode] == nil {
+			delete(e.tombs, inode)
+		}
+	}
+	return unlisted
+}
+
+// maxDumpTries bounds the dumps of one namespace in one baseline pass while
+// its counters keep moving during the dump.
+const maxDumpTries = 3
+
+// maxRacyPasses bounds the passes, after the first, that dump a namespace
+// again because its last dump raced changes of its table. Run spaces them
+// out (see retryDelays); after them the reconciliation corrects it.
+const maxRacyPasses = 4
+
+// dumpTry is a namespace of a baseline pass and how often it was dumped.
+type dumpTry struct {
+	ns    tracer.Namespace
+	tries int
+}
+
+// tryResult is what one dump of a baseline pass came to.
+type tryResult struct {
+	err   error // errGone, a failure, or a partial dump that was used
+	retry bool  // the counters moved during the dump: dump again
+}
+
+// baselinePass dumps the listed namespaces (only those never dumped, or
+// asked to be dumped again, if onlyNew) and makes each dump the
+// namespace's new baseline. It returns how many it tried, how many failed,
+// and their errors.
+//
+// A tracer that counts a namespace only once it is told to (tracer.Watcher:
+// the netlink backend) is told before the dump: entries made between a dump
+// and the start of counting would be in neither. A dump is used only if the
+// namespace's counters did not move while it ran; else it is repeated, up
+// to maxDumpTries times, and the last one is used (it may be off by the
+// entries that changed meanwhile; the next dump corrects that, and exports
+// the correction).
 func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed int, err error) {
 	e.passMu.Lock()
 	defer e.passMu.Unlock()
 	var todo []tracer.Namespace
 	e.mu.Lock()
 	for _, st := range e.ns {
-		if st.listed && !st.dumping && !st.pathGone() && (!onlyNew || st.base == nil) {
+		if st.listed && !st.dumping && !st.pathGone() && (!onlyNew || st.base == nil || st.rebase) {
 			st.dumping = true
 			todo = append(todo, tracer.Namespace{Inode: st.inode, Path: st.path})
 		}
@@ -248,29 +338,65 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 	if len(todo) == 0 {
 		return 0, 0, nil
 	}
-	// One counter snapshot per group of namespaces dumped in parallel:
-	// reading the counters can cost work per namespace (the netlink
-	// backend refreshes every namespace's statistics), so one read per dump
-	// would make a pass quadratic.
-	const group = 8
-	var errs []error
-	for i := 0; i < len(todo); i += group {
-		chunk := todo[i:min(i+group, len(todo))]
-		if ctx.Err() != nil {
-			for _, ns := range todo[i:] {
-				e.clearDumping(ns.Inode)
-			}
-			break
+	defer func() {
+		for _, ns := range todo {
+			e.clearDumping(ns.Inode)
 		}
-		n += len(chunk)
-		for _, err := range e.baselineGroup(ctx, chunk) {
-			switch {
-			case errors.Is(err, errGone):
-				e.log.Debug("table not dumped", zap.Error(err))
-			case err != nil:
-				e.reconErrs.Add(1)
-				errs = append(errs, err)
+	}()
+	var errs []error
+	report := func(ns tracer.Namespace, err error) {
+		n++
+		switch {
+		case errors.Is(err, errGone):
+			e.markGone(ns)
+			e.log.Debug("table not dumped", zap.Error(err))
+		case err != nil:
+			e.reconErrs.Add(1)
+			errs = append(errs, err)
+		}
+	}
+
+	queue := make([]dumpTry, 0, len(todo))
+	w, watches := e.tr.(tracer.Watcher)
+	for _, ns := range todo {
+		if watches {
+			if err := w.Watch(ns); err != nil {
+				report(ns, goneOr(ns, fmt.Errorf("netns %d (%s): %w", ns.Inode, ns.Path, err)))
+				continue
 			}
+		}
+		queue = append(queue, dumpTry{ns: ns})
+	}
+
+	// Namespaces are dumped in parallel groups, with one counter snapshot
+	// between groups: after one group's dumps, before the next one's.
+	// Reading the counters can cost work per namespace (the netlink
+	// backend refreshes every namespace's statistics), so one read per
+	// dump would make a pass quadratic.
+	const group = 8
+	var before tracer.Counters
+	for len(queue) > 0 && ctx.Err() == nil {
+		chunk := queue[:min(group, len(queue))]
+		queue = queue[len(chunk):]
+		if before == nil {
+			c, err := e.tr.Counters()
+			if err != nil {
+				for _, t := range chunk {
+					report(t.ns, fmt.Errorf("netns %d: reading counters: %w", t.ns.Inode, err))
+				}
+				continue
+			}
+			before = c
+		}
+		var res []tryResult
+		before, res = e.baselineGroup(ctx, chunk, before)
+		for i, r := range res {
+			if r.retry {
+				chunk[i].tries++
+				queue = append(queue, chunk[i])
+				continue
+			}
+			report(chunk[i].ns, r.err)
 		}
 	}
 	return n, len(errs), errors.Join(errs...)
@@ -278,41 +404,29 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 
 // baselineGroup dumps namespaces in parallel and makes each dump the
 // namespace's baseline, together with a snapshot of the counters that
-// matches it: read right before the dumps where the counters are kernel
-// maps updated as entries change, read e.settle after the dumps where the
-// tracer counts events in user space, a little behind the kernel (netlink).
-// Entries that change while the dumps run can be counted twice or missed;
-// the next dump corrects that. A partial dump (entries that could not be
-// decoded) is used, and reported.
-func (e *Exporter) baselineGroup(ctx context.Context, nss []tracer.Namespace) []error {
-	defer func() {
-		for _, ns := range nss {
-			e.clearDumping(ns.Inode)
+// matches it: for each namespace, before (read before the dumps) and the
+// counters read after them (e.settle later where the tracer counts events
+// in user space, a little behind the kernel: netlink) must agree on its
+// created and destroyed entries, or it is dumped again, up to
+// maxDumpTries. The last try is used anyway, with the snapshot read before
+// the dump where the counters are kernel maps updated as entries change
+// and the one read after it otherwise (both as before this check). A
+// partial dump (entries that could not be decoded) is used, and reported.
+// It returns the counters read after the dumps (nil if that failed), and
+// a result per namespace.
+func (e *Exporter) baselineGroup(ctx context.Context, tries []dumpTry, before tracer.Counters) (tracer.Counters, []tryResult) {
+	res := make([]tryResult, len(tries))
+	fail := func(err error) (tracer.Counters, []tryResult) {
+		for i, t := range tries {
+			res[i] = tryResult{err: fmt.Errorf("netns %d: %w", t.ns.Inode, err)}
 		}
-	}()
-	errs := make([]error, len(nss))
-	fail := func(err error) []error {
-		for i := range errs {
-			if errs[i] == nil {
-				errs[i] = fmt.Errorf("netns %d: %w", nss[i].Inode, err)
-			}
-		}
-		return errs
+		return nil, res
 	}
-	var (
-		c    tracer.Counters
-		cerr error
-	)
-	if e.settle == 0 {
-		if c, cerr = e.tr.Counters(); cerr != nil {
-			return fail(fmt.Errorf("reading counters: %w", cerr))
-		}
-	}
-	sums := make([]*dumpSummary, len(nss))
+	sums := make([]*dumpSummary, len(tries))
 	var wg sync.WaitGroup
-	for i, ns := range nss {
+	for i, t := range tries {
 		wg.Go(func() {
-			sums[i], errs[i] = e.dumpOne(ns)
+			sums[i], res[i].err = e.dumpOne(t.ns)
 		})
 	}
 	wg.Wait()
@@ -322,30 +436,46 @@ func (e *Exporter) baselineGroup(ctx context.Context, nss []tracer.Namespace) []
 		case <-ctx.Done():
 			return fail(ctx.Err())
 		}
-		if c, cerr = e.tr.Counters(); cerr != nil {
-			return fail(fmt.Errorf("reading counters: %w", cerr))
-		}
 	}
-	byNS := groupCounters(c)
-	now := e.now()
+	after, err := e.tr.Counters()
+	if err != nil {
+		return fail(fmt.Errorf("reading counters: %w", err))
+	}
+	was, now := groupCounters(before), groupCounters(after)
+	at := e.now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for i, ns := range nss {
-		st := e.ns[ns.Inode]
-		if st != nil && errors.Is(errs[i], errGone) {
-			st.gonePath = ns.Path
-		}
+	for i, t := range tries {
+		st := e.ns[t.ns.Inode]
 		if sums[i] == nil || st == nil {
 			continue // failed, or expired meanwhile
 		}
-		sum, snap := sums[i], byNS[ns.Inode]
-		rec := &reconInfo{at: now, tcpStates: sum.tcpStates, assured: sum.assured, unreplied: sum.unreplied}
+		if !sameEntries(was[t.ns.Inode], now[t.ns.Inode]) && t.tries+1 < maxDumpTries {
+			res[i] = tryResult{retry: true}
+			continue
+		}
+		// A dump that raced is used, as the best there is, and done again
+		// in a later pass: a namespace that just appeared gets its entries
+		// in a burst.
+		if sameEntries(was[t.ns.Inode], now[t.ns.Inode]) {
+			st.racy = 0
+		} else {
+			st.racy++
+			e.log.Debug("table changed during every dump; using the last and dumping again later",
+				zap.Uint32("netns", t.ns.Inode), zap.Int("dumps", t.tries+1), zap.Int("passes", st.racy))
+		}
+		snap := was[t.ns.Inode]
+		if e.settle > 0 {
+			snap = now[t.ns.Inode]
+		}
+		sum := sums[i]
+		rec := &reconInfo{at: at, tcpStates: sum.tcpStates, assured: sum.assured, unreplied: sum.unreplied}
 		if st.base != nil {
 			delta := int64(sum.total) - sumEntries(st.base.entries(snap))
 			rec.corrections = st.rec.corrections + uint64(abs(delta))
 			rec.lastCorrection = delta
 		}
-		st.base = newBaseline(sum.byKey, snap)
+		st.base, st.rebase = newBaseline(sum.byKey, snap), st.racy > 0 && st.racy <= maxRacyPasses
 		st.rec = rec
 		if st.dumpedKeys == nil {
 			st.dumpedKeys = map[famProto]bool{}
@@ -354,7 +484,46 @@ func (e *Exporter) baselineGroup(ctx context.Context, nss []tracer.Namespace) []
 			st.dumpedKeys[k] = true
 		}
 	}
-	return errs
+	return after, res
+}
+
+// sameEntries reports whether two counter snapshots of a namespace count
+// the same entries created and destroyed. Both only grow, so equal sums
+// mean that no entry came or went between them.
+func sameEntries(a, b *nsCounters) bool {
+	var ca, da, cb, db uint64
+	if a != nil {
+		for _, v := range a.byKey {
+			ca, da = ca+v.Created, da+v.Destroyed
+		}
+	}
+	if b != nil {
+		for _, v := range b.byKey {
+			cb, db = cb+v.Created, db+v.Destroyed
+		}
+	}
+	return ca == cb && da == db
+}
+
+// rebasePending reports whether a listed namespace waits for another dump.
+func (e *Exporter) rebasePending() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, st := range e.ns {
+		if st.listed && st.rebase && !st.pathGone() {
+			return true
+		}
+	}
+	return false
+}
+
+// markGone records that ns.Path no longer opens ns: no dumps through it.
+func (e *Exporter) markGone(ns tracer.Namespace) {
+	e.mu.Lock()
+	if st := e.ns[ns.Inode]; st != nil {
+		st.gonePath = ns.Path
+	}
+	e.mu.Unlock()
 }
 
 func (e *Exporter) clearDumping(inode uint32) {

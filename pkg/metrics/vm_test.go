@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -342,4 +344,131 @@ func sum(m map[string]float64) (s float64) {
 		s += v
 	}
 	return s
+}
+
+// TestVMNewNamespaceAtOnce: with an eBPF backend, namespaces made after the
+// exporter started have their entries right at the first scrape after the
+// entries were made, with the namespace rescan an hour away and no
+// reconciliation: their first events make the exporter refresh a real
+// resolver and dump them. No scrape runs before that one; the test waits
+// (without scraping) until the exporter has dumped them and no dump is
+// pending, then compares one scrape with conntrack -L and -C.
+func TestVMNewNamespaceAtOnce(t *testing.T) {
+	labnet.RequireVM(t, "ip", "nft", "conntrack")
+	for _, b := range []tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe} {
+		t.Run(string(b), func(t *testing.T) { newNamespaceScenario(t, b) })
+	}
+}
+
+func newNamespaceScenario(t *testing.T, backend tracer.Backend) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	r := netns.NewResolver(netns.Options{Logger: zaptest.NewLogger(t)})
+	if err := r.Refresh(); err != nil {
+		t.Logf("resolver: %v", err)
+	}
+	refreshes := 0
+	var rmu sync.Mutex
+	src := NamespaceFuncs{
+		List: func() []tracer.Namespace {
+			var out []tracer.Namespace
+			for _, n := range r.Namespaces() {
+				out = append(out, tracer.Namespace{Inode: n.Inode, Path: n.Path})
+			}
+			return out
+		},
+		Identity: func(inode uint32) (Identity, bool) {
+			id, ok := r.Lookup(inode)
+			return Identity{Name: id.Name}, ok
+		},
+		Rescan: func() error {
+			rmu.Lock()
+			refreshes++
+			rmu.Unlock()
+			return r.Refresh()
+		},
+	}
+	tr, err := tracer.Open(ctx, tracer.Options{Backend: backend, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		skipWithoutModuleBTF(t, backend, err)
+		t.Fatalf("open %s: %v", backend, err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	e, url := serveExporter(t, Options{Tracer: tr, Namespaces: src, Labels: []string{LabelNetnsName},
+		ReconcileInterval: -1, RescanInterval: time.Hour, Logger: zaptest.NewLogger(t)})
+	countEvents(tr, e)
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Go(func() { e.Run(ctx) })
+
+	// A name and nothing else: a burst of 50 ctnetlink inserts, which the
+	// first dump races.
+	start := time.Now()
+	bare := labnet.New(t)
+	lines := make([]string, 50)
+	for i := range lines {
+		lines[i] = fmt.Sprintf("-I -s 192.0.2.1 -d 192.0.2.2 -p tcp --sport %d --dport 443 --state ESTABLISHED -t 600", 10000+i)
+	}
+	bare.CTLoad(lines)
+	// A client and a server with real traffic (TCP, UDP, ICMP, v4 and v6).
+	client, server := labnet.New(t), labnet.New(t)
+	link := labnet.Connect(t, client, server)
+	for _, n := range []*labnet.NS{client, server} {
+		n.EnableConntrack()
+		// Nothing expires between the scrape and the listings it is
+		// compared with.
+		for _, s := range []string{"udp_timeout", "udp_timeout_stream", "icmp_timeout", "icmpv6_timeout", "tcp_timeout_time_wait", "tcp_timeout_close"} {
+			n.Sysctl("net.netfilter.nf_conntrack_"+s, "600")
+		}
+	}
+	server.ServeTCP(8080)
+	server.ServeUDP(5353)
+	clientMix(client, link, 8080, 8080, 5353, 401)
+	made := time.Since(start)
+
+	labs := []*labnet.NS{bare, client, server}
+	eventually(t, 60*time.Second, "the new namespaces dumped, no dump pending", func() error {
+		for _, n := range labs {
+			if !e.settled(n.Inode) {
+				return fmt.Errorf("netns %s (%d) not dumped yet", n.Name, n.Inode)
+			}
+		}
+		return nil
+	})
+	settled := time.Since(start)
+
+	m := scrapeHTTP(t, url) // the first scrape
+	var got, kernel float64
+	for _, n := range labs {
+		want := truthEntries(n)
+		if g := series(m, "ctagent_conntrack_entries", n.Inode); !sameMap(g, want) {
+			t.Errorf("netns %s: first scrape: entries %v, conntrack -L %v", n.Name, g, want)
+		}
+		got += sumSeries(m, "ctagent_conntrack_entries", n.Inode)
+		kernel += float64(n.CTCount())
+	}
+	if got != kernel {
+		t.Errorf("first scrape: %v entries in the new namespaces, conntrack -C %v", got, kernel)
+	}
+	rmu.Lock()
+	defer rmu.Unlock()
+	fmt.Printf("VMTEST-NEWNS %s %s: %d namespaces made after start in %v, dumped and settled %v after the first; first scrape: entries %v, conntrack -C %v; %d resolver refreshes\n",
+		tr.Info().Kernel, backend, len(labs), made.Round(time.Millisecond), settled.Round(time.Millisecond), got, kernel, refreshes)
+}
+
+// skipWithoutModuleBTF skips t when fentry could not open because the
+// kernel has no BTF for the nf_conntrack module (Debian's 5.10): fentry
+// cannot attach to module functions there, kprobes can.
+func skipWithoutModuleBTF(t *testing.T, backend tracer.Backend, err error) {
+	t.Helper()
+	if backend != tracer.BackendFentry {
+		return
+	}
+	if _, serr := os.Stat("/sys/kernel/btf/nf_conntrack"); errors.Is(serr, os.ErrNotExist) {
+		t.Skipf("skipped: fentry cannot attach without BTF for the nf_conntrack module (no /sys/kernel/btf/nf_conntrack): %v", err)
+	}
 }

@@ -9,7 +9,8 @@ package tracer
 // Inode says; a Path whose inode differs from a non-zero Inode is refused).
 // A listener holds its namespace alive until the namespace disappears from
 // the list. Open fails only if no listed namespace could be opened; the
-// others are retried at every rescan.
+// others are retried at every rescan. Watch starts the listener of a
+// namespace at once, for a caller that found it before the next rescan.
 //
 // Counters per Key{NetNS, Family, Protocol}: Created from NEW, Destroyed
 // from DESTROY, lifetimes from a CTA_ID -> time-of-NEW map per namespace.
@@ -84,8 +85,9 @@ type netlinkTracer struct {
 	infoMu sync.Mutex
 	info   Info
 
-	mu        sync.Mutex // guards listeners and openFailed
+	mu        sync.Mutex // guards listeners, openFailed and closed
 	listeners map[uint32]*nlListener
+	closed    bool // Close took the listeners: no new one may start
 	// openFailed remembers namespaces whose listener could not start, so
 	// that the warning is logged once and retries log at debug.
 	openFailed map[uint32]bool
@@ -185,6 +187,9 @@ func (t *netlinkTracer) rescanLoop() {
 // that are gone (after reading their final statistics) and refreshes the
 // failure counters of the others.
 func (t *netlinkTracer) rescan() {
+	// A listener that Watch starts after this list is taken is not in it,
+	// and is not closed: the next rescan's list has it.
+	listed := time.Now()
 	nss, err := t.namespaces()
 	if err != nil {
 		t.log.Warn("list network namespaces", zap.Error(err))
@@ -202,7 +207,7 @@ func (t *netlinkTracer) rescan() {
 		if _, ok := want[ino]; ok {
 			keep = append(keep, l)
 			delete(want, ino)
-		} else {
+		} else if l.started.Before(listed) {
 			gone = append(gone, l)
 			delete(t.listeners, ino)
 		}
@@ -246,6 +251,8 @@ func (t *netlinkTracer) rescan() {
 		switch {
 		case err == nil:
 			t.log.Debug("ctnetlink listener started", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path))
+		case errors.Is(err, errListening):
+			// Watch started it after the list was taken.
 		case errors.Is(err, os.ErrNotExist):
 			t.log.Debug("ctnetlink listener not started: namespace gone", zap.Uint32("netns", ns.Inode), zap.Error(err))
 		case !logged:
@@ -261,7 +268,8 @@ type nlListener struct {
 	t  *netlinkTracer
 	ns Namespace
 
-	ev      *nlSock // event socket, read by run only
+	ev      *nlSock   // event socket, read by run only
+	started time.Time // when it started listening
 	closing atomic.Bool
 	done    chan struct{}
 
@@ -317,6 +325,7 @@ func (t *netlinkTracer) startListener(ns Namespace) error {
 		t:         t,
 		ns:        ns,
 		ev:        ev,
+		started:   time.Now(),
 		q:         q,
 		done:      make(chan struct{}),
 		firstSeen: map[uint32]time.Time{},
@@ -327,15 +336,52 @@ func (t *netlinkTracer) startListener(ns Namespace) error {
 		t.log.Warn("conntrack stats baseline", zap.Uint32("netns", ns.Inode), zap.Error(err))
 	}
 	t.mu.Lock()
-	if old := t.listeners[ns.Inode]; old != nil {
+	if old := t.listeners[ns.Inode]; old != nil || t.closed {
 		t.mu.Unlock()
 		ev.close()
 		q.close()
-		return fmt.Errorf("already listening in netns %d", ns.Inode)
+		if t.closed {
+			return errTracerClosed
+		}
+		return fmt.Errorf("netns %d: %w", ns.Inode, errListening)
 	}
 	t.listeners[ns.Inode] = l
 	t.mu.Unlock()
 	go l.run()
+	return nil
+}
+
+var (
+	errListening    = errors.New("already listening")
+	errTracerClosed = errors.New("tracer closed")
+)
+
+// Watch starts a listener in ns now unless one runs there already; once
+// it returns nil, every entry created in ns is counted. The rescan keeps
+// the listener while its list names ns, and closes it when the namespace
+// has left a list taken after Watch.
+func (t *netlinkTracer) Watch(ns Namespace) error {
+	t.mu.Lock()
+	_, ok := t.listeners[ns.Inode]
+	closed := t.closed
+	t.mu.Unlock()
+	switch {
+	case closed:
+		return errTracerClosed
+	case ok:
+		return nil
+	}
+	err := t.startListener(ns)
+	if errors.Is(err, errListening) {
+		return nil // started by the rescan meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("netns %d: starting ctnetlink listener: %w", ns.Inode, err)
+	}
+	t.mu.Lock()
+	delete(t.openFailed, ns.Inode)
+	t.mu.Unlock()
+	t.log.Debug("ctnetlink listener started on request", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path))
 	return nil
 }
 
@@ -647,6 +693,7 @@ func (t *netlinkTracer) Close() error {
 		t.mu.Lock()
 		ls := t.listeners
 		t.listeners = map[uint32]*nlListener{}
+		t.closed = true
 		t.mu.Unlock()
 		var errs []error
 		for _, l := range ls {

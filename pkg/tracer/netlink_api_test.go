@@ -129,3 +129,92 @@ func TestKernelStatsReaderMatchesKernel(t *testing.T) {
 		}
 	}
 }
+
+// TestNetlinkWatch: Watch starts counting a namespace that no list named
+// yet, at once and only once; a rescan whose list was taken before Watch
+// leaves that listener alone, and one whose list omits the namespace
+// afterwards closes it; after Close, Watch starts nothing.
+func TestNetlinkWatch(t *testing.T) {
+	labnet.Require(t, "ip", "nft", "conntrack")
+	a, b := labnet.New(t), labnet.New(t)
+	before := openFDs(t)
+	var tr Tracer
+	// During a rescan, the list is taken and then Watch(b) runs: the
+	// listener starts after the list that does not name b.
+	watchDuringList := false
+	tr, err := Open(t.Context(), Options{Backend: BackendNetlink, Logger: zaptest.NewLogger(t), RescanInterval: time.Hour,
+		Namespaces: func() ([]Namespace, error) {
+			if watchDuringList {
+				if err := tr.(Watcher).Watch(labNamespace(b)); err != nil {
+					t.Errorf("Watch during the rescan's list: %v", err)
+				}
+			}
+			return []Namespace{labNamespace(a)}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nt := tr.(*netlinkTracer)
+	listening := func(n *labnet.NS) bool {
+		nt.mu.Lock()
+		defer nt.mu.Unlock()
+		return nt.listeners[n.Inode] != nil
+	}
+	created := func(ns uint32) uint64 {
+		c, err := tr.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n uint64
+		for k, v := range c {
+			if k.NetNS == ns {
+				n += v.Created
+			}
+		}
+		return n
+	}
+	insert := func(port uint16) {
+		t.Helper()
+		if err := b.CTInsert(labnet.InsertArgs("udp", netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port), netip.MustParseAddrPort("192.0.2.2:53"))...); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if listening(b) {
+		t.Fatal("listening in a namespace no list named")
+	}
+	for range 2 { // the second is a no-op
+		if err := tr.(Watcher).Watch(labNamespace(b)); err != nil {
+			t.Fatalf("Watch: %v", err)
+		}
+	}
+	insert(1000)
+	if !labnet.WaitFor(10*time.Second, func() bool { return created(b.Inode) == 1 }) {
+		t.Fatalf("created in the watched namespace: %d, want 1", created(b.Inode))
+	}
+
+	// b's listener predates this rescan's list, which omits b: closed.
+	nt.rescan()
+	if listening(b) {
+		t.Fatal("a rescan whose list omits the namespace kept its listener")
+	}
+	// Started while the rescan took its list: kept, and counting.
+	watchDuringList = true
+	nt.rescan()
+	watchDuringList = false
+	if !listening(b) {
+		t.Fatal("the rescan closed a listener started after its list was taken")
+	}
+	insert(1001)
+	if !labnet.WaitFor(10*time.Second, func() bool { return created(b.Inode) == 2 }) {
+		t.Fatalf("created in the watched namespace: %d, want 2", created(b.Inode))
+	}
+
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.(Watcher).Watch(labNamespace(b)); err == nil {
+		t.Error("Watch after Close: no error")
+	}
+	checkNoFDLeak(t, before)
+}

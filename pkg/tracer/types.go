@@ -217,6 +217,18 @@ type Tracer interface {
 	Close() error
 }
 
+// Watcher is implemented by a Tracer that counts a network namespace only
+// once it has been opened there (the netlink backend: a listener per
+// namespace). The eBPF backends count every namespace and do not implement
+// it.
+type Watcher interface {
+	// Watch makes the tracer count ns from now on, if it does not yet:
+	// once it returns nil, every entry created in ns is in Counters (after
+	// the backend's usual delay). A caller that dumps a namespace's table
+	// as the baseline of its entry count calls it before the dump.
+	Watch(ns Namespace) error
+}
+
 // Options configure Open.
 type Options struct {
 	Backend         Backend
