@@ -87,6 +87,7 @@ func agreeScenario(t *testing.T, backend tracer.Backend) {
 	src := &labSource{nss: labs}
 	ebpf, err := tracer.Open(ctx, tracer.Options{Backend: backend, Namespaces: src.tracerList, Logger: zaptest.NewLogger(t)})
 	if err != nil {
+		skipWithoutModuleBTF(t, backend, err)
 		t.Fatalf("open %s: %v", backend, err)
 	}
 	t.Cleanup(func() { ebpf.Close() })
@@ -468,7 +469,7 @@ func skipWithoutModuleBTF(t *testing.T, backend tracer.Backend, err error) {
 	if backend != tracer.BackendFentry {
 		return
 	}
-	if _, serr := os.Stat("/sys/kernel/btf/nf_conntrack"); errors.Is(serr, os.ErrNotExist) {
+	if _, serr := os.Stat("/sys/kernel/btf/nf_conntrack"); errors.Is(serr, os.ErrNotExist) && errors.Is(err, tracer.ErrNoBTF) {
 		t.Skipf("skipped: fentry cannot attach without BTF for the nf_conntrack module (no /sys/kernel/btf/nf_conntrack): %v", err)
 	}
 }
