@@ -86,6 +86,15 @@ struct {
 	__type(value, struct ct_counter_value);
 } counters SEC(".maps");
 
+/* Keys whose insert into counters failed. Preallocated: an insert fails
+ * only when it is full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct ct_counter_key);
+	__type(value, struct ct_counter_value);
+} counters_spill SEC(".maps");
+
 /* Events and updates that could not be recorded, by enum ct_lost_reason. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -238,6 +247,16 @@ static __always_inline struct ct_counter_value *counter(struct ct_event *e)
 	/* -EEXIST from a concurrent insert on another CPU is fine. */
 	bpf_map_update_elem(&counters, &key, &zero_counters, BPF_NOEXIST);
 	v = bpf_map_lookup_elem(&counters, &key);
+	if (v)
+		return v;
+	/* The allocator had nothing at hand (measured on 6.1: bpf_mem_alloc's
+	 * per-CPU cache empty in softirq), or the map is full: the spill map
+	 * is preallocated. Go sums both. */
+	v = bpf_map_lookup_elem(&counters_spill, &key);
+	if (v)
+		return v;
+	bpf_map_update_elem(&counters_spill, &key, &zero_counters, BPF_NOEXIST);
+	v = bpf_map_lookup_elem(&counters_spill, &key);
 	if (!v)
 		count_lost(CT_LOST_COUNTERS_FULL);
 	return v;

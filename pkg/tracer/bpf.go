@@ -478,6 +478,10 @@ func (t *bpfTracer) setRefused(refused, reasons map[Backend]string) {
 
 func (t *bpfTracer) Events() <-chan Event { return t.events }
 
+// counterMaps are the maps that hold the counters; a key can be in both
+// (see counters_spill in bpf/conntrack.bpf.c).
+var counterMaps = []string{"counters", "counters_spill"}
+
 // Counters sums the per-CPU counters of every key.
 func (t *bpfTracer) Counters() (Counters, error) {
 	out := Counters{}
@@ -485,16 +489,19 @@ func (t *bpfTracer) Counters() (Counters, error) {
 		key    conntrackCtCounterKey
 		perCPU []conntrackCtCounterValue
 	)
-	it := t.coll.Maps["counters"].Iterate()
-	for it.Next(&key, &perCPU) {
-		var v Values
-		for _, c := range perCPU {
-			v.Add(valuesFromKernel(c))
+	for _, name := range counterMaps {
+		it := t.coll.Maps[name].Iterate()
+		for it.Next(&key, &perCPU) {
+			k := Key{NetNS: key.Netns, Family: key.Family, Protocol: key.Protocol}
+			v := out[k]
+			for _, c := range perCPU {
+				v.Add(valuesFromKernel(c))
+			}
+			out[k] = v
 		}
-		out[Key{NetNS: key.Netns, Family: key.Family, Protocol: key.Protocol}] = v
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read counters map: %w", err)
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("read %s map: %w", name, err)
+		}
 	}
 	return out, nil
 }
@@ -534,26 +541,28 @@ func (t *bpfTracer) Lost() (map[LostReason]uint64, error) {
 	return out, nil
 }
 
-// Forget deletes every counters key of the namespace from the kernel map.
+// Forget deletes every counters key of the namespace from the kernel maps.
 func (t *bpfTracer) Forget(netns uint32) error {
-	m := t.coll.Maps["counters"]
-	var (
-		key    conntrackCtCounterKey
-		perCPU []conntrackCtCounterValue
-		keys   []conntrackCtCounterKey
-	)
-	it := m.Iterate()
-	for it.Next(&key, &perCPU) {
-		if key.Netns == netns {
-			keys = append(keys, key)
+	for _, name := range counterMaps {
+		m := t.coll.Maps[name]
+		var (
+			key    conntrackCtCounterKey
+			perCPU []conntrackCtCounterValue
+			keys   []conntrackCtCounterKey
+		)
+		it := m.Iterate()
+		for it.Next(&key, &perCPU) {
+			if key.Netns == netns {
+				keys = append(keys, key)
+			}
 		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("forget netns %d: iterate counters: %w", netns, err)
-	}
-	for _, k := range keys {
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("forget netns %d: %w", netns, err)
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("forget netns %d: iterate %s: %w", netns, name, err)
+		}
+		for _, k := range keys {
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("forget netns %d: %w", netns, err)
+			}
 		}
 	}
 	return nil

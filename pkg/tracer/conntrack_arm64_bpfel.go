@@ -124,6 +124,7 @@ type conntrackInflightStack struct {
 const (
 	conntrackMapClaims                 = "claims"
 	conntrackMapCounters               = "counters"
+	conntrackMapCountersSpill          = "counters_spill"
 	conntrackMapEvents                 = "events"
 	conntrackMapEventsPerf             = "events_perf"
 	conntrackMapInflights              = "inflights"
@@ -221,13 +222,14 @@ type conntrackProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type conntrackMapSpecs struct {
-	Claims     *ebpf.MapSpec `ebpf:"claims"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	EventsPerf *ebpf.MapSpec `ebpf:"events_perf"`
-	Inflights  *ebpf.MapSpec `ebpf:"inflights"`
-	Lost       *ebpf.MapSpec `ebpf:"lost"`
-	Starts     *ebpf.MapSpec `ebpf:"starts"`
+	Claims        *ebpf.MapSpec `ebpf:"claims"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	CountersSpill *ebpf.MapSpec `ebpf:"counters_spill"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	EventsPerf    *ebpf.MapSpec `ebpf:"events_perf"`
+	Inflights     *ebpf.MapSpec `ebpf:"inflights"`
+	Lost          *ebpf.MapSpec `ebpf:"lost"`
+	Starts        *ebpf.MapSpec `ebpf:"starts"`
 }
 
 // conntrackVariableSpecs contains global variables before they are loaded into the kernel.
@@ -264,19 +266,21 @@ func (o *conntrackObjects) Close() error {
 //
 // It can be passed to loadConntrackObjects or ebpf.CollectionSpec.LoadAndAssign.
 type conntrackMaps struct {
-	Claims     *ebpf.Map `ebpf:"claims"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	Events     *ebpf.Map `ebpf:"events"`
-	EventsPerf *ebpf.Map `ebpf:"events_perf"`
-	Inflights  *ebpf.Map `ebpf:"inflights"`
-	Lost       *ebpf.Map `ebpf:"lost"`
-	Starts     *ebpf.Map `ebpf:"starts"`
+	Claims        *ebpf.Map `ebpf:"claims"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	CountersSpill *ebpf.Map `ebpf:"counters_spill"`
+	Events        *ebpf.Map `ebpf:"events"`
+	EventsPerf    *ebpf.Map `ebpf:"events_perf"`
+	Inflights     *ebpf.Map `ebpf:"inflights"`
+	Lost          *ebpf.Map `ebpf:"lost"`
+	Starts        *ebpf.Map `ebpf:"starts"`
 }
 
 func (m *conntrackMaps) Close() error {
 	return _ConntrackClose(
 		m.Claims,
 		m.Counters,
+		m.CountersSpill,
 		m.Events,
 		m.EventsPerf,
 		m.Inflights,
