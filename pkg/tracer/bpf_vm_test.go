@@ -214,15 +214,10 @@ func vmScenario(t *testing.T, b Backend) []string {
 	}
 
 	// Counters equal the ground truth per namespace.
+	perNS := perNamespace(t, tr)
 	counters, err := tr.Counters()
 	if err != nil {
 		t.Fatal(err)
-	}
-	perNS := map[uint32]Values{}
-	for k, v := range counters {
-		x := perNS[k.NetNS]
-		x.Add(v)
-		perNS[k.NetNS] = x
 	}
 	for _, n := range []*labnet.NS{nsA, nsB, nsC} {
 		w := uint64(want[n])
