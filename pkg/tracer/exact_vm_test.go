@@ -201,6 +201,13 @@ func exactness(t *testing.T, b Backend) {
 						o.name, sc.name, sc.note, v.Created, sc.created, v.Destroyed, live)
 				}
 			}
+			// A candidate may miss paths (it is then not chosen), but none
+			// may count one removal twice: without the claims of the
+			// nf_ct_delete candidate, the DELETE/RST race made it count
+			// 203 and 213 of 201 on 6.1.
+			if v.Destroyed > want {
+				t.Errorf("%s, %s (%s): %d destroyed counted, only %d entries are gone", o.name, sc.name, sc.note, v.Destroyed, want)
+			}
 			if o.chosen {
 				if n := len(o.events.matching(sc.ns.Inode, func(ev Event) bool { return ev.Type == EventDestroyed })); uint64(n) != v.Destroyed {
 					t.Errorf("%s, %s: %d destroyed events, %d counted", o.name, sc.name, n, v.Destroyed)
