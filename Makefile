@@ -15,11 +15,13 @@ LDFLAGS  := -s -w -X main.Version=$(VERSION) -X main.Revision=$(REVISION)
 BIN      := bin/ctagent
 ARGS     ?=
 
-# Test binaries booted in the VM kernel matrix (scripts/vmtest.sh), and the
+# Test binaries booted in the VM kernel matrix (scripts/vmtest.sh), built for
+# amd64 and arm64 (each kernel runs those of its architecture), and the
 # tests they run there: every binary must match at least one.
-VMTEST_PKGS := ./pkg/tracer ./pkg/metrics
-VMTEST_DIR  := .cache/vmtest/bin
-VMTEST_BINS := $(foreach p,$(VMTEST_PKGS),$(VMTEST_DIR)/$(notdir $(p)).test)
+VMTEST_PKGS   := ./pkg/tracer ./pkg/metrics
+VMTEST_DIR    := .cache/vmtest/bin
+VMTEST_ARCHES := amd64 arm64
+VMTEST_BINS   := $(foreach a,$(VMTEST_ARCHES),$(foreach p,$(VMTEST_PKGS),$(VMTEST_DIR)/$(a)/$(notdir $(p)).test))
 VMTEST_ARGS ?= -test.run '^(TestVM|TestProgramsLoad|TestEventLayout)'
 # Kernels to boot (names from scripts/vmtest.sh -l); empty: all of them.
 VMTEST_KERNELS ?=
@@ -84,10 +86,10 @@ fuzz: ## Run every fuzz target briefly
 	  done; done
 
 .PHONY: vmtest
-vmtest: ## Boot Debian's 5.10, 6.1, 6.12 and sid kernels under qemu, run the eBPF tests inside (VMTEST_KERNELS=debian-sid: one)
-	mkdir -p $(VMTEST_DIR)
-	for p in $(VMTEST_PKGS); do \
-	  CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/$$(basename $$p).test $$p || exit 1; done
+vmtest: ## Boot Debian's 5.10, 6.1, 6.12 and sid kernels, and 6.1 on arm64, under qemu, run the eBPF tests inside (VMTEST_KERNELS=debian-sid: one)
+	for a in $(VMTEST_ARCHES); do mkdir -p $(VMTEST_DIR)/$$a; \
+	  for p in $(VMTEST_PKGS); do \
+	    CGO_ENABLED=0 GOARCH=$$a $(GO) test -c -o $(VMTEST_DIR)/$$a/$$(basename $$p).test $$p || exit 1; done; done
 	VMTEST_ARGS="$(VMTEST_ARGS)" scripts/vmtest.sh $(foreach k,$(VMTEST_KERNELS),-k $(k)) $(VMTEST_BINS)
 
 .PHONY: bench

@@ -7,8 +7,10 @@
 #   BIN -test.v -test.count=1 [args from /vmtest/args]
 # with CTAGENT_VMTEST=1 and CTAGENT_KERNEL=<name>, then powers off.
 # Lines starting with "##vmtest## " are markers read by vmtest.sh. Everything
-# also goes to /dev/ttyS1 (a file on the host) when that port exists, so the
-# host can parse test output that kernel messages did not interleave.
+# also goes to the test channel, a port that is a file on the host, so the
+# host can parse test output that kernel messages did not interleave:
+# /vmtest/channel names its device (/dev/ttyS1 on x86, /dev/hvc0 on arm64),
+# then the modules it needs, loaded first.
 #
 # PID 1 must never exit: no `set -e`, and a loop at the end.
 
@@ -60,17 +62,40 @@ mnt tracefs /sys/kernel/tracing
 mnt debugfs /sys/kernel/debug
 mnt cgroup2 /sys/fs/cgroup
 
-if [ -c /dev/ttyS1 ] && $BB stty -F /dev/ttyS1 raw -echo clocal 2>/dev/null; then
-	OUT=/dev/ttyS1
+CHANNEL=/dev/ttyS1
+CHANNEL_ERRORS=""
+if [ -f /vmtest/channel ]; then
+	{
+		read -r CHANNEL
+		while read -r m; do
+			[ -n "$m" ] || continue
+			$BB modprobe "$m" || CHANNEL_ERRORS="$CHANNEL_ERRORS modprobe $m failed;"
+		done
+	} </vmtest/channel
+fi
+# A driver's device node can come a moment after its modprobe returns.
+i=0
+while [ ! -c "$CHANNEL" ] && [ $i -lt 50 ]; do
+	$BB usleep 100000
+	i=$((i + 1))
+done
+if [ -c "$CHANNEL" ] && $BB stty -F "$CHANNEL" raw -echo clocal 2>/dev/null; then
+	OUT=$CHANNEL
+else
+	CHANNEL_ERRORS="$CHANNEL_ERRORS test channel $CHANNEL not usable, output only on the console;"
 fi
 
 KERNEL=$($BB cat /vmtest/kernel 2>/dev/null)
 [ -n "$KERNEL" ] || KERNEL=unknown
 export CTAGENT_VMTEST=1 CTAGENT_KERNEL="$KERNEL"
 mark "kernel name=$KERNEL release=$($BB uname -r) uptime=$($BB cut -d' ' -f1 /proc/uptime)"
+[ -z "$CHANNEL_ERRORS" ] || setup_error "$CHANNEL_ERRORS"
 
 $BB hostname vmtest
-/usr/sbin/ip link set lo up || setup_error "ip link set lo up failed"
+# The real ip (busybox's ash would run its own applet for a bare `ip`).
+IP=/usr/sbin/ip
+[ -x $IP ] || IP=/usr/bin/ip
+$IP link set lo up || setup_error "$IP link set lo up failed"
 
 while read -r m; do
 	[ -n "$m" ] || continue
