@@ -461,9 +461,10 @@ func newNamespaceScenario(t *testing.T, backend tracer.Backend) {
 		tr.Info().Kernel, backend, len(labs), made.Round(time.Millisecond), settled.Round(time.Millisecond), got, kernel, refreshes)
 }
 
-// skipWithoutModuleBTF skips t when fentry could not open because the
-// kernel has no BTF for the nf_conntrack module (Debian's 5.10): fentry
-// cannot attach to module functions there, kprobes can.
+// skipWithoutModuleBTF skips a fentry subtest where the kernel cannot run
+// fentry at all, after checking that the tracer said why: nf_conntrack
+// without module BTF (Debian 11's 5.10), or no BPF trampolines (arm64
+// before 6.4).
 func skipWithoutModuleBTF(t *testing.T, backend tracer.Backend, err error) {
 	t.Helper()
 	if backend != tracer.BackendFentry {
@@ -471,5 +472,8 @@ func skipWithoutModuleBTF(t *testing.T, backend tracer.Backend, err error) {
 	}
 	if _, serr := os.Stat("/sys/kernel/btf/nf_conntrack"); errors.Is(serr, os.ErrNotExist) && errors.Is(err, tracer.ErrNoBTF) {
 		t.Skipf("skipped: fentry cannot attach without BTF for the nf_conntrack module (no /sys/kernel/btf/nf_conntrack): %v", err)
+	}
+	if errors.Is(err, tracer.ErrFentryUnsupported) {
+		t.Skipf("skipped: this kernel cannot attach fentry programs: %v", err)
 	}
 }

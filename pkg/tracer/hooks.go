@@ -12,6 +12,11 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
+// ErrFentryUnsupported means the kernel loads tracing programs but cannot
+// attach them: BPF trampolines need ftrace direct calls, which arm64 has
+// only since Linux 6.4 (measured: Debian 12's arm64 6.1 answers ENOTSUPP).
+var ErrFentryUnsupported = errors.New("this kernel cannot attach fentry/fexit programs (no ftrace direct calls; arm64 before 6.4)")
+
 // A hookGroup is one job in the kernel (confirming an entry, a ctnetlink
 // insert, a removal, an allocation) and the hooks that can observe it, best
 // first. The eBPF backends attach the first candidate that this kernel has
@@ -308,6 +313,9 @@ func (p *plannedHook) attach(coll *ebpf.Collection) error {
 		}
 		if err != nil {
 			p.detach()
+			if (a.kind == "fentry" || a.kind == "fexit") && errors.Is(err, ebpf.ErrNotSupported) {
+				err = fmt.Errorf("%w: %w", ErrFentryUnsupported, err)
+			}
 			return fmt.Errorf("attach %s/%s: %w", a.kind, p.symbol, err)
 		}
 		p.links = append(p.links, l)
