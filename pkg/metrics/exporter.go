@@ -105,6 +105,9 @@ const (
 // entries the dump saw.
 const netlinkSettle = 50 * time.Millisecond
 
+// bpfSettle is the same for the eBPF backends.
+const bpfSettle = 20 * time.Millisecond
+
 // Options configure New.
 type Options struct {
 	// Tracer provides counters, lost events and program statistics. Required.
@@ -249,9 +252,13 @@ func New(opts Options) (*Exporter, error) {
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
+	// Counters trail the table a dump reads: an entry is in the hash before
+	// the eBPF exit program that counts it runs (microseconds, or a few
+	// milliseconds when a CPU is preempted in between: seen under qemu), and
+	// netlink events take their way through sockets and goroutines. Read
+	// the counters that much after a dump.
+	e.settle = bpfSettle
 	if opts.Tracer.Info().Backend == tracer.BackendNetlink {
-		// Its counters trail the kernel by the time events take through
-		// netlink sockets and goroutines: read them that much after a dump.
 		e.settle = netlinkSettle
 	}
 	if e.src == nil {
