@@ -20,20 +20,23 @@ func TestUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"unknown flag", []string{"--no-such-flag"}, "flag provided but not defined: --no-such-flag"},
-		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"unknown flag", []string{"--no-such-flag"}, "unknown long flag '--no-such-flag'"},
+		{"unknown command", []string{"frobnicate"}, "unexpected frobnicate"},
 		{"bad backend", []string{"--tracer.backend=uprobe"}, `unknown tracer backend "uprobe"`},
 		{"missing BTF", []string{"--btf.path=/nonexistent"}, "--btf.path: btf /nonexistent: open /nonexistent: no such file or directory"},
 		{"not BTF", []string{"--btf.path=" + notBTF}, "--btf.path: btf " + notBTF + ": parsing .BTF header: no valid BTF header"},
 		{"BTF is a directory", []string{"--btf.path=/tmp"}, "--btf.path: btf /tmp: read raw BTF: read /tmp: is a directory"},
-		{"bad log level", []string{"--log.level=loud"}, `--log.level: unknown level "loud"`},
-		{"bad log format", []string{"--log.format=xml"}, `--log.format: unknown format "xml"`},
+		{"bad log level", []string{"--log.level=loud"}, `invalid value "loud" for flag --log.level: enum value must be one of debug,info,warn,error`},
+		{"bad log format", []string{"--log.format=xml"}, `invalid value "xml" for flag --log.format: enum value must be one of logfmt,json`},
 		{"bad listen address", []string{"--web.listen-address=localhost"}, "--web.listen-address"},
-		{"bad duration", []string{"--reconcile.interval=often"}, "invalid value \"often\" for flag --reconcile.interval"},
+		{"bad duration", []string{"--reconcile.interval=often"}, `invalid value "often" for flag --reconcile.interval: time: invalid duration`},
+		{"bad size", []string{"--tracer.netlink-buffer-size=lots"}, `invalid value "lots" for flag --tracer.netlink-buffer-size`},
+		{"bad boolean", []string{"--tracer.bpf-stats=maybe"}, "unexpected maybe"},
+		{"single dash", []string{"-web.listen-address=:1"}, "unknown short flag '-w'"},
 		{"bad ring buffer", []string{"--tracer.ringbuf-size=3MiB"}, "--tracer.ringbuf-size: 3MiB is not a power-of-two"},
 		{"bad label", []string{"--metrics.labels=pod,node"}, `--metrics.labels: unknown label "node"`},
 		{"check with bad BTF", []string{"check", "--btf.path=/nonexistent"}, "--btf.path"},
-		{"events with bad flag", []string{"events", "--bogus"}, "flag provided but not defined"},
+		{"events with bad flag", []string{"events", "--bogus"}, "unknown long flag '--bogus'"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runCLI(t, 10*time.Second, tc.args...)
@@ -54,25 +57,37 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	for _, args := range [][]string{{"version"}, {"--version"}} {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"run", "--version"}} {
 		r := runCLI(t, 10*time.Second, args...)
-		if r.code != 0 || !strings.Contains(r.stdout, "ctagent, version "+testVersion+" (revision: e2e)") {
+		if r.code != 0 || !strings.Contains(r.stdout, "ctagent, version "+testVersion+" (revision: e2e)") || r.stderr != "" {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
 		}
 	}
 }
 
+// --help lists every flag: --name=DEFAULT, or --[no-]name for a boolean.
 func TestHelp(t *testing.T) {
 	r := runCLI(t, 10*time.Second, "--help")
-	if r.code != 0 {
-		t.Errorf("exit %d", r.code)
+	if r.code != 0 || r.stderr != "" {
+		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
 	}
-	for _, flag := range []string{"--web.listen-address", "--web.telemetry-path", "--web.config.file", "--tracer.backend",
-		"--btf.path", "--tracer.ringbuf-size", "--tracer.perf-buffer", "--log.level", "--log.format", "--reconcile.interval",
-		"--metrics.max-namespaces", "--metrics.stale-after", "--metrics.labels", "--netns.rescan-interval",
-		"--kubernetes.kubeconfig", "--kubernetes.node-name", "--kubernetes.pod-labels"} {
-		if !strings.Contains(r.stdout, flag+"=") && !strings.Contains(r.stdout, flag+"\n") {
-			t.Errorf("--help does not list %s", flag)
+	for _, flag := range []string{"web.listen-address", "web.telemetry-path", "web.config.file", "tracer.backend",
+		"btf.path", "tracer.ringbuf-size", "tracer.perf-buffer-size", "tracer.event-buffer", "tracer.lifetime-entries",
+		"tracer.netlink-buffer-size", "log.level", "log.format", "reconcile.interval", "metrics.max-namespaces",
+		"metrics.stale-after", "metrics.labels", "netns.rescan-interval", "netns.proc-root", "netns.dirs",
+		"kubernetes.kubeconfig", "kubernetes.node-name", "kubernetes.pod-labels", "events.netns"} {
+		if !strings.Contains(r.stdout, "--"+flag+"=") {
+			t.Errorf("--help does not list --%s", flag)
+		}
+	}
+	for _, flag := range []string{"config.check", "version", "web.systemd-socket", "tracer.perf-buffer", "tracer.bpf-stats", "metrics.kernel-stats"} {
+		if !strings.Contains(r.stdout, "--[no-]"+flag+" ") {
+			t.Errorf("--help does not list --%s", flag)
+		}
+	}
+	for _, cmd := range []string{"\nrun*\n", "\ncheck\n", "\nevents\n", "\nversion\n"} {
+		if !strings.Contains(r.stdout, cmd) {
+			t.Errorf("--help does not list the command %q:\n%s", cmd, r.stdout)
 		}
 	}
 }

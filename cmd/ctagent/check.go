@@ -33,7 +33,7 @@ func runCheck(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logge
 	if err := r.Refresh(); err != nil {
 		p("namespaces", "%d found, with an error: %v", len(r.Namespaces()), err)
 	} else {
-		p("namespaces", "%d found under %s and %s", len(r.Namespaces()), cfg.procRoot, strings.Join(cfg.netnsDirs, ","))
+		p("namespaces", "%d found under %s and %s", len(r.Namespaces()), cfg.netns.ProcRoot, strings.Join(cfg.netns.NetnsDirs, ","))
 	}
 
 	// Only the current namespace: enough to prove that ctnetlink works,
@@ -42,13 +42,13 @@ func runCheck(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logge
 	opts.DisableEvents = true
 	t, err := tracer.Open(ctx, opts)
 	if err != nil {
-		p("backend", "none (requested %s)", cfg.backend)
+		p("backend", "none (requested %s)", cfg.tracer.Backend)
 		p("error", "%v", err)
 		return errCheckFailed
 	}
 	info := t.Info()
 	closeErr := t.Close()
-	p("backend", "%s (requested %s)", info.Backend, cfg.backend)
+	p("backend", "%s (requested %s)", info.Backend, cfg.tracer.Backend)
 	if len(info.Hooks) > 0 {
 		p("hooks", "%s", strings.Join(info.Hooks, ", "))
 	}

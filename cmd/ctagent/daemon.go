@@ -69,7 +69,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 
 	ready.notReady("tracer not attached yet")
 	opts := tracerOptions(cfg, log)
-	opts.Namespaces = tracerNamespaces(resolver, cfg.procRoot, log, nil)
+	opts.Namespaces = tracerNamespaces(resolver, cfg.netns.ProcRoot, log, nil)
 	t, err = tracer.Open(ctx, opts)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -78,27 +78,17 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		return err
 	}
 	info := t.Info()
-	logBackend(log, cfg.backend, info)
+	logBackend(log, cfg.tracer.Backend, info)
 	if info.Backend != tracer.BackendNetlink {
 		// The netlink backend refreshes the resolver at every rescan
 		// through opts.Namespaces; the eBPF backends never ask.
-		goBG(&bg, func() { resolver.Run(ctx, cfg.netnsRescanInterval) })
+		goBG(&bg, func() { resolver.Run(ctx, cfg.metrics.RescanInterval) })
 	}
 
-	exp, err := metrics.New(metrics.Options{
-		Tracer:             t,
-		Namespaces:         metricsNamespaces(resolver),
-		Labels:             cfg.labels,
-		PodLabels:          cfg.podLabels,
-		MaxNamespaces:      cfg.maxNamespaces,
-		StaleAfter:         cfg.staleAfter,
-		ReconcileInterval:  cfg.reconcileInterval,
-		RescanInterval:     cfg.netnsRescanInterval,
-		DisableKernelStats: !cfg.kernelStats,
-		Logger:             log.Named("metrics"),
-		Version:            Version,
-		Revision:           Revision,
-	})
+	mopts := cfg.metrics
+	mopts.Tracer, mopts.Namespaces, mopts.Logger = t, metricsNamespaces(resolver), log.Named("metrics")
+	mopts.Version, mopts.Revision = Version, Revision
+	exp, err := metrics.New(mopts)
 	if err != nil {
 		return err
 	}
@@ -120,7 +110,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	goBG(&bg, func() {
 		if err := resolver.WatchNamed(ctx, exp.Discover); err != nil {
 			log.Warn("Not watching the mount table for named network namespaces; they are found at the rescan",
-				zap.Duration("rescan", cfg.netnsRescanInterval), zap.Error(err))
+				zap.Duration("rescan", cfg.metrics.RescanInterval), zap.Error(err))
 		}
 	})
 
@@ -142,7 +132,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		}
 		return nil
 	})
-	log.Info("Ready", zap.String("address", srv.ln.Addr().String()))
+	log.Info("Ready", zap.String("address", srv.addr()))
 
 	select {
 	case <-ctx.Done():
@@ -236,7 +226,7 @@ func startPodSource(ctx context.Context, cfg *config, log *zap.Logger) (netns.Po
 		return nil, func() {}, nil
 	}
 	node := kube.NodeName(cfg.nodeName)
-	inf, err := kube.NewPodInformer(client, node, cfg.podLabels, log.Named("kube"))
+	inf, err := kube.NewPodInformer(client, node, cfg.metrics.PodLabels, log.Named("kube"))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -72,13 +72,13 @@ func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logg
 		}
 	}
 	opts := tracerOptions(cfg, log)
-	opts.Namespaces = tracerNamespaces(r, cfg.procRoot, log, keep)
+	opts.Namespaces = tracerNamespaces(r, cfg.netns.ProcRoot, log, keep)
 	t, err := tracer.Open(ctx, opts)
 	if err != nil {
 		return err
 	}
 	defer closeTracer(t, log)
-	logBackend(log, cfg.backend, t.Info())
+	logBackend(log, cfg.tracer.Backend, t.Info())
 
 	w := bufio.NewWriterSize(stdout, 64<<10)
 	defer w.Flush()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -10,66 +9,49 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/alecthomas/units"
 	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+	"k8s.io/apimachinery/pkg/api/validate/content"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ctagent/ctagent/pkg/metrics"
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
-// defaultListenAddress is the port of ctagent. 9695 lies in the range that
-// the Prometheus project hands out to exporters (9100-9999) and clashes with
-// none of the ports of the Prometheus server (9090), Pushgateway (9091),
-// Alertmanager (9093), node_exporter (9100), blackbox_exporter (9115) or
-// the other exporters one runs next to a conntrack exporter on a node
-// (node_exporter, process-exporter 9256, cAdvisor 8080, kube-proxy 10249,
-// kubelet 10250/10255, Cilium 9962-9965, Calico/Felix 9091, ebpf_exporter
-// 9435). See deploy/README.md.
-const defaultListenAddress = ":9695"
+// defaultListenAddress is the port of ctagent. The exporter range 9100-9999
+// of https://github.com/prometheus/prometheus/wiki/Default-port-allocations
+// is fully allocated; 10371 is given to no exporter there (nor to Zabbix
+// 10050/10051, amanda 10080-10083 or the Kubernetes node ports
+// 10248-10260), and lies clear of the runs that page hands out one by one
+// (10001-, 10100-, 10200-). See deploy/README.md.
+const defaultListenAddress = ":10371"
 
-// Label names that --metrics.labels accepts.
+// metricLabels are the label names that --metrics.labels accepts, and its
+// default. Each is a property of the namespace, so none adds series beyond
+// one per namespace; comm (of the namespace's lowest PID) can change over
+// its life.
 var metricLabels = metrics.IdentityLabels
 
-// defaultMetricLabels are the labels on per-namespace series by default.
-// Each is a property of the namespace, so none adds series beyond one per
-// namespace; comm (of the namespace's lowest PID) can change over its life.
-var defaultMetricLabels = metricLabels
-
-// config holds every flag of run, check and events.
+// config holds every flag of run, check and events. The flags that
+// configure a package are bound to the fields of its Options.
 type config struct {
 	command string // "run", "check", "events", "version"
 
-	listenAddress string
+	web           *web.FlagConfig // --web.listen-address (repeatable), --web.systemd-socket, --web.config.file
 	telemetryPath string
-	webConfigFile string
+	logLevel      string
+	logFormat     string
 
-	backend           tracer.Backend
-	btfPath           string
-	ringbufSize       byteSize
-	perfBuffer        bool
-	bpfStats          bool
-	perfBufferSize    byteSize
-	eventBuffer       int
-	lifetimeEntries   int
-	netlinkBufferSize byteSize
-
-	logLevel  string
-	logFormat string
-
-	reconcileInterval   time.Duration
-	maxNamespaces       int
-	staleAfter          time.Duration
-	labels              []string
-	kernelStats         bool
-	netnsRescanInterval time.Duration
-	procRoot            string
-	netnsDirs           []string
+	tracer  tracer.Options  // without Logger and Namespaces
+	metrics metrics.Options // without Tracer, Namespaces, Logger and the version
+	netns   netns.Options   // without Logger and Pods
 
 	kubeconfig string
 	nodeName   string
-	podLabels  []string
 	// kubeClient is set only by tests (there is no flag): the pod informer
 	// then uses it, e.g. client-go's fake clientset, instead of a client
 	// built from --kubernetes.kubeconfig or the in-cluster service account.
@@ -88,118 +70,75 @@ func usageErrorf(format string, args ...any) error {
 	return &usageError{fmt.Errorf(format, args...)}
 }
 
-const usageHeader = `Usage: ctagent [COMMAND] [FLAGS]
+// errShown: --help, help or --version printed what was asked; exit 0.
+var errShown = errors.New("help or version shown")
 
-ctagent makes the Linux conntrack table observable per network namespace and
-exports it to Prometheus.
-
-Commands:
-  run       run the exporter (the default)
-  check     validate the flags and the kernel BTF, report which tracer backend
-            would attach, and exit (0: a backend attaches, 1: none does)
-  events    print conntrack events as JSON lines, one object per event, with
-            the network namespace that owns each entry, until interrupted
-  version   print the version and exit
-
-Flags:
-`
-
-// parseArgs parses the command line (without the program name). Help
-// requests return flag.ErrHelp after printing the usage to stdout.
+// parseArgs parses the command line (without the program name). Help and
+// version go to stdout and return errShown.
 func parseArgs(args []string, stdout io.Writer) (*config, error) {
-	cfg := &config{command: "run"}
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		switch args[0] {
-		case "run", "check", "events", "version":
-			cfg.command, args = args[0], args[1:]
-		case "help":
-			args = []string{"--help"}
-		default:
-			return nil, usageErrorf("unknown command %q (want run, check, events or version)", args[0])
-		}
-	}
+	cfg := &config{}
+	app := kingpin.New("ctagent", "Makes the Linux conntrack table observable per network namespace and exports it to Prometheus.")
+	shown := false
+	app.UsageWriter(stdout).ErrorWriter(io.Discard).Terminate(func(int) { shown = true })
+	app.HelpFlag.Short('h')
+	app.Version(versionString())
+	app.Command("run", "Run the exporter (the default).").Default()
+	app.Command("check", "Validate the flags and the kernel BTF, report which tracer backend would attach, and exit (0: a backend attaches, 1: none does).")
+	app.Command("events", "Print conntrack events as JSON lines, one object per event, with the network namespace that owns each entry, until interrupted.")
+	app.Command("version", "Print the version and exit.")
 
-	fs := flag.NewFlagSet("ctagent", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are reported once, by main
-	var (
-		showVersion bool
-		configCheck bool
-		backend     = string(tracer.BackendAuto)
-		labels      = strings.Join(defaultMetricLabels, ",")
-		podLabels   string
-		netnsDirs   = "/var/run/netns,/run/netns"
-	)
-	fs.BoolVar(&showVersion, "version", false, "Print the version and exit.")
-	fs.BoolVar(&configCheck, "config.check", false, "Same as the check command.")
-	fs.StringVar(&cfg.listenAddress, "web.listen-address", defaultListenAddress, "Address to listen on for the web interface and telemetry.")
-	fs.StringVar(&cfg.telemetryPath, "web.telemetry-path", "/metrics", "Path under which to expose metrics.")
-	fs.StringVar(&cfg.webConfigFile, "web.config.file", "", "Path to a configuration file that can enable TLS or authentication (exporter-toolkit web-config format).")
-	fs.StringVar(&backend, "tracer.backend", backend, "Tracer backend: auto, fentry, kprobe or netlink. auto tries them in this order.")
-	fs.StringVar(&cfg.btfPath, "btf.path", "", "Kernel BTF file (raw BTF or an ELF file with a .BTF section) for kernels without /sys/kernel/btf/vmlinux.")
-	fs.Var(&cfg.ringbufSize, "tracer.ringbuf-size", "eBPF ring buffer size, a power-of-two multiple of the page size (e.g. 4MiB); 0: the tracer's default (4MiB).")
-	fs.BoolVar(&cfg.perfBuffer, "tracer.perf-buffer", false, "Use a perf event array instead of the ring buffer even where ring buffers exist.")
-	fs.BoolVar(&cfg.bpfStats, "tracer.bpf-stats", true, "Have the kernel account the run count and run time of the eBPF programs while ctagent runs (ctagent_bpf_program_run_*; costs a clock read per program run).")
-	fs.Var(&cfg.perfBufferSize, "tracer.perf-buffer-size", "Perf event buffer size per CPU (e.g. 256KiB); 0: the tracer's default.")
-	fs.IntVar(&cfg.eventBuffer, "tracer.event-buffer", 0, "Capacity of the in-process event queue; 0: the tracer's default (4096).")
-	fs.IntVar(&cfg.lifetimeEntries, "tracer.lifetime-entries", 0, "Live entries, in all namespaces together, whose creation time the eBPF backends keep for ctagent_conntrack_lifetime_seconds (an LRU, preallocated, about 80 bytes each); 0: twice nf_conntrack_max (a per-namespace limit), between 65536 and 1048576.")
-	fs.Var(&cfg.netlinkBufferSize, "tracer.netlink-buffer-size", "Receive buffer of each ctnetlink socket (netlink backend, e.g. 8MiB); 0: the tracer's default.")
-	fs.StringVar(&cfg.logLevel, "log.level", "info", "Only log messages with the given severity or above: debug, info, warn, error.")
-	fs.StringVar(&cfg.logFormat, "log.format", "logfmt", "Output format of log messages: logfmt or json.")
-	fs.DurationVar(&cfg.reconcileInterval, "reconcile.interval", time.Minute, "How often the exported entry counts are reconciled with a dump of each conntrack table.")
-	fs.IntVar(&cfg.maxNamespaces, "metrics.max-namespaces", 1024, "Most network namespaces with series of their own; the rest (the smallest tables) are summed into netns=\"overflow\". 0: no limit.")
-	fs.BoolVar(&cfg.kernelStats, "metrics.kernel-stats", true, "Read each namespace's kernel conntrack statistics (conntrack -S) at scrape time.")
-	fs.DurationVar(&cfg.staleAfter, "metrics.stale-after", 5*time.Minute, "Drop the series of a network namespace this long after it disappeared.")
-	fs.StringVar(&labels, "metrics.labels", labels, "Comma-separated identity labels on per-namespace series, from: "+strings.Join(metricLabels, ",")+". The netns label (the inode) is always there.")
-	fs.DurationVar(&cfg.netnsRescanInterval, "netns.rescan-interval", 10*time.Second, "How often /proc and the netns directories are rescanned for network namespaces.")
-	fs.StringVar(&cfg.procRoot, "netns.proc-root", "/proc", "The host's procfs (e.g. /host/proc in a container without hostPID).")
-	fs.StringVar(&netnsDirs, "netns.dirs", netnsDirs, "Comma-separated directories of named network namespaces.")
-	fs.StringVar(&cfg.kubeconfig, "kubernetes.kubeconfig", "", "Kubeconfig file; empty: the in-cluster service account, or no pod names outside a cluster.")
-	fs.StringVar(&cfg.nodeName, "kubernetes.node-name", os.Getenv("NODE_NAME"), "Name of this node, to watch only its pods (default $NODE_NAME).")
-	fs.StringVar(&podLabels, "kubernetes.pod-labels", "", "Comma-separated pod label keys; each becomes the label pod_label_<key> on per-namespace series (characters other than letters, digits and _ become _: app.kubernetes.io/name gives pod_label_app_kubernetes_io_name; keys that give the same label are refused) and is shown by the events command. A key adds a label to every per-namespace series, not more series: choose keys with few values (app, team).")
-	fs.StringVar(&cfg.eventsNetns, "events.netns", "", "events: only print events of this network namespace (a name in --netns.dirs or an inode number).")
+	var labels, podLabels, netnsDirs string
+	var configCheck, kernelStats bool
+	t, m := &cfg.tracer, &cfg.metrics
+	flag := app.Flag
+	flag("config.check", "Same as the check command.").BoolVar(&configCheck)
+	cfg.web = kingpinflag.AddFlags(app, defaultListenAddress)
+	flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&cfg.telemetryPath)
+	flag("tracer.backend", "Tracer backend: auto, fentry, kprobe or netlink. auto tries them in this order.").Default("auto").StringVar((*string)(&t.Backend))
+	flag("btf.path", "Kernel BTF file (raw BTF or an ELF file with a .BTF section) for kernels without /sys/kernel/btf/vmlinux.").StringVar(&t.BTFPath)
+	flag("tracer.ringbuf-size", "eBPF ring buffer size, a power-of-two multiple of the page size (e.g. 4MiB); 0: the tracer's default (4MiB).").Default("0").SetValue(byteSize{&t.RingBufferSize})
+	flag("tracer.perf-buffer", "Use a perf event array instead of the ring buffer even where ring buffers exist.").BoolVar(&t.ForcePerfBuffer)
+	flag("tracer.bpf-stats", "Have the kernel account the run count and run time of the eBPF programs while ctagent runs (ctagent_bpf_program_run_*; costs a clock read per program run). On by default.").Default("true").BoolVar(&t.BPFStats)
+	flag("tracer.perf-buffer-size", "Perf event buffer size per CPU (e.g. 256KiB); 0: the tracer's default.").Default("0").SetValue(byteSize{&t.PerfBufferSize})
+	flag("tracer.event-buffer", "Capacity of the in-process event queue; 0: the tracer's default (4096).").Default("0").IntVar(&t.EventBuffer)
+	flag("tracer.lifetime-entries", "Live entries, in all namespaces together, whose creation time the eBPF backends keep for ctagent_conntrack_lifetime_seconds (an LRU, preallocated, about 80 bytes each); 0: twice nf_conntrack_max (a per-namespace limit), between 65536 and 1048576.").Default("0").IntVar(&t.LifetimeEntries)
+	flag("tracer.netlink-buffer-size", "Receive buffer of each ctnetlink socket (netlink backend, e.g. 8MiB); 0: the tracer's default.").Default("0").SetValue(byteSize{&t.NetlinkBufferSize})
+	flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").EnumVar(&cfg.logLevel, "debug", "info", "warn", "error")
+	flag("log.format", "Output format of log messages: logfmt or json.").Default("logfmt").EnumVar(&cfg.logFormat, "logfmt", "json")
+	flag("reconcile.interval", "How often the exported entry counts are reconciled with a dump of each conntrack table.").Default("1m").DurationVar(&m.ReconcileInterval)
+	flag("metrics.max-namespaces", `Most network namespaces with series of their own; the rest (the smallest tables) are summed into netns="overflow". 0: no limit.`).Default("1024").IntVar(&m.MaxNamespaces)
+	flag("metrics.kernel-stats", "Read each namespace's kernel conntrack statistics (conntrack -S) at scrape time. On by default.").Default("true").BoolVar(&kernelStats)
+	flag("metrics.stale-after", "Drop the series of a network namespace this long after it disappeared.").Default("5m").DurationVar(&m.StaleAfter)
+	flag("metrics.labels", "Comma-separated identity labels on per-namespace series, from: "+strings.Join(metricLabels, ",")+". The netns label (the inode) is always there.").Default(strings.Join(metricLabels, ",")).StringVar(&labels)
+	flag("netns.rescan-interval", "How often /proc and the netns directories are rescanned for network namespaces.").Default("10s").DurationVar(&m.RescanInterval)
+	flag("netns.proc-root", "The host's procfs (e.g. /host/proc in a container without hostPID).").Default("/proc").StringVar(&cfg.netns.ProcRoot)
+	flag("netns.dirs", "Comma-separated directories of named network namespaces.").Default("/var/run/netns,/run/netns").StringVar(&netnsDirs)
+	flag("kubernetes.kubeconfig", "Kubeconfig file; empty: the in-cluster service account, or no pod names outside a cluster.").StringVar(&cfg.kubeconfig)
+	flag("kubernetes.node-name", "Name of this node, to watch only its pods.").Envar("NODE_NAME").StringVar(&cfg.nodeName)
+	flag("kubernetes.pod-labels", "Comma-separated pod label keys; each becomes the label pod_label_<key> on per-namespace series (characters other than letters, digits and _ become _: app.kubernetes.io/name gives pod_label_app_kubernetes_io_name; keys that give the same label are refused) and is shown by the events command. A key adds a label to every per-namespace series, not more series: choose keys with few values (app, team).").StringVar(&podLabels)
+	flag("events.netns", "events: only print events of this network namespace (a name in --netns.dirs or an inode number).").StringVar(&cfg.eventsNetns)
+	nameFlagErrors(app)
 
-	fs.Usage = func() {} // help goes to stdout below; errors go to stderr once, from main
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printUsage(stdout, fs)
-			return nil, err
-		}
-		// The flag package names flags with one dash; ours are documented
-		// with two.
-		msg := strings.Replace(err.Error(), "defined: -", "defined: --", 1)
-		msg = strings.Replace(msg, " for flag -", " for flag --", 1)
-		return nil, &usageError{errors.New(msg)}
+	command, err := app.Parse(boolValues(app, args))
+	switch {
+	case shown:
+		return nil, errShown
+	case err != nil:
+		return nil, &usageError{err}
 	}
-	if fs.NArg() > 0 {
-		return nil, usageErrorf("unexpected argument %q", fs.Arg(0))
-	}
-	if showVersion {
-		cfg.command = "version"
-		return cfg, nil
-	}
-	if cfg.command == "version" {
-		return cfg, nil
-	}
+	cfg.command = command
 	if configCheck {
-		if cfg.command != "run" {
-			return nil, usageErrorf("--config.check cannot be combined with the %s command", cfg.command)
+		if command != "run" {
+			return nil, usageErrorf("--config.check cannot be combined with the %s command", command)
 		}
 		cfg.command = "check"
 	}
-
-	b, err := tracer.ParseBackend(backend)
-	if err != nil {
+	if t.Backend, err = tracer.ParseBackend(string(t.Backend)); err != nil {
 		return nil, usageErrorf("--tracer.backend: %v", err)
 	}
-	cfg.backend = b
-	cfg.labels = splitList(labels)
-	for _, l := range cfg.labels {
-		if !slices.Contains(metricLabels, l) {
-			return nil, usageErrorf("--metrics.labels: unknown label %q (want some of %s)", l, strings.Join(metricLabels, ","))
-		}
-	}
-	cfg.podLabels = splitList(podLabels)
-	cfg.netnsDirs = splitList(netnsDirs)
+	m.Labels, m.PodLabels, cfg.netns.NetnsDirs = splitList(labels), splitList(podLabels), splitList(netnsDirs)
+	m.DisableKernelStats = !kernelStats
+	t.MaxNamespaces, t.RescanInterval = m.MaxNamespaces, m.RescanInterval
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -208,10 +147,12 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 
 // validate checks the values that flag parsing alone cannot.
 func (c *config) validate() error {
-	if _, port, err := net.SplitHostPort(c.listenAddress); err != nil {
-		return usageErrorf("--web.listen-address: %v", err)
-	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return usageErrorf("--web.listen-address: bad port %q in %q", port, c.listenAddress)
+	for _, addr := range *c.web.WebListenAddresses {
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			return usageErrorf("--web.listen-address: %v", err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return usageErrorf("--web.listen-address: bad port %q in %q", port, addr)
+		}
 	}
 	if !strings.HasPrefix(c.telemetryPath, "/") {
 		return usageErrorf("--web.telemetry-path must start with /, got %q", c.telemetryPath)
@@ -219,61 +160,53 @@ func (c *config) validate() error {
 	if c.telemetryPath == "/healthz" || c.telemetryPath == "/readyz" {
 		return usageErrorf("--web.telemetry-path: %s is the health endpoint", c.telemetryPath)
 	}
-	if c.webConfigFile != "" {
-		if err := web.Validate(c.webConfigFile); err != nil {
-			return usageErrorf("--web.config.file: %v", err)
-		}
+	if err := web.Validate(*c.web.WebConfigFile); err != nil {
+		return usageErrorf("--web.config.file: %v", err)
 	}
-	if c.btfPath != "" {
-		if err := tracer.ValidateBTF(c.btfPath); err != nil {
+	if c.tracer.BTFPath != "" {
+		if err := tracer.ValidateBTF(c.tracer.BTFPath); err != nil {
 			return usageErrorf("--btf.path: %v", err)
 		}
 	}
-	if n := int64(c.ringbufSize); n != 0 {
-		page := int64(os.Getpagesize())
-		if n < page || n%page != 0 || n&(n-1) != 0 {
-			return usageErrorf("--tracer.ringbuf-size: %s is not a power-of-two multiple of the page size (%d bytes)", c.ringbufSize, page)
-		}
+	page := os.Getpagesize()
+	if n := c.tracer.RingBufferSize; n != 0 && (n < page || n%page != 0 || n&(n-1) != 0) {
+		return usageErrorf("--tracer.ringbuf-size: %s is not a power-of-two multiple of the page size (%d bytes)", units.Base2Bytes(n), page)
 	}
-	if n := int64(c.perfBufferSize); n < 0 || (n > 0 && n < int64(os.Getpagesize())) {
-		return usageErrorf("--tracer.perf-buffer-size: %s is smaller than a page (%d bytes)", c.perfBufferSize, os.Getpagesize())
+	if n := c.tracer.PerfBufferSize; n > 0 && n < page {
+		return usageErrorf("--tracer.perf-buffer-size: %s is smaller than a page (%d bytes)", units.Base2Bytes(n), page)
 	}
-	if c.lifetimeEntries < 0 || c.lifetimeEntries > 1<<26 {
-		return usageErrorf("--tracer.lifetime-entries must be between 0 and %d, got %d", 1<<26, c.lifetimeEntries)
+	if n := c.tracer.NetlinkBufferSize; n > 1<<31-1 {
+		return usageErrorf("--tracer.netlink-buffer-size: %s out of range", units.Base2Bytes(n))
 	}
-	if c.eventBuffer < 0 {
+	if n := c.tracer.LifetimeEntries; n < 0 || n > 1<<26 {
+		return usageErrorf("--tracer.lifetime-entries must be between 0 and %d, got %d", 1<<26, n)
+	}
+	if c.tracer.EventBuffer < 0 {
 		return usageErrorf("--tracer.event-buffer must not be negative")
 	}
-	if n := int64(c.netlinkBufferSize); n < 0 || n > 1<<31-1 {
-		return usageErrorf("--tracer.netlink-buffer-size: %s out of range", c.netlinkBufferSize)
+	if m := c.metrics; m.ReconcileInterval <= 0 {
+		return usageErrorf("--reconcile.interval must be positive, got %s", m.ReconcileInterval)
+	} else if m.MaxNamespaces < 0 {
+		return usageErrorf("--metrics.max-namespaces must not be negative, got %d", m.MaxNamespaces)
+	} else if m.StaleAfter < 0 {
+		return usageErrorf("--metrics.stale-after must not be negative, got %s", m.StaleAfter)
+	} else if m.RescanInterval <= 0 {
+		return usageErrorf("--netns.rescan-interval must be positive, got %s", m.RescanInterval)
 	}
-	if !slices.Contains(logLevels, c.logLevel) {
-		return usageErrorf("--log.level: unknown level %q (want %s)", c.logLevel, strings.Join(logLevels, ", "))
-	}
-	if !slices.Contains(logFormats, c.logFormat) {
-		return usageErrorf("--log.format: unknown format %q (want %s)", c.logFormat, strings.Join(logFormats, ", "))
-	}
-	if c.reconcileInterval <= 0 {
-		return usageErrorf("--reconcile.interval must be positive, got %s", c.reconcileInterval)
-	}
-	if c.maxNamespaces < 0 {
-		return usageErrorf("--metrics.max-namespaces must not be negative, got %d", c.maxNamespaces)
-	}
-	if c.staleAfter < 0 {
-		return usageErrorf("--metrics.stale-after must not be negative, got %s", c.staleAfter)
-	}
-	if c.netnsRescanInterval <= 0 {
-		return usageErrorf("--netns.rescan-interval must be positive, got %s", c.netnsRescanInterval)
-	}
-	if c.procRoot == "" {
-		return usageErrorf("--netns.proc-root must not be empty")
-	}
-	for _, k := range c.podLabels {
-		if err := validLabelKey(k); err != nil {
-			return usageErrorf("--kubernetes.pod-labels: %v", err)
+	for _, l := range c.metrics.Labels {
+		if !slices.Contains(metricLabels, l) {
+			return usageErrorf("--metrics.labels: unknown label %q (want some of %s)", l, strings.Join(metricLabels, ","))
 		}
 	}
-	if _, err := metrics.PodLabelNames(c.podLabels); err != nil {
+	if c.netns.ProcRoot == "" {
+		return usageErrorf("--netns.proc-root must not be empty")
+	}
+	for _, k := range c.metrics.PodLabels {
+		if errs := content.IsLabelKey(k); len(errs) > 0 {
+			return usageErrorf("--kubernetes.pod-labels: bad label key %q: %s", k, strings.Join(errs, "; "))
+		}
+	}
+	if _, err := metrics.PodLabelNames(c.metrics.PodLabels); err != nil {
 		return usageErrorf("--kubernetes.pod-labels: %v", err)
 	}
 	if c.kubeconfig != "" {
@@ -287,34 +220,9 @@ func (c *config) validate() error {
 	return nil
 }
 
-// validLabelKey checks a Kubernetes label key: [prefix/]name, name at most
-// 63 characters of [A-Za-z0-9._-] starting and ending alphanumeric.
-func validLabelKey(k string) error {
-	name := k
-	if i := strings.LastIndexByte(k, '/'); i >= 0 {
-		if i == 0 || i > 253 {
-			return fmt.Errorf("bad label key %q: bad prefix", k)
-		}
-		name = k[i+1:]
-	}
-	if name == "" || len(name) > 63 {
-		return fmt.Errorf("bad label key %q: name must be 1 to 63 characters", k)
-	}
-	alnum := func(c byte) bool {
-		return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !alnum(c) && c != '-' && c != '_' && c != '.' {
-			return fmt.Errorf("bad label key %q: character %q", k, c)
-		}
-	}
-	if !alnum(name[0]) || !alnum(name[len(name)-1]) {
-		return fmt.Errorf("bad label key %q: must start and end with a letter or digit", k)
-	}
-	return nil
-}
-
+// splitList splits a comma-separated flag value, without empty or repeated
+// items. These flags stay comma-separated rather than repeatable (kingpin's
+// Strings), as they always were.
 func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
@@ -325,64 +233,71 @@ func splitList(s string) []string {
 	return out
 }
 
-// byteSize is a flag value in bytes that accepts B, KiB, MiB and GiB
-// suffixes (and k/K, m/M, g/G as their shorthands).
-type byteSize int64
+// byteSize sets an int in bytes. It parses what kingpin's Bytes() does
+// (units.Base2Bytes: 4KiB, 8MiB, 1GB) and a plain number of bytes, which
+// units refuses and these flags have always taken.
+type byteSize struct{ n *int }
 
-func (b byteSize) String() string {
-	n := int64(b)
-	switch {
-	case n != 0 && n%(1<<30) == 0:
-		return fmt.Sprintf("%dGiB", n>>30)
-	case n != 0 && n%(1<<20) == 0:
-		return fmt.Sprintf("%dMiB", n>>20)
-	case n != 0 && n%(1<<10) == 0:
-		return fmt.Sprintf("%dKiB", n>>10)
+func (b byteSize) String() string { return units.Base2Bytes(*b.n).String() }
+
+func (b byteSize) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		n64, perr := units.ParseBase2Bytes(s)
+		n, err = int64(n64), perr
 	}
-	return strconv.FormatInt(n, 10)
+	if err == nil && (n < 0 || n > 1<<40) {
+		err = fmt.Errorf("%s is not between 0 and 1TiB", s)
+	}
+	*b.n = int(n)
+	return err
 }
 
-func (b *byteSize) Set(s string) error {
-	num := strings.TrimRightFunc(s, func(r rune) bool { return r < '0' || r > '9' })
-	mult := int64(1)
-	switch strings.TrimSpace(s[len(num):]) {
-	case "", "B":
-	case "k", "K", "KiB":
-		mult = 1 << 10
-	case "m", "M", "MiB":
-		mult = 1 << 20
-	case "g", "G", "GiB":
-		mult = 1 << 30
-	default:
-		return fmt.Errorf("bad size %q (want bytes, or a number with KiB, MiB or GiB)", s)
+// nameFlagErrors makes a bad flag value name its flag: kingpin returns the
+// value's own error ("time: invalid duration ..."), which names none.
+func nameFlagErrors(app *kingpin.Application) {
+	for _, f := range app.Model().Flags {
+		app.GetFlag(f.Name).SetValue(namedValue{f.Value, f.Name})
 	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || n > (1<<40)/mult {
-		return fmt.Errorf("bad size %q", s)
+}
+
+// namedValue prefixes the errors of a flag value with the flag's name. It
+// keeps the bool and repeatable kinds that kingpin asks its values for.
+type namedValue struct {
+	kingpin.Value
+	name string
+}
+
+func (v namedValue) Set(s string) error {
+	if err := v.Value.Set(s); err != nil {
+		return fmt.Errorf("invalid value %q for flag --%s: %w", s, v.name, err)
 	}
-	*b = byteSize(n * mult)
 	return nil
 }
 
-// printUsage prints the help text with the flags in their --name form.
-func printUsage(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprint(w, usageHeader)
-	fs.VisitAll(func(f *flag.Flag) {
-		typ, usage := flag.UnquoteUsage(f)
-		line := "  --" + f.Name
-		if typ == "value" {
-			typ = "size"
+func (v namedValue) IsBoolFlag() bool {
+	b, ok := v.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+func (v namedValue) IsCumulative() bool {
+	c, ok := v.Value.(interface{ IsCumulative() bool })
+	return ok && c.IsCumulative()
+}
+
+// boolValues turns --flag=true and --flag=false of a boolean flag into
+// kingpin's --flag and --no-flag: kingpin's boolean flags take no value, and
+// ctagent's docs and deployments use --tracer.bpf-stats=false.
+func boolValues(app *kingpin.Application, args []string) []string {
+	out := slices.Clone(args)
+	for i, a := range out {
+		name, val, ok := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		f := app.GetFlag(name)
+		b, err := strconv.ParseBool(val)
+		if !ok || !strings.HasPrefix(a, "--") || f == nil || !f.Model().IsBoolFlag() || err != nil {
+			continue
 		}
-		if typ != "" {
-			line += "=" + strings.ToUpper(typ)
-		}
-		fmt.Fprintln(w, line)
-		switch {
-		case typ == "" && f.DefValue == "true":
-			usage += fmt.Sprintf(" (default true; --%s=false turns it off)", f.Name)
-		case f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" && f.DefValue != "0s":
-			usage += fmt.Sprintf(" (default %q)", f.DefValue)
-		}
-		fmt.Fprintf(w, "      %s\n", usage)
-	})
+		out[i] = "--" + map[bool]string{true: "", false: "no-"}[b] + name
+	}
+	return out
 }

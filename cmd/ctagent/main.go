@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -43,7 +42,7 @@ func exitCode(err error, stderr io.Writer) int {
 		logged *loggedError
 	)
 	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
+	case err == nil, errors.Is(err, errShown):
 		return exitOK
 	case errors.As(err, &usage):
 		fmt.Fprintf(stderr, "ctagent: %v\nRun 'ctagent --help' for usage.\n", err)
@@ -62,8 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if cfg.command == "version" {
-		printVersion(stdout)
-		return nil
+		_, err := fmt.Fprintln(stdout, versionString())
+		return err
 	}
 	log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
 	if err != nil {

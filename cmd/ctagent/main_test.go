@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -31,15 +30,17 @@ func TestParseArgsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.command != "run" || cfg.listenAddress != ":9695" || cfg.telemetryPath != "/metrics" ||
-		cfg.backend != tracer.BackendAuto || cfg.logLevel != "info" || cfg.logFormat != "logfmt" {
+	if cfg.command != "run" || !slices.Equal(*cfg.web.WebListenAddresses, []string{":10371"}) || cfg.telemetryPath != "/metrics" ||
+		cfg.tracer.Backend != tracer.BackendAuto || cfg.logLevel != "info" || cfg.logFormat != "logfmt" ||
+		!cfg.tracer.BPFStats || cfg.metrics.DisableKernelStats || cfg.tracer.ForcePerfBuffer || *cfg.web.WebSystemdSocket ||
+		cfg.tracer.MaxNamespaces != 1024 || cfg.tracer.RescanInterval != 10*time.Second || cfg.netns.ProcRoot != "/proc" {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	if cfg.nodeName != "node-a" {
 		t.Errorf("node name %q, want $NODE_NAME", cfg.nodeName)
 	}
-	if !slices.Equal(cfg.labels, metricLabels) {
-		t.Errorf("labels %v", cfg.labels)
+	if !slices.Equal(cfg.metrics.Labels, metricLabels) {
+		t.Errorf("labels %v", cfg.metrics.Labels)
 	}
 }
 
@@ -53,8 +54,6 @@ func TestParseArgsCommands(t *testing.T) {
 		{[]string{"--config.check"}, "check"},
 		{[]string{"events", "--events.netns=foo"}, "events"},
 		{[]string{"version"}, "version"},
-		{[]string{"--version"}, "version"},
-		{[]string{"run", "--version"}, "version"},
 	} {
 		cfg, err := parseArgs(tc.args, io.Discard)
 		if err != nil {
@@ -65,12 +64,22 @@ func TestParseArgsCommands(t *testing.T) {
 			t.Errorf("%v: command %q, want %q", tc.args, cfg.command, tc.want)
 		}
 	}
-	var out bytes.Buffer
-	if _, err := parseArgs([]string{"help"}, &out); !errors.Is(err, flag.ErrHelp) {
-		t.Errorf("help: %v", err)
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}, {"check", "--help"}} {
+		var out bytes.Buffer
+		if _, err := parseArgs(args, &out); !errors.Is(err, errShown) {
+			t.Errorf("%v: %v", args, err)
+		}
+		for _, want := range []string{"--web.listen-address=:10371", "--[no-]tracer.bpf-stats", "--events.netns=", "events"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%v: help does not list %s:\n%s", args, want, out.String())
+			}
+		}
 	}
-	if !strings.Contains(out.String(), "--web.listen-address=STRING") {
-		t.Errorf("help does not list --web.listen-address:\n%s", out.String())
+	for _, args := range [][]string{{"--version"}, {"run", "--version"}} {
+		var out bytes.Buffer
+		if _, err := parseArgs(args, &out); !errors.Is(err, errShown) || !strings.HasPrefix(out.String(), "ctagent, version ") {
+			t.Errorf("%v: %v %q", args, err, out.String())
+		}
 	}
 }
 
@@ -78,13 +87,17 @@ func TestParseArgsValues(t *testing.T) {
 	cfg, err := parseArgs([]string{
 		"--web.listen-address=127.0.0.1:0", "--tracer.backend=netlink", "--tracer.ringbuf-size=8MiB",
 		"--tracer.perf-buffer-size=512KiB", "--metrics.labels=pod, comm,pod", "--kubernetes.pod-labels=app,app.kubernetes.io/name",
-		"--log.format=json", "--reconcile.interval=30s",
+		"--log.format=json", "--reconcile.interval=30s", "--tracer.netlink-buffer-size=8388608",
+		"--tracer.bpf-stats=false", "--no-metrics.kernel-stats", "--tracer.perf-buffer=true", "--web.listen-address=[::1]:0",
 	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.backend != tracer.BackendNetlink || cfg.ringbufSize != 8<<20 || cfg.perfBufferSize != 512<<10 ||
-		!slices.Equal(cfg.labels, []string{"pod", "comm"}) || len(cfg.podLabels) != 2 || cfg.reconcileInterval != 30*time.Second {
+	tc, m := cfg.tracer, cfg.metrics
+	if tc.Backend != tracer.BackendNetlink || tc.RingBufferSize != 8<<20 || tc.PerfBufferSize != 512<<10 ||
+		tc.NetlinkBufferSize != 8<<20 || !slices.Equal(m.Labels, []string{"pod", "comm"}) || len(m.PodLabels) != 2 ||
+		m.ReconcileInterval != 30*time.Second || tc.BPFStats || !m.DisableKernelStats || !tc.ForcePerfBuffer ||
+		!slices.Equal(*cfg.web.WebListenAddresses, []string{"127.0.0.1:0", "[::1]:0"}) {
 		t.Errorf("parsed %+v", cfg)
 	}
 }
@@ -103,7 +116,7 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		{"--btf.path=/nonexistent/vmlinux"},
 		{"--btf.path=" + notBTF},
 		{"--btf.path=" + dir},
-		{"--web.listen-address=9695"},
+		{"--web.listen-address=10371"},
 		{"--web.listen-address=:http-alt"},
 		{"--web.telemetry-path=metrics"},
 		{"--web.telemetry-path=/readyz"},
@@ -111,6 +124,9 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		{"--tracer.ringbuf-size=3MiB"},
 		{"--tracer.ringbuf-size=lots"},
 		{"--tracer.perf-buffer-size=100"},
+		{"--tracer.netlink-buffer-size=-1"},
+		{"--tracer.bpf-stats=maybe"},
+		{"-web.listen-address=:1"},
 		{"--log.level=trace"},
 		{"--log.format=xml"},
 		{"--reconcile.interval=0s"},
@@ -121,6 +137,7 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		{"--metrics.labels=netns,pod"},
 		{"--netns.rescan-interval=-1s"},
 		{"--kubernetes.pod-labels=-bad-"},
+		{"--kubernetes.pod-labels=app_kubernetes_io/name"},
 		{"--kubernetes.pod-labels=app.kubernetes.io/name,app-kubernetes-io/name"},
 		{"--kubernetes.kubeconfig=/nonexistent/kubeconfig"},
 		{"--events.netns=x"},
@@ -138,11 +155,11 @@ func TestParseArgsUsageErrors(t *testing.T) {
 // and the message names both keys and the label.
 func TestPodLabelCollisionExit2(t *testing.T) {
 	var stderr bytes.Buffer
-	err := run(context.Background(), []string{"--kubernetes.pod-labels=team,app.kubernetes.io/name,app_kubernetes_io/name"}, io.Discard, &stderr)
+	err := run(context.Background(), []string{"--kubernetes.pod-labels=team,app.kubernetes.io/name,app-kubernetes.io/name"}, io.Discard, &stderr)
 	if code := exitCode(err, &stderr); code != exitUsage {
 		t.Errorf("exit %d, want %d (%v)", code, exitUsage, err)
 	}
-	want := `ctagent: --kubernetes.pod-labels: pod label keys "app.kubernetes.io/name" and "app_kubernetes_io/name" both become the label pod_label_app_kubernetes_io_name`
+	want := `ctagent: --kubernetes.pod-labels: pod label keys "app.kubernetes.io/name" and "app-kubernetes.io/name" both become the label pod_label_app_kubernetes_io_name`
 	if !strings.HasPrefix(stderr.String(), want) {
 		t.Errorf("stderr %q, want %q", stderr.String(), want)
 	}
@@ -156,7 +173,7 @@ func TestExitCode(t *testing.T) {
 		msg  string
 	}{
 		{nil, 0, ""},
-		{flag.ErrHelp, 0, ""},
+		{errShown, 0, ""},
 		{usageErrorf("--log.level: bad"), 2, "ctagent: --log.level: bad\n"},
 		{&loggedError{errors.New("x")}, 1, ""},
 		{errCheckFailed, 1, "ctagent: check failed"},
@@ -172,23 +189,27 @@ func TestExitCode(t *testing.T) {
 }
 
 func TestByteSize(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "4096": 4096, "4KiB": 4096, "4k": 4096, "8MiB": 8 << 20, "1G": 1 << 30} {
-		var b byteSize
-		if err := b.Set(in); err != nil || int64(b) != want {
-			t.Errorf("%q: %d, %v; want %d", in, b, err, want)
+	for in, want := range map[string]int{"0": 0, "4096": 4096, "4KiB": 4096, "4KB": 4096, "8MiB": 8 << 20, "1GiB": 1 << 30, "1TiB": 1 << 40} {
+		var n int
+		if err := (byteSize{&n}).Set(in); err != nil || n != want {
+			t.Errorf("%q: %d, %v; want %d", in, n, err, want)
 		}
 	}
-	for _, in := range []string{"", "MiB", "-1", "1.5MiB", "4PiB", "12 apples"} {
-		var b byteSize
-		if err := b.Set(in); err == nil {
+	for _, in := range []string{"", "MiB", "-1", "2TiB", "4PiB", "12 apples", "lots"} {
+		var n int
+		if err := (byteSize{&n}).Set(in); err == nil {
 			t.Errorf("%q: no error", in)
 		}
 	}
-	if s := byteSize(4 << 20).String(); s != "4MiB" {
+	n := 4 << 20
+	if s := (byteSize{&n}).String(); s != "4MiB" {
 		t.Errorf("String: %s", s)
 	}
 }
 
+// The logfmt and JSON shapes that log pipelines parse: keys of the
+// Prometheus exporters, ts first, values quoted only when needed, one line
+// per entry; slog records (exporter-toolkit) reach the same output.
 func TestLogfmt(t *testing.T) {
 	var buf bytes.Buffer
 	log, err := newLogger(&buf, "debug", "logfmt")
@@ -197,13 +218,13 @@ func TestLogfmt(t *testing.T) {
 	}
 	log.Info("Tracer attached", zap.String("backend", "netlink"), zap.String("why", `said "no" = twice`),
 		zap.Int("n", 3), zap.Strings("hooks", []string{"a", "b"}), zap.String("empty", ""),
-		zap.Any("obj", map[string]int{"k": 1}), zap.Ints("ints", []int{1, 2}))
+		zap.Ints("ints", []int{1, 2}), zap.Duration("took", 1500*time.Millisecond), zap.Error(errors.New("no such file")))
 	line := buf.String()
 	if !strings.HasPrefix(line, "ts=") {
 		t.Errorf("ts is not first: %s", line)
 	}
-	for _, want := range []string{` level=info `, ` msg="Tracer attached" `, ` backend=netlink `, `why="said \"no\" = twice"`,
-		` n=3 `, ` hooks=a,b `, ` empty=""`, ` obj="{\"k\":1}"`, ` ints=[1,2]`, ` caller=ctagent/main_test.go:`} {
+	for _, want := range []string{` level=info `, ` msg="Tracer attached" `, ` backend=netlink `, ` why="said \"no\" = twice" `,
+		` n=3 `, ` hooks=a,b `, ` empty= `, ` ints=1,2 `, ` took=1.5s `, ` error="no such file"`, ` caller=ctagent/main_test.go:`} {
 		if !strings.Contains(line, want) {
 			t.Errorf("missing %s in %s", want, line)
 		}
@@ -215,12 +236,13 @@ func TestLogfmt(t *testing.T) {
 	buf.Reset()
 	log, _ = newLogger(&buf, "warn", "json")
 	log.Info("hidden")
+	newSlogLogger(log).Info("hidden too")
 	newSlogLogger(log).Warn("from slog", "address", "127.0.0.1:1", "http2", false)
 	var m map[string]any
 	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
 		t.Fatalf("%v: %s", err, buf.String())
 	}
-	if m["msg"] != "from slog" || m["address"] != "127.0.0.1:1" || m["level"] != "warn" {
+	if m["msg"] != "from slog" || m["address"] != "127.0.0.1:1" || m["level"] != "warn" || m["http2"] != false || m["ts"] == nil {
 		t.Errorf("json: %v", m)
 	}
 }

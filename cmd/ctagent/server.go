@@ -9,50 +9,41 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
 	"go.uber.org/zap"
 )
 
-// readiness is what /readyz reports: ready once every stage of the start-up
-// is done.
+// readiness is what /readyz reports: not ready, with the reason, until the
+// start-up is done; then whatever the check says.
 type readiness struct {
-	mu     sync.Mutex
-	reason string // why not ready; "" when ready
-	checks []func() error
+	mu    sync.Mutex
+	check func() error
 }
 
-func newReadiness(reason string) *readiness { return &readiness{reason: reason} }
+func newReadiness(reason string) *readiness {
+	r := &readiness{}
+	r.notReady(reason)
+	return r
+}
 
 // notReady records why the daemon is not ready yet.
-func (r *readiness) notReady(reason string) {
-	r.mu.Lock()
-	r.reason = reason
-	r.mu.Unlock()
-}
+func (r *readiness) notReady(reason string) { r.ready(func() error { return errors.New(reason) }) }
 
-// ready marks the start-up as done; checks must keep passing.
-func (r *readiness) ready(checks ...func() error) {
+// ready marks the start-up as done; check must keep passing.
+func (r *readiness) ready(check func() error) {
 	r.mu.Lock()
-	r.reason = ""
-	r.checks = checks
+	r.check = check
 	r.mu.Unlock()
 }
 
 func (r *readiness) err() error {
 	r.mu.Lock()
-	reason, checks := r.reason, r.checks
+	check := r.check
 	r.mu.Unlock()
-	if reason != "" {
-		return errors.New(reason)
-	}
-	for _, c := range checks {
-		if err := c(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return check()
 }
 
 // newHandler serves the landing page, the metrics, /healthz and /readyz.
@@ -90,7 +81,7 @@ func newHandler(cfg *config, reg *prometheus.Registry, ready *readiness, log *za
 			},
 		})
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("landing page: %w", err)
 		}
 		mux.Handle("/", landing)
 	}
@@ -100,37 +91,44 @@ func newHandler(cfg *config, reg *prometheus.Registry, ready *readiness, log *za
 // webServer is the HTTP server with exporter-toolkit's TLS and basic auth.
 type webServer struct {
 	srv  *http.Server
-	ln   net.Listener
+	lns  []net.Listener
 	done chan error
 }
 
-// startWebServer listens on cfg.listenAddress and serves h in the
-// background. Listening happens here, so a busy port fails the start.
+// startWebServer listens on every --web.listen-address (or takes systemd's
+// sockets) and serves h in the background. It listens itself rather than
+// through web.ListenAndServe, which listens in the serving goroutine: so a
+// busy port fails the start at once, and the log names the bound addresses
+// (port 0 in tests).
 func startWebServer(cfg *config, h http.Handler, log *zap.Logger) (*webServer, error) {
-	ln, err := net.Listen("tcp", cfg.listenAddress)
-	if err != nil {
-		return nil, err
-	}
 	s := &webServer{
-		srv: &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          zap.NewStdLog(log.Named("http")),
-		},
-		ln:   ln,
+		srv:  &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log.Named("http"))},
 		done: make(chan error, 1),
 	}
-	systemdSocket := false
-	flags := &web.FlagConfig{
-		WebListenAddresses: &[]string{cfg.listenAddress},
-		WebSystemdSocket:   &systemdSocket,
-		WebConfigFile:      &cfg.webConfigFile,
+	var err error
+	if *cfg.web.WebSystemdSocket {
+		if s.lns, err = activation.Listeners(); err == nil && len(s.lns) == 0 {
+			err = errors.New("no socket passed by systemd")
+		}
+	} else {
+		for _, addr := range *cfg.web.WebListenAddresses {
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", addr); err != nil {
+				break
+			}
+			s.lns = append(s.lns, ln)
+		}
 	}
-	log.Info("HTTP server listening", zap.String("address", ln.Addr().String()),
-		zap.String("telemetry_path", cfg.telemetryPath), zap.Bool("web_config", cfg.webConfigFile != ""))
-	slogger := newSlogLogger(log.Named("web"))
+	if err != nil {
+		s.closeListeners()
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	for _, ln := range s.lns {
+		log.Info("HTTP server listening", zap.String("address", ln.Addr().String()),
+			zap.String("telemetry_path", cfg.telemetryPath), zap.Bool("web_config", *cfg.web.WebConfigFile != ""))
+	}
 	go func() {
-		err := web.Serve(ln, s.srv, flags, slogger)
+		err := web.ServeMultiple(s.lns, s.srv, cfg.web, newSlogLogger(log.Named("web")))
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
@@ -138,6 +136,9 @@ func startWebServer(cfg *config, h http.Handler, log *zap.Logger) (*webServer, e
 	}()
 	return s, nil
 }
+
+// addr is the first address the server listens on.
+func (s *webServer) addr() string { return s.lns[0].Addr().String() }
 
 // Done delivers the error that stopped the server, nil after Shutdown.
 func (s *webServer) Done() <-chan error { return s.done }
@@ -149,6 +150,12 @@ func (s *webServer) Shutdown(ctx context.Context) error {
 	if err != nil {
 		s.srv.Close()
 	}
-	s.ln.Close() // in case Serve failed before it took the listener over
+	s.closeListeners() // in case Serve failed before it took them over
 	return err
+}
+
+func (s *webServer) closeListeners() {
+	for _, ln := range s.lns {
+		ln.Close()
+	}
 }

@@ -1,10 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
-	"sort"
 
 	"go.uber.org/zap"
 
@@ -14,12 +15,9 @@ import (
 
 // newResolver builds the network namespace resolver from the flags.
 func newResolver(cfg *config, pods netns.PodSource, log *zap.Logger) *netns.Resolver {
-	return netns.NewResolver(netns.Options{
-		ProcRoot:  cfg.procRoot,
-		NetnsDirs: cfg.netnsDirs,
-		Logger:    log.Named("netns"),
-		Pods:      pods,
-	})
+	opts := cfg.netns
+	opts.Logger, opts.Pods = log.Named("netns"), pods
+	return netns.NewResolver(opts)
 }
 
 // tracerNamespaces adapts the resolver to tracer.Options.Namespaces. The
@@ -45,22 +43,11 @@ func tracerNamespaces(r *netns.Resolver, procRoot string, log *zap.Logger, keep 
 	}
 }
 
-// tracerOptions maps the flags to tracer.Options.
+// tracerOptions are the flags' tracer.Options with a logger.
 func tracerOptions(cfg *config, log *zap.Logger) tracer.Options {
-	return tracer.Options{
-		Backend:           cfg.backend,
-		BTFPath:           cfg.btfPath,
-		RingBufferSize:    int(cfg.ringbufSize),
-		PerfBufferSize:    int(cfg.perfBufferSize),
-		ForcePerfBuffer:   cfg.perfBuffer,
-		BPFStats:          cfg.bpfStats,
-		EventBuffer:       cfg.eventBuffer,
-		LifetimeEntries:   cfg.lifetimeEntries,
-		Logger:            log.Named("tracer"),
-		RescanInterval:    cfg.netnsRescanInterval,
-		NetlinkBufferSize: int(cfg.netlinkBufferSize),
-		MaxNamespaces:     cfg.maxNamespaces,
-	}
+	opts := cfg.tracer
+	opts.Logger = log.Named("tracer")
+	return opts
 }
 
 // logBackend logs, once, which backend runs, what it attached and why the
@@ -85,23 +72,16 @@ func logBackend(log *zap.Logger, requested tracer.Backend, info tracer.Info) {
 	log.Info(msg, fields...)
 }
 
-// refusedOrder lists the refused backends in the order auto tries them.
+// refusedOrder lists the refused backends in the order auto tries them,
+// then any other by name.
 func refusedOrder(refused map[tracer.Backend]string) []tracer.Backend {
-	order := []tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe, tracer.BackendNetlink}
-	var out []tracer.Backend
-	for _, b := range order {
-		if _, ok := refused[b]; ok {
-			out = append(out, b)
-		}
+	rank := func(b tracer.Backend) int {
+		i := slices.Index([]tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe, tracer.BackendNetlink}, b)
+		return cmp.Or(i+1, 4)
 	}
-	var rest []tracer.Backend
-	for b := range refused {
-		if !slices.Contains(order, b) {
-			rest = append(rest, b)
-		}
-	}
-	sort.Slice(rest, func(i, j int) bool { return rest[i] < rest[j] })
-	return append(out, rest...)
+	return slices.SortedFunc(maps.Keys(refused), func(a, b tracer.Backend) int {
+		return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a, b))
+	})
 }
 
 // kernelBTF is where the running kernel exposes its BTF.
@@ -109,7 +89,7 @@ const kernelBTF = "/sys/kernel/btf/vmlinux"
 
 // btfSource describes the BTF the eBPF backends will use, for logs and check.
 func btfSource(cfg *config) (string, error) {
-	path := cfg.btfPath
+	path := cfg.tracer.BTFPath
 	if path == "" {
 		path = kernelBTF
 	}

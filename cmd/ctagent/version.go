@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"runtime"
 )
 
@@ -14,7 +13,8 @@ var (
 	Revision = "unknown"
 )
 
-func printVersion(w io.Writer) {
-	fmt.Fprintf(w, "ctagent, version %s (revision: %s)\n  go version: %s\n  platform:   %s/%s\n",
+// versionString is what version and --version print.
+func versionString() string {
+	return fmt.Sprintf("ctagent, version %s (revision: %s)\n  go version: %s\n  platform:   %s/%s",
 		Version, Revision, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
