@@ -62,7 +62,7 @@ build-arm64: ## Cross-build bin/ctagent-arm64 (the arm64 BPF object is generated
 	CGO_ENABLED=0 GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)-arm64 ./cmd/ctagent
 
 .PHONY: run
-run: deps build ## Install what is needed, build and run ctagent (as root) on :9695
+run: deps build ## Install what is needed, build and run ctagent (as root) on :10371
 	$(BIN) $(ARGS)
 
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2

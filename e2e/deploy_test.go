@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -208,5 +210,27 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(c.Args, " "), "--netns.proc-root=/host/proc") {
 		t.Error("--netns.proc-root must point at the host's /proc mount")
+	}
+}
+
+// Every file that tells where ctagent listens names the port the binary
+// listens on by default, and none the port it used before (9695, which the
+// Prometheus port allocations give to the CIFS exporter).
+func TestDefaultPortEverywhere(t *testing.T) {
+	r := runCLI(t, 10*time.Second, "--help")
+	m := regexp.MustCompile(`--web\.listen-address=:(\d+) `).FindStringSubmatch(r.stdout)
+	if m == nil {
+		t.Fatalf("--help shows no default --web.listen-address:\n%s", r.stdout)
+	}
+	oldPort := regexp.MustCompile(`[:" ]9695\b`)
+	for _, f := range []string{"README.md", "Makefile", "deploy/README.md", "deploy/Dockerfile", "deploy/kubernetes/daemonset.yaml",
+		"deploy/kubernetes/service.yaml", "deploy/prometheus/alerts_test.yml"} {
+		data, err := os.ReadFile(filepath.Join(repoRoot, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(data), m[1]) || oldPort.Match(data) {
+			t.Errorf("%s does not name port %s, or listens on 9695", f, m[1])
+		}
 	}
 }
