@@ -82,7 +82,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	if info.Backend != tracer.BackendNetlink {
 		// The netlink backend refreshes the resolver at every rescan
 		// through opts.Namespaces; the eBPF backends never ask.
-		goBG(&bg, func() { resolver.Run(ctx, cfg.metrics.RescanInterval) })
+		bg.Go(func() { resolver.Run(ctx, cfg.metrics.RescanInterval) })
 	}
 
 	mopts := cfg.metrics
@@ -97,7 +97,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	// baseline loads; the exporter counts them in ctagent_events_total, and
 	// an event of a namespace it does not know yet makes it look for it.
 	events := t.Events()
-	goBG(&bg, func() {
+	bg.Go(func() {
 		for ev := range events {
 			exp.CountEvent(ev)
 		}
@@ -107,7 +107,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	// in it and the exporter dumps it right away, before it has any event
 	// to show. The watcher's first call covers what changed before it
 	// started; Run serves the calls made before it runs.
-	goBG(&bg, func() {
+	bg.Go(func() {
 		if err := resolver.WatchNamed(ctx, exp.Discover); err != nil {
 			log.Warn("Not watching the mount table for named network namespaces; they are found at the rescan",
 				zap.Duration("rescan", cfg.metrics.RescanInterval), zap.Error(err))
@@ -125,7 +125,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	} else {
 		log.Info("Metrics baseline loaded", zap.Duration("took", time.Since(start)))
 	}
-	goBG(&bg, func() { exp.Run(ctx) })
+	bg.Go(func() { exp.Run(ctx) })
 	ready.ready(func() error {
 		if !exp.Ready() {
 			return errors.New("metrics baseline not loaded yet: no namespace could be dumped")
@@ -168,14 +168,6 @@ func shutdown(srv *webServer, t tracer.Tracer, bg *sync.WaitGroup, log *zap.Logg
 		log.Warn("Background tasks did not stop in time")
 	}
 	log.Info("Stopped")
-}
-
-func goBG(wg *sync.WaitGroup, f func()) {
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		f()
-	}()
 }
 
 // metricsNamespaces adapts the resolver to the exporter's namespace source.
