@@ -322,3 +322,42 @@ func TestJSONEvent(t *testing.T) {
 		}
 	}
 }
+
+// Every --web.listen-address is served, and one that cannot be listened on
+// fails the start at once.
+func TestWebServerListenAddresses(t *testing.T) {
+	cfg, err := parseArgs([]string{"--web.listen-address=127.0.0.1:0", "--web.listen-address=[::1]:0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hi") })
+	s, err := startWebServer(cfg, h, zap.NewNop())
+	if err != nil {
+		t.Skipf("skipped: no IPv6 loopback here: %v", err)
+	}
+	for _, ln := range s.lns {
+		resp, err := http.Get("http://" + ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "hi" {
+			t.Errorf("%s: %q", ln.Addr(), body)
+		}
+	}
+	if len(s.lns) != 2 {
+		t.Errorf("%d listeners, want 2", len(s.lns))
+	}
+
+	*cfg.web.WebListenAddresses = []string{"127.0.0.1:0", s.addr()}
+	if _, err := startWebServer(cfg, h, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Errorf("second server on %s: %v", s.addr(), err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Error(err)
+	}
+	if err := <-s.Done(); err != nil {
+		t.Errorf("Done after Shutdown: %v", err)
+	}
+}
