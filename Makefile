@@ -18,7 +18,7 @@ ARGS     ?=
 # Test binaries booted in the VM kernel matrix (scripts/vmtest.sh), built for
 # amd64 and arm64 (each kernel runs those of its architecture), and the
 # tests they run there: every binary must match at least one.
-VMTEST_PKGS   := ./pkg/tracer ./pkg/metrics
+VMTEST_PKGS   := ./pkg/tracer/ebpftracer ./pkg/metrics
 VMTEST_DIR    := .cache/vmtest/bin
 VMTEST_ARCHES := amd64 arm64
 VMTEST_BINS   := $(foreach a,$(VMTEST_ARCHES),$(foreach p,$(VMTEST_PKGS),$(VMTEST_DIR)/$(a)/$(notdir $(p)).test))
@@ -36,11 +36,11 @@ deps: ## Install the Debian packages the build, tests and VM lab need
 
 .PHONY: generate
 generate: ## Compile bpf/conntrack.bpf.c and regenerate the bpf2go Go bindings
-	cd pkg/tracer && $(GO) generate ./...
+	cd pkg/tracer/ebpftracer && $(GO) generate ./...
 
 .PHONY: check-generate
 check-generate: generate ## Fail when generated files differ from the committed ones
-	git diff --exit-code -- pkg/tracer/ docs/
+	git diff --exit-code -- pkg/tracer/ docs/ && test -z "$$(git status --porcelain -- pkg/tracer/)"
 
 .PHONY: vmlinux
 vmlinux: ## Regenerate bpf/vmlinux.h from this kernel's BTF
@@ -96,7 +96,7 @@ vmtest: ## Boot Debian's 5.10, 6.1, 6.12 and sid kernels, and 6.1 on arm64, unde
 bench: ## Benchmarks: host, and in-kernel overhead in the VM; ratios to a baseline of the same run
 	mkdir -p .cache $(VMTEST_DIR)
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./pkg/... | tee .cache/bench-host.txt
-	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/bench-tracer.test ./pkg/tracer
+	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/bench-tracer.test ./pkg/tracer/ebpftracer
 	VMTEST_ARGS="-test.run '^TestEventLayout$$' -test.bench Overhead -test.benchtime 20000x -test.count 3" \
 	  scripts/vmtest.sh -k debian-6.12 $(VMTEST_DIR)/bench-tracer.test | tee .cache/bench-vm.txt
 	@echo; echo "== ratios (median ns/op over a baseline run in the same invocation) =="

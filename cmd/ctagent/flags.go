@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ctagent/ctagent/pkg/tracer/ebpftracer"
+
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/alecthomas/units"
 	"github.com/prometheus/exporter-toolkit/web"
@@ -164,7 +166,7 @@ func (c *config) validate() error {
 		return usageErrorf("--web.config.file: %v", err)
 	}
 	if c.tracer.BTFPath != "" {
-		if err := tracer.ValidateBTF(c.tracer.BTFPath); err != nil {
+		if err := ebpftracer.ValidateBTF(c.tracer.BTFPath); err != nil {
 			return usageErrorf("--btf.path: %v", err)
 		}
 	}

@@ -104,7 +104,7 @@ func TestBaselineDumpRaces(t *testing.T) {
 				if race && tc.readBefore {
 					insert()
 				}
-				err := tracer.DumpTable(ns, fn)
+				err := tr.DumpTable(ns, fn)
 				if race && !tc.readBefore {
 					insert()
 				}

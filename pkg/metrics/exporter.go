@@ -100,14 +100,6 @@ const (
 	DefaultKernelStatsTimeout = 2 * time.Second
 )
 
-// netlinkSettle is how long after a table dump the exporter reads the
-// counters of the netlink backend, for them to include the events of the
-// entries the dump saw.
-const netlinkSettle = 50 * time.Millisecond
-
-// bpfSettle is the same for the eBPF backends.
-const bpfSettle = 20 * time.Millisecond
-
 // Options configure New.
 type Options struct {
 	// Tracer provides counters, lost events and program statistics. Required.
@@ -184,8 +176,6 @@ type Exporter struct {
 	passMu      sync.Mutex // one baseline pass at a time
 	settle      time.Duration
 
-	kstats *tracer.KernelStatsReader // wrap-safe kernel statistics
-
 	// Replaced by tests.
 	now       func() time.Time
 	dump      func(tracer.Namespace, func(tracer.Entry)) error
@@ -222,11 +212,7 @@ func New(opts Options) (*Exporter, error) {
 	if opts.StaleAfter < 0 || opts.RescanInterval < 0 || opts.KernelStatsTimeout < 0 {
 		return nil, errors.New("metrics: StaleAfter, RescanInterval and KernelStatsTimeout must not be negative")
 	}
-	// The kernel's per-CPU statistics are 32-bit; the reader keeps the
-	// exported sums from stepping back when one wraps.
-	kstats := tracer.NewKernelStatsReader()
 	e := &Exporter{
-		kstats:     kstats,
 		tr:         opts.Tracer,
 		src:        opts.Namespaces,
 		idLabels:   labels,
@@ -242,8 +228,8 @@ func New(opts Options) (*Exporter, error) {
 		revision:   opts.Revision,
 		kick:       make(chan struct{}, 1),
 		now:        time.Now,
-		dump:       tracer.DumpTable,
-		readStats:  kstats.Read,
+		dump:       opts.Tracer.DumpTable,
+		readStats:  opts.Tracer.KernelStats,
 		procRoot:   "/proc",
 		ns:         map[uint32]*nsState{},
 		tombs:      map[uint32]uint64{},
@@ -252,15 +238,9 @@ func New(opts Options) (*Exporter, error) {
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
-	// Counters trail the table a dump reads: an entry is in the hash before
-	// the eBPF exit program that counts it runs (microseconds, or a few
-	// milliseconds when a CPU is preempted in between: seen under qemu), and
-	// netlink events take their way through sockets and goroutines. Read
-	// the counters that much after a dump.
-	e.settle = bpfSettle
-	if opts.Tracer.Info().Backend == tracer.BackendNetlink {
-		e.settle = netlinkSettle
-	}
+	// Counters trail the table a dump reads: read them that much after a
+	// dump.
+	e.settle = opts.Tracer.Info().CounterLag
 	if e.src == nil {
 		self, err := selfNamespace()
 		if err != nil {
@@ -344,7 +324,7 @@ func (e *Exporter) CountEvent(ev tracer.Event) {
 
 // Discover asks Run to look for new namespaces now: refresh the namespace
 // source (if it is a Refresher), have the tracer count the namespaces it
-// lists (tracer.Watcher), and dump the new ones' tables, so their entry
+// lists (Tracer.Watch), and dump the new ones' tables, so their entry
 // gauges are there at the next scrape. It returns at once; requests made
 // while a discovery runs are served by one more. cmd/ctagent calls it when
 // the mount table shows a named namespace come or go; the exporter calls it
@@ -520,7 +500,6 @@ func (e *Exporter) refresh() {
 	// The tracer's counters of expired namespaces go too, so that its maps
 	// do not grow with namespace churn.
 	for _, inode := range forget {
-		e.kstats.Forget(inode)
 		if err := e.tr.Forget(inode); err != nil {
 			e.log.Debug("forget namespace counters", zap.Uint32("netns", inode), zap.Error(err))
 		}

@@ -72,6 +72,20 @@ func (f *fakeTracer) Forget(inode uint32) error {
 	return nil
 }
 
+// Watch counts every namespace, like the eBPF backends.
+func (f *fakeTracer) Watch(tracer.Namespace) error { return nil }
+
+// DumpTable and KernelStats are not used: the fixture replaces
+// Exporter.dump and Exporter.readStats.
+func (f *fakeTracer) DumpTable(tracer.Namespace, func(tracer.Entry)) error {
+	return errors.New("fakeTracer has no table")
+}
+
+// KernelStats: see DumpTable.
+func (f *fakeTracer) KernelStats(tracer.Namespace) (tracer.KernelStats, error) {
+	return tracer.KernelStats{}, errors.New("fakeTracer has no table")
+}
+
 func (f *fakeTracer) Programs() ([]tracer.ProgramStats, error) {
 	return f.progs, nil
 }

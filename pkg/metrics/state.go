@@ -316,8 +316,9 @@ type tryResult struct {
 // namespace's new baseline. It returns how many it tried, how many failed,
 // and their errors.
 //
-// A tracer that counts a namespace only once it is told to (tracer.Watcher:
-// the netlink backend) is told before the dump: entries made between a dump
+// The tracer is told to count the namespace (Tracer.Watch) before the
+// dump, since a backend may count a namespace only once told (the netlink
+// backend): entries made between a dump
 // and the start of counting would be in neither. A dump is used only if the
 // namespace's counters did not move while it ran; else it is repeated, up
 // to maxDumpTries times, and the last one is used (it may be off by the
@@ -357,13 +358,10 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 	}
 
 	queue := make([]dumpTry, 0, len(todo))
-	w, watches := e.tr.(tracer.Watcher)
 	for _, ns := range todo {
-		if watches {
-			if err := w.Watch(ns); err != nil {
-				report(ns, goneOr(ns, fmt.Errorf("netns %d (%s): %w", ns.Inode, ns.Path, err)))
-				continue
-			}
+		if err := e.tr.Watch(ns); err != nil {
+			report(ns, goneOr(ns, fmt.Errorf("netns %d (%s): %w", ns.Inode, ns.Path, err)))
+			continue
 		}
 		queue = append(queue, dumpTry{ns: ns})
 	}

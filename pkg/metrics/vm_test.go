@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctagent/ctagent/pkg/tracer/ebpftracer"
+
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ctagent/ctagent/internal/labnet"
@@ -473,7 +475,7 @@ func skipWithoutModuleBTF(t *testing.T, backend tracer.Backend, err error) {
 	if _, serr := os.Stat("/sys/kernel/btf/nf_conntrack"); errors.Is(serr, os.ErrNotExist) && errors.Is(err, tracer.ErrNoBTF) {
 		t.Skipf("skipped: fentry cannot attach without BTF for the nf_conntrack module (no /sys/kernel/btf/nf_conntrack): %v", err)
 	}
-	if errors.Is(err, tracer.ErrFentryUnsupported) {
+	if errors.Is(err, ebpftracer.ErrFentryUnsupported) {
 		t.Skipf("skipped: this kernel cannot attach fentry programs: %v", err)
 	}
 }

@@ -5,13 +5,13 @@ import (
 	"time"
 )
 
-// lifetimeBucket returns the histogram bucket of a lifetime, the same rule
+// LifetimeBucket returns the histogram bucket of a lifetime, the same rule
 // as lifetime_bucket in bpf/conntrack.bpf.c: whole milliseconds ms (rounded
 // up, so that d <= 2^i ms exactly when ms <= 2^i); bucket i holds
 // ms <= 2^i, i.e. i = ceil(log2(ms)) and 0 for ms <= 1;
 // the last bucket, NumLifetimeBuckets-1, holds everything longer. Negative
 // durations go to bucket 0. Every backend that counts in Go uses this.
-func lifetimeBucket(d time.Duration) int {
+func LifetimeBucket(d time.Duration) int {
 	if d <= 0 {
 		return 0
 	}

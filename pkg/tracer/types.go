@@ -5,7 +5,6 @@
 package tracer
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"time"
@@ -176,6 +175,29 @@ type Namespace struct {
 	Path  string // e.g. /proc/PID/ns/net or /var/run/netns/NAME; "" for the current one
 }
 
+// HookState says what became of a candidate hook.
+type HookState string
+
+// Hook states, in Info.HookStatus.
+const (
+	HookPassed       HookState = "passed"        // attached, and the self-test saw every event
+	HookNotTested    HookState = "not_tested"    // attached; the self-test cannot provoke its events
+	HookMissed       HookState = "missed"        // attached, but the self-test found events it did not see
+	HookAttachFailed HookState = "attach_failed" // the kernel has it, attach failed
+	HookUnavailable  HookState = "unavailable"   // this kernel has no such function (or no BTF for it)
+	HookStandby      HookState = "standby"       // loaded, not needed: a better candidate passed
+)
+
+// HookStatus is one candidate hook of an eBPF backend and what became of it.
+type HookStatus struct {
+	Group  string    // "confirm", "ctnetlink_insert", "destroy" or "alloc"
+	Serves []string  // the counters the group feeds
+	Hook   string    // e.g. "kprobe/nf_ct_delete.part.0" (entry program; "+exit" pairs named once)
+	Active bool      // it feeds the counters now
+	State  HookState // what the start-up proof found
+	Detail string    // why, in words: the missed events, the attach error
+}
+
 // Info describes what a Tracer runs.
 type Info struct {
 	Backend Backend
@@ -192,6 +214,14 @@ type Info struct {
 	RefusedReason map[Backend]string
 	RingBuffer    bool   // eBPF: ring buffer (true) or perf event array
 	Kernel        string // uname -r
+	// CounterLag is how long after an entry is in the table its creation
+	// is in Counters at the latest, in the usual case: an entry is hashed
+	// before the eBPF exit program that counts it runs (microseconds, or
+	// milliseconds when a CPU is preempted in between: seen under qemu),
+	// and netlink events travel through sockets and goroutines. A caller
+	// that compares a table dump with the counters reads them that much
+	// after the dump.
+	CounterLag time.Duration
 }
 
 // Tracer observes the conntrack table.
@@ -199,35 +229,61 @@ type Tracer interface {
 	// Info says which backend runs and what it attached.
 	Info() Info
 	// Events is the event stream; closed by Close. Events that do not fit
-	// are counted as LostChannelFull, never blocking the reader.
+	// are counted as LostChannelFull, never blocking the reader. With
+	// Options.DisableEvents it is closed and empty.
 	Events() <-chan Event
 	// Counters reads the counters (in-kernel maps for eBPF).
 	Counters() (Counters, error)
 	// Lost returns every lost-event counter by reason.
 	Lost() (map[LostReason]uint64, error)
 	// Programs returns run statistics of the attached eBPF programs (run
-	// count and time need kernel BPF stats enabled, see EnableBPFStats);
-	// nil for the netlink backend.
+	// count and time need kernel BPF stats enabled, see
+	// Options.BPFStats); nil for the netlink backend.
 	Programs() ([]ProgramStats, error)
-	// Forget drops the counters of a network namespace that is gone, so
-	// that the counter maps do not grow with namespace churn. Counting
-	// starts from zero if the namespace shows up again.
+	// Watch makes the tracer count ns from now on, if it does not yet:
+	// once it returns nil, every entry created in ns is in Counters (after
+	// Info.CounterLag). A caller that dumps a namespace's table as the
+	// baseline of its entry count calls it before the dump. The eBPF
+	// backends count every namespace and return nil at once; the netlink
+	// backend starts a listener in ns.
+	Watch(ns Namespace) error
+	// Forget drops what the tracer keeps of a network namespace that is
+	// gone (counters, listener, kernel statistics totals), so that nothing
+	// grows with namespace churn. Counting starts from zero if the
+	// namespace shows up again.
 	Forget(netns uint32) error
+	Table
 	// Close detaches everything; safe to call more than once.
 	Close() error
 }
 
-// Watcher is implemented by a Tracer that counts a network namespace only
-// once it has been opened there (the netlink backend: a listener per
-// namespace). The eBPF backends count every namespace and do not implement
-// it.
-type Watcher interface {
-	// Watch makes the tracer count ns from now on, if it does not yet:
-	// once it returns nil, every entry created in ns is in Counters (after
-	// the backend's usual delay). A caller that dumps a namespace's table
-	// as the baseline of its entry count calls it before the dump.
-	Watch(ns Namespace) error
+// Table reads what the kernel itself knows of a namespace's conntrack
+// table, the same way for every backend (ctnetlink).
+type Table interface {
+	// DumpTable calls fn for every entry of the table of ns, streaming.
+	// When some messages could not be decoded, every other entry is
+	// still delivered and the error is a *SkippedError.
+	DumpTable(ns Namespace, fn func(Entry)) error
+	// KernelStats reads the kernel's statistics of ns. The per-CPU
+	// counters only go up across calls, even when the kernel's 32-bit
+	// counters wrap (see ctnetlink.KernelStatsReader).
+	KernelStats(ns Namespace) (KernelStats, error)
 }
+
+// SkippedError is returned by Table.DumpTable when some messages of the
+// dump could not be decoded. Every other entry was delivered: callers that
+// can live with a partial dump check for it with errors.As.
+type SkippedError struct {
+	Skipped int   // messages skipped
+	First   error // why the first one was skipped
+}
+
+func (e *SkippedError) Error() string {
+	return fmt.Sprintf("conntrack dump: skipped %d undecodable messages, first: %v", e.Skipped, e.First)
+}
+
+// Unwrap returns the reason of the first skipped message.
+func (e *SkippedError) Unwrap() error { return e.First }
 
 // Options configure Open.
 type Options struct {
@@ -265,12 +321,6 @@ type Options struct {
 	Namespaces        func() ([]Namespace, error)
 	RescanInterval    time.Duration // 0: 10s
 	NetlinkBufferSize int           // socket receive buffer, bytes; 0: 8 MiB
-}
-
-// Open starts a tracer. BackendAuto tries fentry, kprobe, then netlink, and
-// records why each refused in Info.Refused.
-func Open(ctx context.Context, opts Options) (Tracer, error) {
-	return open(ctx, opts)
 }
 
 // ProgramStats are the kernel's run statistics of one attached program.

@@ -1,4 +1,4 @@
-package tracer
+package ebpftracer
 
 import (
 	"bufio"
@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -100,8 +102,8 @@ var hookGroups = []hookGroup{
 
 // programs returns the entry and exit programs of c in backend b, with the
 // attach kind of each ("" when c has none).
-func (c candidate) programs(b Backend) (entry, exit attachment) {
-	if b == BackendFentry {
+func (c candidate) programs(b tracer.Backend) (entry, exit attachment) {
+	if b == tracer.BackendFentry {
 		if c.fentry != "" {
 			entry = attachment{c.fentry, "fentry"}
 		}
@@ -125,36 +127,13 @@ type attachment struct {
 	kind string // fentry, fexit, kprobe, kretprobe
 }
 
-// HookState says what became of a candidate hook.
-type HookState string
-
-// Hook states, in Info.HookStatus.
-const (
-	HookPassed       HookState = "passed"        // attached, and the self-test saw every event
-	HookNotTested    HookState = "not_tested"    // attached; the self-test cannot provoke its events
-	HookMissed       HookState = "missed"        // attached, but the self-test found events it did not see
-	HookAttachFailed HookState = "attach_failed" // the kernel has it, attach failed
-	HookUnavailable  HookState = "unavailable"   // this kernel has no such function (or no BTF for it)
-	HookStandby      HookState = "standby"       // loaded, not needed: a better candidate passed
-)
-
-// HookStatus is one candidate hook of an eBPF backend and what became of it.
-type HookStatus struct {
-	Group  string    // "confirm", "ctnetlink_insert", "destroy" or "alloc"
-	Serves []string  // the counters the group feeds
-	Hook   string    // e.g. "kprobe/nf_ct_delete.part.0" (entry program; "+exit" pairs named once)
-	Active bool      // it feeds the counters now
-	State  HookState // what the start-up proof found
-	Detail string    // why, in words: the missed events, the attach error
-}
-
 // plannedHook is a candidate resolved against this kernel.
 type plannedHook struct {
 	group       *hookGroup
 	cand        candidate
 	symbol      string // the kernel's name for it; "" when unavailable
 	entry, exit attachment
-	status      HookStatus
+	status      tracer.HookStatus
 	links       []link.Link
 }
 
@@ -188,7 +167,7 @@ type kernelFunctions interface {
 // planHooks resolves every candidate of backend b against the kernel and
 // returns them grouped, in order. only restricts a group to the candidate
 // whose symbol or clone prefix it names (tests and --tracer.hook).
-func planHooks(b Backend, fns kernelFunctions, only map[string]string) ([][]*plannedHook, error) {
+func planHooks(b tracer.Backend, fns kernelFunctions, only map[string]string) ([][]*plannedHook, error) {
 	funcRet := fns.funcRet()
 	var plan [][]*plannedHook
 	for gi := range hookGroups {
@@ -203,7 +182,7 @@ func planHooks(b Backend, fns kernelFunctions, only map[string]string) ([][]*pla
 				continue
 			}
 			p := &plannedHook{group: g, cand: c, entry: entry, exit: exit}
-			p.status = HookStatus{Group: g.name, Serves: g.serves}
+			p.status = tracer.HookStatus{Group: g.name, Serves: g.serves}
 			kind := entry.kind
 			if kind == "" {
 				kind = exit.kind
@@ -222,9 +201,9 @@ func planHooks(b Backend, fns kernelFunctions, only map[string]string) ([][]*pla
 			p.status.Hook = p.name()
 			switch {
 			case p.symbol == "":
-				p.status.State, p.status.Detail = HookUnavailable, "not in this kernel's "+symbolSource(kind)
-			case c.funcRet && b == BackendFentry && !funcRet:
-				p.status.State, p.status.Detail = HookUnavailable, "needs bpf_get_func_ret (Linux 5.17)"
+				p.status.State, p.status.Detail = tracer.HookUnavailable, "not in this kernel's "+symbolSource(kind)
+			case c.funcRet && b == tracer.BackendFentry && !funcRet:
+				p.status.State, p.status.Detail = tracer.HookUnavailable, "needs bpf_get_func_ret (Linux 5.17)"
 			}
 			group = append(group, p)
 		}
@@ -373,9 +352,9 @@ type liveKernel struct {
 }
 
 // newLiveKernel reads what planHooks needs for backend b.
-func newLiveKernel(b Backend) *liveKernel {
+func newLiveKernel(b tracer.Backend) *liveKernel {
 	k := &liveKernel{}
-	if b == BackendFentry {
+	if b == tracer.BackendFentry {
 		if s, err := btf.LoadKernelSpec(); err == nil {
 			k.btfSpecs = append(k.btfSpecs, s)
 		}

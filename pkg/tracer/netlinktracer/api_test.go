@@ -1,13 +1,16 @@
-package tracer
+package netlinktracer
 
 import (
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/ctagent/ctagent/pkg/tracer"
+
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/internal/tracertest"
 )
 
 // TestNetlinkForget: after Forget, a namespace's counters are gone and the
@@ -15,9 +18,9 @@ import (
 func TestNetlinkForget(t *testing.T) {
 	labnet.Require(t, "ip", "nft", "conntrack")
 	a, b := labnet.New(t), labnet.New(t)
-	list := []Namespace{{Inode: a.Inode, Path: a.Path}, {Inode: b.Inode, Path: b.Path}}
-	tr, err := Open(t.Context(), Options{Backend: BackendNetlink, Logger: zaptest.NewLogger(t),
-		Namespaces: func() ([]Namespace, error) { return list, nil }})
+	list := []tracer.Namespace{{Inode: a.Inode, Path: a.Path}, {Inode: b.Inode, Path: b.Path}}
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendNetlink, Logger: zaptest.NewLogger(t),
+		Namespaces: func() ([]tracer.Namespace, error) { return list, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +62,8 @@ func TestNetlinkForget(t *testing.T) {
 func TestNetlinkCountersDoNotWaitForDumps(t *testing.T) {
 	labnet.Require(t, "ip", "nft", "conntrack")
 	n := labnet.New(t)
-	tr, err := Open(t.Context(), Options{Backend: BackendNetlink, Logger: zaptest.NewLogger(t),
-		Namespaces: func() ([]Namespace, error) { return []Namespace{labNamespace(n)}, nil }})
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendNetlink, Logger: zaptest.NewLogger(t),
+		Namespaces: func() ([]tracer.Namespace, error) { return []tracer.Namespace{tracertest.Namespace(n)}, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,50 +89,6 @@ func TestNetlinkCountersDoNotWaitForDumps(t *testing.T) {
 	l.qmu.Unlock()
 }
 
-// TestKernelStatsReaderWraps: a CPU counter that wraps at 2^32 keeps the
-// total going up; a CPU seen for the first time adds its whole value.
-func TestKernelStatsReaderWraps(t *testing.T) {
-	r := NewKernelStatsReader()
-	got := r.accumulate(7, []cpuStats{{CPU: 0, Found: 1<<32 - 10}, {CPU: 1, Found: 5}})
-	if got[0] != 1<<32-5 {
-		t.Fatalf("first read: found %d, want %d", got[0], uint64(1<<32-5))
-	}
-	got = r.accumulate(7, []cpuStats{{CPU: 0, Found: 20}, {CPU: 1, Found: 6}, {CPU: 2, InsertFailed: 3}})
-	if want := uint64(1<<32 - 5 + 30 + 1); got[0] != want {
-		t.Errorf("after a wrap: found %d, want %d", got[0], want)
-	}
-	if got[3] != 3 {
-		t.Errorf("new CPU: insert_failed %d, want 3", got[3])
-	}
-	r.Forget(7)
-	if got = r.accumulate(7, []cpuStats{{CPU: 0, Found: 2}}); got[0] != 2 {
-		t.Errorf("after Forget: found %d, want 2", got[0])
-	}
-}
-
-// TestKernelStatsReaderMatchesKernel: on a real namespace the reader gives
-// the same numbers as a plain read.
-func TestKernelStatsReaderMatchesKernel(t *testing.T) {
-	labnet.Require(t, "ip", "nft", "conntrack")
-	n := labnet.New(t)
-	n.EnableConntrack()
-	n.SendRawTCP(netip.MustParseAddrPort("127.0.0.1:1000"), netip.MustParseAddrPort("127.0.0.1:2000"), 0x01) // a lone FIN: invalid
-	r := NewKernelStatsReader()
-	for range 2 {
-		got, err := r.Read(labNamespace(n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		want, err := ReadKernelStats(labNamespace(n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got != want || got.Invalid == 0 {
-			t.Errorf("reader %+v, plain read %+v (want equal, with the invalid FIN counted)", got, want)
-		}
-	}
-}
-
 // TestNetlinkWatch: Watch starts counting a namespace that no list named
 // yet, at once and only once; a rescan whose list was taken before Watch
 // leaves that listener alone, and one whose list omits the namespace
@@ -138,18 +97,18 @@ func TestNetlinkWatch(t *testing.T) {
 	labnet.Require(t, "ip", "nft", "conntrack")
 	a, b := labnet.New(t), labnet.New(t)
 	before := openFDs(t)
-	var tr Tracer
+	var tr tracer.Tracer
 	// During a rescan, the list is taken and then Watch(b) runs: the
 	// listener starts after the list that does not name b.
 	watchDuringList := false
-	tr, err := Open(t.Context(), Options{Backend: BackendNetlink, Logger: zaptest.NewLogger(t), RescanInterval: time.Hour,
-		Namespaces: func() ([]Namespace, error) {
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendNetlink, Logger: zaptest.NewLogger(t), RescanInterval: time.Hour,
+		Namespaces: func() ([]tracer.Namespace, error) {
 			if watchDuringList {
-				if err := tr.(Watcher).Watch(labNamespace(b)); err != nil {
+				if err := tr.Watch(tracertest.Namespace(b)); err != nil {
 					t.Errorf("Watch during the rescan's list: %v", err)
 				}
 			}
-			return []Namespace{labNamespace(a)}, nil
+			return []tracer.Namespace{tracertest.Namespace(a)}, nil
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +143,7 @@ func TestNetlinkWatch(t *testing.T) {
 		t.Fatal("listening in a namespace no list named")
 	}
 	for range 2 { // the second is a no-op
-		if err := tr.(Watcher).Watch(labNamespace(b)); err != nil {
+		if err := tr.Watch(tracertest.Namespace(b)); err != nil {
 			t.Fatalf("Watch: %v", err)
 		}
 	}
@@ -213,7 +172,7 @@ func TestNetlinkWatch(t *testing.T) {
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := tr.(Watcher).Watch(labNamespace(b)); err == nil {
+	if err := tr.Watch(tracertest.Namespace(b)); err == nil {
 		t.Error("Watch after Close: no error")
 	}
 	checkNoFDLeak(t, before)

@@ -1,6 +1,5 @@
-package tracer
-
-// The netlink backend: one ctnetlink event socket (groups NEW and DESTROY)
+// Package netlinktracer is the netlink backend of pkg/tracer (registered
+// as "netlink" when imported): one ctnetlink event socket (groups NEW and DESTROY)
 // per network namespace, counters aggregated in Go.
 //
 // Namespaces come from Options.Namespaces (nil: the current namespace),
@@ -39,6 +38,8 @@ package tracer
 //     mask without destroy, nft "ct event set new"): a dump also runs when
 //     the map has doubled since the last one.
 
+package netlinktracer
+
 import (
 	"context"
 	"errors"
@@ -48,6 +49,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
+	"github.com/ctagent/ctagent/pkg/tracer/ctnetlink"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -78,12 +82,13 @@ var minResyncSize = 4096
 var netlinkHooks = []string{"ctnetlink/NEW", "ctnetlink/DESTROY"}
 
 type netlinkTracer struct {
-	opts   Options
+	*ctnetlink.Table
+	opts   tracer.Options
 	log    *zap.Logger
-	events chan Event
+	events chan tracer.Event
 
 	infoMu sync.Mutex
-	info   Info
+	info   tracer.Info
 
 	mu        sync.Mutex // guards listeners, openFailed and closed
 	listeners map[uint32]*nlListener
@@ -93,7 +98,7 @@ type netlinkTracer struct {
 	openFailed map[uint32]bool
 
 	cmu      sync.Mutex // guards counters
-	counters map[Key]*Values
+	counters map[tracer.Key]*tracer.Values
 
 	lostChannelFull, lostNoBufs, lostDecode atomic.Uint64
 
@@ -103,7 +108,13 @@ type netlinkTracer struct {
 	closeErr  error
 }
 
-func openNetlink(ctx context.Context, opts Options) (Tracer, error) {
+func init() { tracer.Register(tracer.BackendNetlink, open) }
+
+// counterLag is Info.CounterLag: events travel through sockets and the
+// listener's goroutine before they are counted.
+const counterLag = 50 * time.Millisecond
+
+func open(ctx context.Context, opts tracer.Options) (tracer.Tracer, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -120,13 +131,14 @@ func openNetlink(ctx context.Context, opts Options) (Tracer, error) {
 		opts.EventBuffer = defaultEventBuffer
 	}
 	t := &netlinkTracer{
+		Table:      ctnetlink.NewTable(),
 		opts:       opts,
-		log:        opts.Logger.With(zap.String("backend", string(BackendNetlink))),
-		events:     make(chan Event, opts.EventBuffer),
-		info:       Info{Backend: BackendNetlink, Hooks: netlinkHooks, Kernel: kernelRelease()},
+		log:        opts.Logger.With(zap.String("backend", string(tracer.BackendNetlink))),
+		events:     make(chan tracer.Event, opts.EventBuffer),
+		info:       tracer.Info{Backend: tracer.BackendNetlink, Hooks: netlinkHooks, Kernel: tracer.KernelRelease(), CounterLag: counterLag},
 		listeners:  map[uint32]*nlListener{},
 		openFailed: map[uint32]bool{},
-		counters:   map[Key]*Values{},
+		counters:   map[tracer.Key]*tracer.Values{},
 		stop:       make(chan struct{}),
 	}
 	nss, err := t.namespaces()
@@ -158,7 +170,7 @@ func openNetlink(ctx context.Context, opts Options) (Tracer, error) {
 }
 
 // namespaces returns the namespaces to listen in.
-func (t *netlinkTracer) namespaces() ([]Namespace, error) {
+func (t *netlinkTracer) namespaces() ([]tracer.Namespace, error) {
 	if t.opts.Namespaces != nil {
 		return t.opts.Namespaces()
 	}
@@ -166,7 +178,7 @@ func (t *netlinkTracer) namespaces() ([]Namespace, error) {
 	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
 		return nil, fmt.Errorf("stat /proc/self/ns/net: %w", err)
 	}
-	return []Namespace{{Inode: uint32(st.Ino)}}, nil
+	return []tracer.Namespace{{Inode: uint32(st.Ino)}}, nil
 }
 
 func (t *netlinkTracer) rescanLoop() {
@@ -195,7 +207,7 @@ func (t *netlinkTracer) rescan() {
 		t.log.Warn("list network namespaces", zap.Error(err))
 		return
 	}
-	want := make(map[uint32]Namespace, len(nss))
+	want := make(map[uint32]tracer.Namespace, len(nss))
 	for _, ns := range nss {
 		if _, dup := want[ns.Inode]; !dup {
 			want[ns.Inode] = ns
@@ -266,17 +278,17 @@ func (t *netlinkTracer) rescan() {
 // nlListener listens in one namespace.
 type nlListener struct {
 	t  *netlinkTracer
-	ns Namespace
+	ns tracer.Namespace
 
-	ev      *nlSock   // event socket, read by run only
+	ev      *ctnetlink.Conn     // event socket, read by run only
 	started time.Time // when it started listening
 	closing atomic.Bool
 	done    chan struct{}
 
 	qmu       sync.Mutex // guards q, qClosed, stats and baselined
-	q         *nlSock    // request socket: statistics, resync dumps
+	q         *ctnetlink.Conn      // request socket: statistics, resync dumps
 	qClosed   bool
-	stats     cpuTotals // the kernel's counters since the first read
+	stats     ctnetlink.CPUTotals // the kernel's counters since the first read
 	baselined bool      // the first read is the baseline of the failure deltas
 
 	// tracked is len(firstSeen), for tests.
@@ -298,27 +310,27 @@ type nlListener struct {
 	suppressed    int
 }
 
-func (t *netlinkTracer) startListener(ns Namespace) error {
-	ev, err := dialNetfilter(ns)
+func (t *netlinkTracer) startListener(ns tracer.Namespace) error {
+	ev, err := ctnetlink.Dial(ns)
 	if err != nil {
 		return err
 	}
-	got, err := ev.setReadBuffer(t.opts.NetlinkBufferSize)
+	got, err := ev.SetReadBuffer(t.opts.NetlinkBufferSize)
 	if err != nil {
-		ev.close()
+		ev.Close()
 		return err
 	}
 	if got < t.opts.NetlinkBufferSize {
 		t.log.Info("netlink receive buffer smaller than asked", zap.Uint32("netns", ns.Inode),
 			zap.Int("asked", t.opts.NetlinkBufferSize), zap.Int("got", got))
 	}
-	if err := ev.joinGroups(nfnlgrpConntrackNew, nfnlgrpConntrackDestroy); err != nil {
-		ev.close()
+	if err := ev.JoinGroups(ctnetlink.GroupNew, ctnetlink.GroupDestroy); err != nil {
+		ev.Close()
 		return err
 	}
-	q, err := dialNetfilter(ns)
+	q, err := ctnetlink.Dial(ns)
 	if err != nil {
-		ev.close()
+		ev.Close()
 		return err
 	}
 	l := &nlListener{
@@ -338,8 +350,8 @@ func (t *netlinkTracer) startListener(ns Namespace) error {
 	t.mu.Lock()
 	if old := t.listeners[ns.Inode]; old != nil || t.closed {
 		t.mu.Unlock()
-		ev.close()
-		q.close()
+		ev.Close()
+		q.Close()
 		if t.closed {
 			return errTracerClosed
 		}
@@ -360,7 +372,7 @@ var (
 // it returns nil, every entry created in ns is counted. The rescan keeps
 // the listener while its list names ns, and closes it when the namespace
 // has left a list taken after Watch.
-func (t *netlinkTracer) Watch(ns Namespace) error {
+func (t *netlinkTracer) Watch(ns tracer.Namespace) error {
 	t.mu.Lock()
 	_, ok := t.listeners[ns.Inode]
 	closed := t.closed
@@ -388,9 +400,9 @@ func (t *netlinkTracer) Watch(ns Namespace) error {
 // close stops the listener and waits for its goroutine.
 func (l *nlListener) close() error {
 	l.closing.Store(true)
-	err := l.ev.close()
+	err := l.ev.Close()
 	// Closing q without qmu unblocks a request in flight.
-	err = errors.Join(err, l.q.close())
+	err = errors.Join(err, l.q.Close())
 	<-l.done
 	l.qmu.Lock()
 	l.qClosed = true
@@ -399,7 +411,7 @@ func (l *nlListener) close() error {
 }
 
 // refreshFailed reads the per-CPU statistics and adds what changed since
-// the last read to the namespace's failure counters (cpuTotals handles the
+// the last read to the namespace's failure counters (CPUTotals handles the
 // 32-bit wrap); the first successful read is only the baseline.
 func (l *nlListener) refreshFailed() error { return l.refreshFailedWait(true) }
 
@@ -417,36 +429,36 @@ func (l *nlListener) refreshFailedWait(wait bool) error {
 	if l.qClosed || l.closing.Load() {
 		return nil
 	}
-	cpus, err := l.q.statsCPU()
+	cpus, err := l.q.StatsCPU()
 	if err != nil {
 		return err
 	}
-	before := l.stats.total
-	after := l.stats.add(cpus)
+	before := l.stats.Totals()
+	after := l.stats.Add(cpus)
 	if !l.baselined {
 		l.baselined = true
 		return nil
 	}
-	insertFailed := after[statInsertFailed] - before[statInsertFailed]
-	drop := after[statDrop] - before[statDrop]
-	clash := after[statClashResolve] - before[statClashResolve]
+	insertFailed := after[ctnetlink.StatInsertFailed] - before[ctnetlink.StatInsertFailed]
+	drop := after[ctnetlink.StatDrop] - before[ctnetlink.StatDrop]
+	clash := after[ctnetlink.StatClashResolve] - before[ctnetlink.StatClashResolve]
 	if insertFailed|drop|clash == 0 {
 		return nil
 	}
 	l.t.cmu.Lock()
-	v := l.t.valuesLocked(Key{NetNS: l.ns.Inode})
-	v.Failed[ReasonConfirmDrop] += insertFailed
-	v.Failed[ReasonTableFull] += drop
-	v.Failed[ReasonClashResolved] += clash
+	v := l.t.valuesLocked(tracer.Key{NetNS: l.ns.Inode})
+	v.Failed[tracer.ReasonConfirmDrop] += insertFailed
+	v.Failed[tracer.ReasonTableFull] += drop
+	v.Failed[tracer.ReasonClashResolved] += clash
 	l.t.cmu.Unlock()
 	return nil
 }
 
 // valuesLocked returns the counters of k, creating them; t.cmu held.
-func (t *netlinkTracer) valuesLocked(k Key) *Values {
+func (t *netlinkTracer) valuesLocked(k tracer.Key) *tracer.Values {
 	v := t.counters[k]
 	if v == nil {
-		v = &Values{}
+		v = &tracer.Values{}
 		t.counters[k] = v
 	}
 	return v
@@ -455,7 +467,7 @@ func (t *netlinkTracer) valuesLocked(k Key) *Values {
 func (l *nlListener) run() {
 	defer close(l.done)
 	for {
-		b, err := l.ev.recv()
+		b, err := l.ev.Receive()
 		if err != nil {
 			if l.closing.Load() {
 				return
@@ -467,7 +479,7 @@ func (l *nlListener) run() {
 					zap.Int("buffer", l.t.opts.NetlinkBufferSize))
 				l.resyncPending = true
 				l.maybeResync()
-			case errors.Is(err, errTruncated):
+			case errors.Is(err, ctnetlink.ErrTruncated):
 				l.t.lostDecode.Add(1)
 			default:
 				l.warn("ctnetlink receive failed, retrying", zap.Error(err))
@@ -480,7 +492,7 @@ func (l *nlListener) run() {
 			continue
 		}
 		now := time.Now()
-		msgs, perr := splitMessages(b)
+		msgs, perr := ctnetlink.SplitMessages(b)
 		for _, msg := range msgs {
 			l.handle(msg, now)
 		}
@@ -499,8 +511,8 @@ func (l *nlListener) run() {
 }
 
 // handle accounts one message and sends its event.
-func (l *nlListener) handle(msg nlMessage, now time.Time) {
-	ev, m, ok, err := decodeEventMessage(msg)
+func (l *nlListener) handle(msg ctnetlink.Message, now time.Time) {
+	ev, m, ok, err := ctnetlink.DecodeEvent(msg)
 	if err != nil {
 		l.t.lostDecode.Add(1)
 		return
@@ -511,14 +523,14 @@ func (l *nlListener) handle(msg nlMessage, now time.Time) {
 	ev.Time = now.Round(0) // wall clock only, like the eBPF backends
 	ev.NetNS = l.ns.Inode
 	switch ev.Type {
-	case EventCreated:
+	case tracer.EventCreated:
 		if m.HasID {
 			l.firstSeen[m.ID] = now
 			if len(l.firstSeen) >= l.resyncAt {
 				l.resyncPending = true
 			}
 		}
-	case EventDestroyed:
+	case tracer.EventDestroyed:
 		if seen, ok := l.firstSeen[m.ID]; ok && m.HasID {
 			ev.Lifetime, ev.LifetimeKnown = now.Sub(seen), true
 			delete(l.firstSeen, m.ID)
@@ -539,21 +551,21 @@ func (l *nlListener) handle(msg nlMessage, now time.Time) {
 }
 
 // account adds an event to the counters of its key.
-func (t *netlinkTracer) account(ev *Event) {
+func (t *netlinkTracer) account(ev *tracer.Event) {
 	t.cmu.Lock()
 	defer t.cmu.Unlock()
-	v := t.valuesLocked(Key{NetNS: ev.NetNS, Family: ev.Family, Protocol: ev.Protocol})
+	v := t.valuesLocked(tracer.Key{NetNS: ev.NetNS, Family: ev.Family, Protocol: ev.Protocol})
 	switch ev.Type {
-	case EventCreated:
+	case tracer.EventCreated:
 		v.Created++
-	case EventDestroyed:
+	case tracer.EventDestroyed:
 		v.Destroyed++
 		if !ev.LifetimeKnown {
 			v.DestroyedNoStart++
 			return
 		}
 		v.LifetimeSum += ev.Lifetime
-		v.LifetimeBuckets[lifetimeBucket(ev.Lifetime)]++
+		v.LifetimeBuckets[tracer.LifetimeBucket(ev.Lifetime)]++
 	}
 }
 
@@ -593,7 +605,7 @@ func (l *nlListener) resync() {
 	if l.qClosed {
 		err = os.ErrClosed
 	} else {
-		_, _, err = l.q.dump(func(m *ctMessage) {
+		_, _, err = l.q.Dump(func(m *ctnetlink.CTMessage) {
 			if _, ok := l.firstSeen[m.ID]; ok {
 				present[m.ID] = struct{}{}
 			}
@@ -621,7 +633,7 @@ func (l *nlListener) resync() {
 	}
 }
 
-func (t *netlinkTracer) Info() Info {
+func (t *netlinkTracer) Info() tracer.Info {
 	t.infoMu.Lock()
 	defer t.infoMu.Unlock()
 	info := t.info
@@ -629,18 +641,12 @@ func (t *netlinkTracer) Info() Info {
 	return info
 }
 
-func (t *netlinkTracer) setRefused(refused, reasons map[Backend]string) {
-	t.infoMu.Lock()
-	defer t.infoMu.Unlock()
-	t.info.Refused, t.info.RefusedReason = refused, reasons
-}
-
-func (t *netlinkTracer) Events() <-chan Event { return t.events }
+func (t *netlinkTracer) Events() <-chan tracer.Event { return t.events }
 
 // Counters returns the counters. The failure counters (Key{NetNS: inode},
 // Family and Protocol 0) are refreshed from the kernel's statistics of
 // every namespace first.
-func (t *netlinkTracer) Counters() (Counters, error) {
+func (t *netlinkTracer) Counters() (tracer.Counters, error) {
 	t.mu.Lock()
 	ls := make([]*nlListener, 0, len(t.listeners))
 	for _, l := range t.listeners {
@@ -654,26 +660,28 @@ func (t *netlinkTracer) Counters() (Counters, error) {
 	}
 	t.cmu.Lock()
 	defer t.cmu.Unlock()
-	out := make(Counters, len(t.counters))
+	out := make(tracer.Counters, len(t.counters))
 	for k, v := range t.counters {
 		out[k] = *v
 	}
 	return out, nil
 }
 
-func (t *netlinkTracer) Lost() (map[LostReason]uint64, error) {
-	return map[LostReason]uint64{
-		LostChannelFull:   t.lostChannelFull.Load(),
-		LostNetlinkNoBufs: t.lostNoBufs.Load(),
-		LostDecodeError:   t.lostDecode.Load(),
+func (t *netlinkTracer) Lost() (map[tracer.LostReason]uint64, error) {
+	return map[tracer.LostReason]uint64{
+		tracer.LostChannelFull:   t.lostChannelFull.Load(),
+		tracer.LostNetlinkNoBufs: t.lostNoBufs.Load(),
+		tracer.LostDecodeError:   t.lostDecode.Load(),
 	}, nil
 }
 
-func (t *netlinkTracer) Programs() ([]ProgramStats, error) { return nil, nil }
+func (t *netlinkTracer) Programs() ([]tracer.ProgramStats, error) { return nil, nil }
 
-// Forget drops the counters of a namespace; its listener, if any, keeps
-// running (the rescan closes it once the namespace is no longer listed).
+// Forget drops the counters and kernel statistics totals of a namespace;
+// its listener, if any, keeps running (the rescan closes it once the
+// namespace is no longer listed).
 func (t *netlinkTracer) Forget(netns uint32) error {
+	t.ForgetStats(netns)
 	t.cmu.Lock()
 	defer t.cmu.Unlock()
 	for k := range t.counters {

@@ -1,11 +1,9 @@
-package tracer
+package netlinktracer
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"slices"
@@ -14,303 +12,33 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctagent/ctagent/pkg/tracer"
+	"github.com/ctagent/ctagent/pkg/tracer/ctnetlink"
+
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/internal/tracertest"
 )
 
 // --- lifetime buckets -------------------------------------------------------
-
-// cLifetimeBucket is lifetime_bucket of bpf/conntrack.bpf.c: the same
-// steps, its unrolled shifts (16, 8, 4, 2, 1) written as a loop.
-func cLifetimeBucket(ns uint64) int {
-	ms := (ns + 999999) / 1000000
-	b := uint64(0)
-	if ms <= 1 {
-		return 0
-	}
-	ms--
-	for _, s := range []uint64{16, 8, 4, 2, 1} {
-		if ms>>s != 0 {
-			ms >>= s
-			b += s
-		}
-	}
-	b += ms
-	if b >= NumLifetimeBuckets {
-		b = NumLifetimeBuckets - 1
-	}
-	return int(b)
-}
-
-func TestNetlinkLifetimeBucket(t *testing.T) {
-	ms := time.Millisecond
-	for _, c := range []struct {
-		d    time.Duration
-		want int
-	}{
-		{-time.Second, 0}, {0, 0}, {ms / 2, 0}, {ms, 0}, {ms + 1, 1}, {ms + ms/2, 1}, {2 * ms, 1}, {2*ms + 1, 2}, {3 * ms, 2},
-		{4 * ms, 2}, {5 * ms, 3}, {1024 * ms, 10}, {1025 * ms, 11}, {time.Duration(1<<26) * ms, 26},
-		{time.Duration(1<<26+1) * ms, 27}, {time.Duration(1<<27) * ms, 27}, {1 << 62, 27},
-	} {
-		if got := lifetimeBucket(c.d); got != c.want {
-			t.Errorf("lifetimeBucket(%v) = %d, want %d", c.d, got, c.want)
-		}
-	}
-	r := rand.New(rand.NewPCG(1, 2))
-	for range 100000 {
-		ns := r.Uint64N(1 << uint(r.IntN(63)+1))
-		d := time.Duration(ns)
-		got := lifetimeBucket(d)
-		if want := cLifetimeBucket(ns); got != want {
-			t.Fatalf("lifetimeBucket(%d ns) = %d, C rule says %d", ns, got, want)
-		}
-		// Bucket i holds exactly the lifetimes in (2^(i-1), 2^i] ms.
-		bound := func(i int) uint64 { return uint64(1) << uint(i) * uint64(time.Millisecond) }
-		if got < NumLifetimeBuckets-1 && ns > bound(got) {
-			t.Fatalf("%v in bucket %d above its bound %v s", d, got, LifetimeBucketBound(got))
-		}
-		if got > 0 && ns <= bound(got-1) {
-			t.Fatalf("%v in bucket %d, fits bucket %d", d, got, got-1)
-		}
-	}
-}
-
-// --- a ctnetlink encoder for decoder tests -----------------------------------
-
-func nlAttr(typ uint16, payload []byte) []byte {
-	b := make([]byte, nlaHdrLen, align4(nlaHdrLen+len(payload)))
-	binary.NativeEndian.PutUint16(b[0:2], uint16(nlaHdrLen+len(payload)))
-	binary.NativeEndian.PutUint16(b[2:4], typ)
-	b = append(b, payload...)
-	return b[:cap(b)][:align4(len(b))]
-}
-
-func nlNest(typ uint16, children ...[]byte) []byte {
-	return nlAttr(typ|unix.NLA_F_NESTED, slices.Concat(children...))
-}
-
-func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
-func be32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
-func be64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
-
-func encodeTuple(typ uint16, family, proto uint8, tp Tuple) []byte {
-	src, dst := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
-	if family == unix.AF_INET6 {
-		src, dst = ctaIPv6Src, ctaIPv6Dst
-	}
-	l4 := [][]byte{nlAttr(ctaProtoNum, []byte{proto})}
-	switch proto {
-	case unix.IPPROTO_ICMP:
-		l4 = append(l4, nlAttr(ctaProtoICMPID, be16(tp.SrcPort)), nlAttr(ctaProtoICMPType, []byte{tp.ICMPType()}), nlAttr(ctaProtoICMPCode, []byte{tp.ICMPCode()}))
-	case unix.IPPROTO_ICMPV6:
-		l4 = append(l4, nlAttr(ctaProtoICMPv6ID, be16(tp.SrcPort)), nlAttr(ctaProtoICMPv6Type, []byte{tp.ICMPType()}), nlAttr(ctaProtoICMPv6Code, []byte{tp.ICMPCode()}))
-	default:
-		l4 = append(l4, nlAttr(ctaProtoSrcPort, be16(tp.SrcPort)), nlAttr(ctaProtoDstPort, be16(tp.DstPort)))
-	}
-	return nlNest(typ,
-		nlNest(ctaTupleIP, nlAttr(src, tp.Src.AsSlice()), nlAttr(dst, tp.Dst.AsSlice())),
-		nlNest(ctaTupleProto, l4...))
-}
-
-// encodeCT builds a whole netlink message as ctnetlink sends it.
-func encodeCT(msgType uint8, flags uint16, e Entry, extra ...[]byte) []byte {
-	attrs := slices.Concat(
-		encodeTuple(ctaTupleOrig, e.Family, e.Protocol, e.Original),
-		encodeTuple(ctaTupleReply, e.Family, e.Protocol, e.Reply),
-		nlAttr(ctaStatus, be32(e.Status)),
-		nlAttr(ctaTimeout, be32(uint32(e.Timeout/time.Second))),
-		nlAttr(ctaMark, be32(e.Mark)),
-		nlAttr(ctaID, be32(e.ID)),
-		nlAttr(ctaZone, be16(e.Zone)),
-	)
-	if e.Protocol == unix.IPPROTO_TCP {
-		attrs = append(attrs, nlNest(ctaProtoinfo, nlNest(ctaProtoinfoTCP, nlAttr(ctaProtoinfoTCPState, []byte{e.TCPState})))...)
-	}
-	for _, x := range extra {
-		attrs = append(attrs, x...)
-	}
-	return encodeMsg(nfnlSubsysCTNetlink<<8|uint16(msgType), flags, e.Family, 0, attrs)
-}
-
-func encodeMsg(typ, flags uint16, family uint8, resID uint16, attrs []byte) []byte {
-	b := make([]byte, nlmsgHdrLen+nfgenLen)
-	binary.NativeEndian.PutUint32(b[0:4], uint32(len(b)+len(attrs)))
-	binary.NativeEndian.PutUint16(b[4:6], typ)
-	binary.NativeEndian.PutUint16(b[6:8], flags)
-	b[nlmsgHdrLen] = family
-	binary.BigEndian.PutUint16(b[nlmsgHdrLen+2:], resID)
-	return append(b, attrs...)
-}
-
-func sampleEntries() []Entry {
-	a4, b4 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.7")
-	a6, b6 := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::ff")
-	return []Entry{
-		{ID: 1, Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, Original: Tuple{a4, b4, 40000, 80},
-			Reply: Tuple{b4, a4, 8080, 40000}, Status: 0x18e, TCPState: 3, Mark: 7, Zone: 3, Timeout: 431999 * time.Second},
-		{ID: 0xfffffffe, Family: unix.AF_INET6, Protocol: unix.IPPROTO_UDP, Original: Tuple{a6, b6, 53, 5353},
-			Reply: Tuple{b6, a6, 5353, 53}, Status: 0x8, Timeout: 30 * time.Second},
-		{ID: 3, Family: unix.AF_INET, Protocol: unix.IPPROTO_ICMP, Original: Tuple{a4, b4, 4242, 8 << 8},
-			Reply: Tuple{b4, a4, 4242, 0}},
-		{ID: 4, Family: unix.AF_INET6, Protocol: unix.IPPROTO_ICMPV6, Original: Tuple{a6, b6, 9, 128 << 8},
-			Reply: Tuple{b6, a6, 9, 129 << 8}, Zone: 65535},
-	}
-}
-
-func TestNetlinkDecode(t *testing.T) {
-	for _, e := range sampleEntries() {
-		raw := encodeCT(ipctnlMsgCtNew, unix.NLM_F_CREATE|unix.NLM_F_EXCL, e,
-			nlNest(ctaTimestamp, nlAttr(ctaTimestampStart, be64(100)), nlAttr(ctaTimestampStop, be64(350))))
-		msgs, err := splitMessages(raw)
-		if err != nil || len(msgs) != 1 {
-			t.Fatalf("split: %v, %d messages", err, len(msgs))
-		}
-		ev, m, ok, err := decodeEventMessage(msgs[0])
-		if err != nil || !ok {
-			t.Fatalf("decode %+v: ok %v, %v", e, ok, err)
-		}
-		if m.Entry != e {
-			t.Errorf("entry:\n got %+v\nwant %+v", m.Entry, e)
-		}
-		if m.Start != 100 || m.Stop != 350 {
-			t.Errorf("timestamps %d %d", m.Start, m.Stop)
-		}
-		if ev.Original.Src.Is4In6() || (e.Family == unix.AF_INET) != ev.Original.Src.Is4() {
-			t.Errorf("address form: %v", ev.Original.Src)
-		}
-		want := Event{Type: EventCreated, Cookie: uint64(e.ID), Family: e.Family, Protocol: e.Protocol, Original: e.Original,
-			Reply: e.Reply, Zone: e.Zone, Mark: e.Mark, Status: e.Status, TCPState: e.TCPState}
-		if ev != want {
-			t.Errorf("event:\n got %+v\nwant %+v", ev, want)
-		}
-		// DELETE is a destroy event; NEW without CREATE is an update: ignored.
-		msgs, _ = splitMessages(encodeCT(ipctnlMsgCtDelete, 0, e))
-		if ev, _, ok, err := decodeEventMessage(msgs[0]); err != nil || !ok || ev.Type != EventDestroyed {
-			t.Errorf("delete: %v %v %v", ev.Type, ok, err)
-		}
-		msgs, _ = splitMessages(encodeCT(ipctnlMsgCtNew, 0, e))
-		if _, _, ok, err := decodeEventMessage(msgs[0]); err != nil || ok {
-			t.Errorf("update: ok %v, %v", ok, err)
-		}
-		// Every truncation fails cleanly (or, cut at an attribute
-		// boundary after the tuples, decodes).
-		for i := range len(raw) {
-			cut := append([]byte(nil), raw[:i]...)
-			if len(cut) >= 4 {
-				binary.NativeEndian.PutUint32(cut[0:4], uint32(len(cut)))
-			}
-			msgs, err := splitMessages(cut)
-			if err != nil || len(msgs) == 0 {
-				continue
-			}
-			_, _, _, _ = decodeEventMessage(msgs[0])
-		}
-	}
-
-	e := sampleEntries()[0]
-	bad := map[string][]byte{
-		"no tuples": encodeMsg(nfnlSubsysCTNetlink<<8, unix.NLM_F_CREATE, unix.AF_INET, 0, nlAttr(ctaID, be32(1))),
-		"short id": encodeMsg(nfnlSubsysCTNetlink<<8, unix.NLM_F_CREATE, unix.AF_INET, 0, slices.Concat(
-			encodeTuple(ctaTupleOrig, e.Family, e.Protocol, e.Original), encodeTuple(ctaTupleReply, e.Family, e.Protocol, e.Reply),
-			nlAttr(ctaID, []byte{1, 2}))),
-		"v6 address in v4 message": encodeMsg(nfnlSubsysCTNetlink<<8, unix.NLM_F_CREATE, unix.AF_INET, 0, slices.Concat(
-			encodeTuple(ctaTupleOrig, unix.AF_INET6, e.Protocol, sampleEntries()[1].Original), encodeTuple(ctaTupleReply, e.Family, e.Protocol, e.Reply))),
-		"unknown family": encodeCT(ipctnlMsgCtNew, unix.NLM_F_CREATE, Entry{Family: 7, Protocol: 6, Original: e.Original, Reply: e.Reply}),
-		"attribute overruns": func() []byte {
-			b := encodeCT(ipctnlMsgCtNew, unix.NLM_F_CREATE, e)
-			binary.NativeEndian.PutUint16(b[nlmsgHdrLen+nfgenLen:], 0xfff0)
-			return b
-		}(),
-		"protocol mismatch": encodeMsg(nfnlSubsysCTNetlink<<8, unix.NLM_F_CREATE, unix.AF_INET, 0, slices.Concat(
-			encodeTuple(ctaTupleOrig, e.Family, unix.IPPROTO_TCP, e.Original), encodeTuple(ctaTupleReply, e.Family, unix.IPPROTO_UDP, e.Reply))),
-	}
-	for name, raw := range bad {
-		msgs, err := splitMessages(raw)
-		if err != nil {
-			t.Fatalf("%s: split: %v", name, err)
-		}
-		if _, _, ok, err := decodeEventMessage(msgs[0]); err == nil || ok {
-			t.Errorf("%s: accepted (ok %v)", name, ok)
-		}
-	}
-	if _, err := splitMessages([]byte{1, 2, 3}); err == nil {
-		t.Error("split accepted 3 bytes")
-	}
-	hdr := make([]byte, 16)
-	binary.NativeEndian.PutUint32(hdr, 200)
-	if _, err := splitMessages(hdr); err == nil {
-		t.Error("split accepted a length beyond the buffer")
-	}
-
-	// Statistics.
-	cpu := encodeMsg(nfnlSubsysCTNetlink<<8|ipctnlMsgCtGetStatsCPU, 0, 0, 1, slices.Concat(
-		nlAttr(ctaStatsFound, be32(5)), nlAttr(ctaStatsInsert, be32(7)), nlAttr(ctaStatsDrop, be32(9)),
-		nlAttr(ctaStatsClashResolve, be32(11)), nlAttr(ctaStatsChainTooLong, be32(13)), nlAttr(99, be64(1))))
-	msgs, _ := splitMessages(cpu)
-	s, err := decodeStatsCPU(msgs[0].Data)
-	if err != nil || s != (cpuStats{CPU: 1, Found: 5, Insert: 7, Drop: 9, ClashResolve: 11, ChainTooLong: 13}) {
-		t.Errorf("stats cpu: %+v, %v", s, err)
-	}
-	if _, err := decodeStatsCPU(encodeMsg(0, 0, 0, 0, nlAttr(ctaStatsDrop, be16(1)))[nlmsgHdrLen:]); err == nil {
-		t.Error("stats cpu accepted a 2-byte counter")
-	}
-	g := encodeMsg(0, 0, 0, 0, slices.Concat(nlAttr(ctaStatsGlobalEntries, be32(3)), nlAttr(ctaStatsGlobalMaxEntries, be32(262144))))
-	if n, m, err := decodeStatsGlobal(g[nlmsgHdrLen:]); n != 3 || m != 262144 || err != nil {
-		t.Errorf("global stats %d %d %v", n, m, err)
-	}
-}
-
-// FuzzNetlinkDecode feeds arbitrary datagrams to the raw-message decoder:
-// it must never panic, and whatever it accepts must be well-formed.
-func FuzzNetlinkDecode(f *testing.F) {
-	for _, e := range sampleEntries() {
-		f.Add(encodeCT(ipctnlMsgCtNew, unix.NLM_F_CREATE|unix.NLM_F_EXCL, e))
-		f.Add(encodeCT(ipctnlMsgCtDelete, 0, e, nlNest(ctaTimestamp, nlAttr(ctaTimestampStart, be64(1)))))
-	}
-	f.Add(slices.Concat(encodeCT(ipctnlMsgCtNew, unix.NLM_F_CREATE, sampleEntries()[0]), encodeCT(ipctnlMsgCtDelete, 0, sampleEntries()[1])))
-	f.Add(encodeMsg(nfnlSubsysCTNetlink<<8|ipctnlMsgCtGetStatsCPU, 0, 0, 1, nlAttr(ctaStatsDrop, be32(9))))
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		msgs, _ := splitMessages(b)
-		for _, m := range msgs {
-			ev, dm, ok, err := decodeEventMessage(m)
-			if err == nil && ok {
-				if ev.Family != unix.AF_INET && ev.Family != unix.AF_INET6 {
-					t.Fatalf("accepted family %d", ev.Family)
-				}
-				is4 := ev.Family == unix.AF_INET
-				for _, a := range []netip.Addr{ev.Original.Src, ev.Original.Dst, ev.Reply.Src, ev.Reply.Dst} {
-					if !a.IsValid() || a.Is4() != is4 {
-						t.Fatalf("accepted address %v in family %d", a, ev.Family)
-					}
-				}
-				if ev.Cookie != uint64(dm.ID) {
-					t.Fatalf("cookie %d, id %d", ev.Cookie, dm.ID)
-				}
-			}
-			_, _ = decodeStatsCPU(m.Data)
-			_, _, _ = decodeStatsGlobal(m.Data)
-		}
-	})
-}
-
-// --- integration: real namespaces, real traffic -------------------------------
 
 // expectConn is one connection as one namespace's conntrack sees it.
 type expectConn struct {
 	ns               *labnet.NS
 	family, protocol uint8
-	orig, reply      Tuple
+	orig, reply      tracer.Tuple
 	what             string
 }
 
-func (c expectConn) match(ev Event) bool {
+func (c expectConn) match(ev tracer.Event) bool {
 	return ev.NetNS == c.ns.Inode && ev.Family == c.family && ev.Protocol == c.protocol && ev.Original == c.orig
 }
 
-func inverse(tp Tuple) Tuple { return Tuple{tp.Dst, tp.Src, tp.DstPort, tp.SrcPort} }
+func inverse(tp tracer.Tuple) tracer.Tuple {
+	return tracer.Tuple{Src: tp.Dst, Dst: tp.Src, SrcPort: tp.DstPort, DstPort: tp.SrcPort}
+}
 
 func familyOf(a netip.Addr) uint8 {
 	if a.Is4() {
@@ -368,17 +96,17 @@ func TestNetlinkTracer(t *testing.T) {
 	b.ServeTCP(8080)
 	c.ServeUDP(5353)
 
-	nss := []Namespace{{Inode: root.Inode}, labNamespace(a), labNamespace(b), labNamespace(c)}
+	nss := []tracer.Namespace{{Inode: root.Inode}, tracertest.Namespace(a), tracertest.Namespace(b), tracertest.Namespace(c)}
 	mine := []*labnet.NS{a, b, c}
 	before := map[uint32]map[string]uint64{}
 	for _, n := range mine {
 		before[n.Inode] = n.CTStats()
 	}
 	fds := openFDs(t)
-	tr, err := Open(context.Background(), Options{
-		Backend:        BackendNetlink,
+	tr, err := tracer.Open(context.Background(), tracer.Options{
+		Backend:        tracer.BackendNetlink,
 		Logger:         zaptest.NewLogger(t),
-		Namespaces:     func() ([]Namespace, error) { return nss, nil },
+		Namespaces:     func() ([]tracer.Namespace, error) { return nss, nil },
 		RescanInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
@@ -386,15 +114,15 @@ func TestNetlinkTracer(t *testing.T) {
 	}
 	t.Cleanup(func() { tr.Close() })
 	info := tr.Info()
-	if info.Backend != BackendNetlink || len(info.Hooks) != 2 || info.Kernel == "" {
+	if info.Backend != tracer.BackendNetlink || len(info.Hooks) != 2 || info.Kernel == "" {
 		t.Errorf("info: %+v", info)
 	}
-	log := collectEvents(tr)
+	log := tracertest.CollectEvents(tr)
 
 	// Traffic from a: TCP to b (DNAT there), UDP and ICMP to c, ICMPv6 to b.
 	var want []expectConn
-	conn := func(what string, proto uint8, local netip.AddrPort, dst netip.AddrPort, n1, n2 *labnet.NS, reply2 Tuple) {
-		orig := Tuple{local.Addr(), dst.Addr(), local.Port(), dst.Port()}
+	conn := func(what string, proto uint8, local netip.AddrPort, dst netip.AddrPort, n1, n2 *labnet.NS, reply2 tracer.Tuple) {
+		orig := tracer.Tuple{Src: local.Addr(), Dst: dst.Addr(), SrcPort: local.Port(), DstPort: dst.Port()}
 		fam := familyOf(dst.Addr())
 		want = append(want,
 			expectConn{n1, fam, proto, orig, inverse(orig), what + " client"},
@@ -403,11 +131,11 @@ func TestNetlinkTracer(t *testing.T) {
 	for range 3 {
 		for _, dst := range []netip.Addr{ab.B4, ab.B6} {
 			l := a.TCPRoundTrip(netip.AddrPortFrom(dst, 80))
-			conn("tcp", unix.IPPROTO_TCP, l, netip.AddrPortFrom(dst, 80), a, b, Tuple{dst, l.Addr(), 8080, l.Port()})
+			conn("tcp", unix.IPPROTO_TCP, l, netip.AddrPortFrom(dst, 80), a, b, tracer.Tuple{Src: dst, Dst: l.Addr(), SrcPort: 8080, DstPort: l.Port()})
 		}
 		for _, dst := range []netip.Addr{ac.B4, ac.B6} {
 			l := a.UDPRoundTrip(netip.AddrPortFrom(dst, 5353))
-			orig := Tuple{l.Addr(), dst, l.Port(), 5353}
+			orig := tracer.Tuple{Src: l.Addr(), Dst: dst, SrcPort: l.Port(), DstPort: 5353}
 			conn("udp", unix.IPPROTO_UDP, l, netip.AddrPortFrom(dst, 5353), a, c, inverse(orig))
 		}
 	}
@@ -423,8 +151,8 @@ func TestNetlinkTracer(t *testing.T) {
 		if p.dst == ab.B6 {
 			src = ab.A6
 		}
-		orig := Tuple{src, p.dst, id, p.req}
-		reply := Tuple{p.dst, src, id, p.rep}
+		orig := tracer.Tuple{Src: src, Dst: p.dst, SrcPort: id, DstPort: p.req}
+		reply := tracer.Tuple{Src: p.dst, Dst: src, SrcPort: id, DstPort: p.rep}
 		want = append(want, expectConn{a, familyOf(p.dst), p.proto, orig, reply, "ping client"},
 			expectConn{p.server, familyOf(p.dst), p.proto, orig, reply, "ping server"})
 	}
@@ -455,10 +183,10 @@ func TestNetlinkTracer(t *testing.T) {
 		if e.n == root {
 			t.Cleanup(func() { _ = root.CTDelete(labnet.InsertArgs(e.proto, e.src, e.dst)[:6]...) })
 		}
-		orig := Tuple{e.src.Addr(), e.dst.Addr(), e.src.Port(), e.dst.Port()}
+		orig := tracer.Tuple{Src: e.src.Addr(), Dst: e.dst.Addr(), SrcPort: e.src.Port(), DstPort: e.dst.Port()}
 		reply := inverse(orig)
 		if e.proto == "icmp" {
-			orig.DstPort, reply = 8<<8, Tuple{orig.Dst, orig.Src, orig.SrcPort, 0}
+			orig.DstPort, reply = 8<<8, tracer.Tuple{Src: orig.Dst, Dst: orig.Src, SrcPort: orig.SrcPort, DstPort: 0}
 		}
 		want = append(want, expectConn{e.n, familyOf(e.src.Addr()), protoNum[e.proto], orig, reply, "inserted " + e.proto})
 	}
@@ -471,16 +199,16 @@ func TestNetlinkTracer(t *testing.T) {
 	}
 
 	// Every connection created exactly once, in its namespace.
-	created := func(evs []Event, c expectConn) []Event {
-		var out []Event
+	created := func(evs []tracer.Event, c expectConn) []tracer.Event {
+		var out []tracer.Event
 		for _, ev := range evs {
-			if ev.Type == EventCreated && c.match(ev) {
+			if ev.Type == tracer.EventCreated && c.match(ev) {
 				out = append(out, ev)
 			}
 		}
 		return out
 	}
-	if !log.waitFor(5*time.Second, func(evs []Event) bool {
+	if !log.WaitFor(5*time.Second, func(evs []tracer.Event) bool {
 		for _, c := range want {
 			if len(created(evs, c)) == 0 {
 				return false
@@ -493,24 +221,24 @@ func TestNetlinkTracer(t *testing.T) {
 
 	// Ground truth before the flush: the live table (conntrack -L) plus
 	// the entries deleted with conntrack -D.
-	truth := map[Key]uint64{}
+	truth := map[tracer.Key]uint64{}
 	for _, n := range mine {
 		for _, r := range n.CTList() {
-			truth[Key{n.Inode, r.Family, r.Protocol}]++
-			var match []Event
-			for _, ev := range log.snapshot() {
-				if ev.Type == EventCreated && ev.NetNS == n.Inode && ev.Original == Tuple(r.Original) {
+			truth[tracer.Key{NetNS: n.Inode, Family: r.Family, Protocol: r.Protocol}]++
+			var match []tracer.Event
+			for _, ev := range log.Snapshot() {
+				if ev.Type == tracer.EventCreated && ev.NetNS == n.Inode && ev.Original == tracer.Tuple(r.Original) {
 					match = append(match, ev)
 				}
 			}
-			if len(match) != 1 || match[0].Reply != Tuple(r.Reply) || match[0].Cookie != uint64(r.ID) {
+			if len(match) != 1 || match[0].Reply != tracer.Tuple(r.Reply) || match[0].Cookie != uint64(r.ID) {
 				t.Errorf("netns %d: conntrack -L %+v: created events %+v", n.Inode, r, match)
 			}
 		}
 	}
 	for _, e := range ins {
 		if e.deleted && e.n != root {
-			truth[Key{e.n.Inode, familyOf(e.src.Addr()), protoNum[e.proto]}]++
+			truth[tracer.Key{NetNS: e.n.Inode, Family: familyOf(e.src.Addr()), Protocol: protoNum[e.proto]}]++
 		}
 	}
 
@@ -518,16 +246,16 @@ func TestNetlinkTracer(t *testing.T) {
 	for _, n := range mine {
 		n.CTFlush()
 	}
-	destroyed := func(evs []Event, cookie uint64, ns uint32) []Event {
-		var out []Event
+	destroyed := func(evs []tracer.Event, cookie uint64, ns uint32) []tracer.Event {
+		var out []tracer.Event
 		for _, ev := range evs {
-			if ev.Type == EventDestroyed && ev.Cookie == cookie && ev.NetNS == ns {
+			if ev.Type == tracer.EventDestroyed && ev.Cookie == cookie && ev.NetNS == ns {
 				out = append(out, ev)
 			}
 		}
 		return out
 	}
-	if !log.waitFor(5*time.Second, func(evs []Event) bool {
+	if !log.WaitFor(5*time.Second, func(evs []tracer.Event) bool {
 		for _, c := range want {
 			for _, ev := range created(evs, c) {
 				if len(destroyed(evs, ev.Cookie, ev.NetNS)) == 0 {
@@ -540,7 +268,7 @@ func TestNetlinkTracer(t *testing.T) {
 		t.Error("timed out waiting for DESTROY events")
 	}
 	time.Sleep(100 * time.Millisecond) // let stray duplicates show up
-	evs := log.snapshot()
+	evs := log.Snapshot()
 	for _, c := range want {
 		cr := created(evs, c)
 		if len(cr) != 1 {
@@ -577,7 +305,7 @@ func TestNetlinkTracer(t *testing.T) {
 	// No other entries appeared in our namespaces.
 	perNS := map[uint32]int{}
 	for _, ev := range evs {
-		if ev.NetNS != root.Inode && ev.Type == EventCreated {
+		if ev.NetNS != root.Inode && ev.Type == tracer.EventCreated {
 			perNS[ev.NetNS]++
 		}
 	}
@@ -601,7 +329,7 @@ func TestNetlinkTracer(t *testing.T) {
 	}
 	for _, n := range mine {
 		after := n.CTStats()
-		var sum, truthSum Values
+		var sum, truthSum tracer.Values
 		for k, v := range cnt {
 			if k.NetNS != n.Inode {
 				continue
@@ -633,13 +361,13 @@ func TestNetlinkTracer(t *testing.T) {
 			t.Errorf("netns %d: no start %d, histogram %d, lifetime sum %v", n.Inode, sum.DestroyedNoStart, buckets, sum.LifetimeSum)
 		}
 		for r, x := range sum.Failed {
-			kernel := map[FailReason]uint64{
-				ReasonConfirmDrop:   after["insert_failed"] - before[n.Inode]["insert_failed"],
-				ReasonTableFull:     after["drop"] - before[n.Inode]["drop"],
-				ReasonClashResolved: after["clash_resolve"] - before[n.Inode]["clash_resolve"],
-			}[FailReason(r)]
+			kernel := map[tracer.FailReason]uint64{
+				tracer.ReasonConfirmDrop:   after["insert_failed"] - before[n.Inode]["insert_failed"],
+				tracer.ReasonTableFull:     after["drop"] - before[n.Inode]["drop"],
+				tracer.ReasonClashResolved: after["clash_resolve"] - before[n.Inode]["clash_resolve"],
+			}[tracer.FailReason(r)]
 			if x != kernel {
-				t.Errorf("netns %d: failed %s %d, kernel %d", n.Inode, FailReason(r), x, kernel)
+				t.Errorf("netns %d: failed %s %d, kernel %d", n.Inode, tracer.FailReason(r), x, kernel)
 			}
 		}
 	}
@@ -657,7 +385,7 @@ func TestNetlinkTracer(t *testing.T) {
 		t.Errorf("second close: %v", err)
 	}
 	select {
-	case <-log.done:
+	case <-log.Done:
 	case <-time.After(time.Second):
 		t.Error("events channel not closed by Close")
 	}
@@ -670,12 +398,12 @@ func TestNetlinkRescan(t *testing.T) {
 	labnet.Require(t, "ip", "conntrack")
 	first := labnet.New(t)
 	var mu sync.Mutex
-	list := []Namespace{labNamespace(first)}
+	list := []tracer.Namespace{tracertest.Namespace(first)}
 	const interval = 300 * time.Millisecond
-	tr, err := Open(context.Background(), Options{
-		Backend: BackendNetlink,
+	tr, err := tracer.Open(context.Background(), tracer.Options{
+		Backend: tracer.BackendNetlink,
 		Logger:  zaptest.NewLogger(t),
-		Namespaces: func() ([]Namespace, error) {
+		Namespaces: func() ([]tracer.Namespace, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			return slices.Clone(list), nil
@@ -692,11 +420,11 @@ func TestNetlinkRescan(t *testing.T) {
 		defer nt.mu.Unlock()
 		return nt.listeners[ino] != nil
 	}
-	log := collectEvents(tr)
+	log := tracertest.CollectEvents(tr)
 
 	second := labnet.New(t)
 	mu.Lock()
-	list = append(list, labNamespace(second))
+	list = append(list, tracertest.Namespace(second))
 	mu.Unlock()
 	added := time.Now()
 	for !listening(second.Inode) {
@@ -712,14 +440,14 @@ func TestNetlinkRescan(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if !log.waitFor(3*time.Second, func(evs []Event) bool {
+	if !log.WaitFor(3*time.Second, func(evs []tracer.Event) bool {
 		got := map[uint32]bool{}
 		for _, ev := range evs {
 			got[ev.NetNS] = true
 		}
 		return got[first.Inode] && got[second.Inode]
 	}) {
-		t.Fatalf("no event from both namespaces: %+v", log.snapshot())
+		t.Fatalf("no event from both namespaces: %+v", log.Snapshot())
 	}
 
 	mu.Lock()
@@ -732,20 +460,20 @@ func TestNetlinkRescan(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	n := len(log.snapshot())
+	n := len(log.Snapshot())
 	first.CTFlush()
 	second.CTFlush()
-	if !log.waitFor(3*time.Second, func(evs []Event) bool { return len(evs) > n }) {
+	if !log.WaitFor(3*time.Second, func(evs []tracer.Event) bool { return len(evs) > n }) {
 		t.Fatal("no destroy event from the remaining namespace")
 	}
 	time.Sleep(100 * time.Millisecond)
-	for _, ev := range log.snapshot()[n:] {
-		if ev.NetNS != second.Inode || ev.Type != EventDestroyed || !ev.LifetimeKnown {
+	for _, ev := range log.Snapshot()[n:] {
+		if ev.NetNS != second.Inode || ev.Type != tracer.EventDestroyed || !ev.LifetimeKnown {
 			t.Errorf("after removal: %+v", ev)
 		}
 	}
 	cnt, _ := tr.Counters()
-	if v := cnt[Key{first.Inode, unix.AF_INET, unix.IPPROTO_UDP}]; v.Created != 1 || v.Destroyed != 0 {
+	if v := cnt[tracer.Key{NetNS: first.Inode, Family: unix.AF_INET, Protocol: unix.IPPROTO_UDP}]; v.Created != 1 || v.Destroyed != 0 {
 		t.Errorf("removed namespace counters: %+v", v)
 	}
 }
@@ -757,10 +485,10 @@ func TestNetlinkTableFull(t *testing.T) {
 	labnet.Require(t, "ip", "nft", "conntrack")
 	n := labnet.New(t)
 	n.EnableConntrack()
-	tr, err := Open(context.Background(), Options{
-		Backend:       BackendNetlink,
+	tr, err := tracer.Open(context.Background(), tracer.Options{
+		Backend:       tracer.BackendNetlink,
 		Logger:        zaptest.NewLogger(t),
-		Namespaces:    func() ([]Namespace, error) { return []Namespace{labNamespace(n)}, nil },
+		Namespaces:    func() ([]tracer.Namespace, error) { return []tracer.Namespace{tracertest.Namespace(n)}, nil },
 		DisableEvents: true, // counters must still be kept
 	})
 	if err != nil {
@@ -810,7 +538,7 @@ func TestNetlinkTableFull(t *testing.T) {
 	t.Logf("send into a full table: %v", sendErr)
 
 	after := n.CTStats()
-	ks, err := ReadKernelStats(labNamespace(n))
+	ks, err := ctnetlink.ReadKernelStats(tracertest.Namespace(n))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -818,14 +546,14 @@ func TestNetlinkTableFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := cnt[Key{NetNS: n.Inode}]
+	v := cnt[tracer.Key{NetNS: n.Inode}]
 	drop := after["drop"] - before["drop"]
 	t.Logf("kernel: drop +%d insert_failed +%d; counters: table_full %d confirm_drop %d", drop,
-		after["insert_failed"]-before["insert_failed"], v.Failed[ReasonTableFull], v.Failed[ReasonConfirmDrop])
+		after["insert_failed"]-before["insert_failed"], v.Failed[tracer.ReasonTableFull], v.Failed[tracer.ReasonConfirmDrop])
 	if drop != 1 || ks.Drop != after["drop"] {
 		t.Errorf("kernel drop: +%d (want 1), ReadKernelStats %d, conntrack -S %d", drop, ks.Drop, after["drop"])
 	}
-	if v.Failed[ReasonTableFull] != drop || v.Failed[ReasonConfirmDrop] != after["insert_failed"]-before["insert_failed"] {
+	if v.Failed[tracer.ReasonTableFull] != drop || v.Failed[tracer.ReasonConfirmDrop] != after["insert_failed"]-before["insert_failed"] {
 		t.Errorf("failed counters %v, kernel drop +%d", v.Failed, drop)
 	}
 	var created uint64
@@ -849,10 +577,10 @@ func TestNetlinkTableFull(t *testing.T) {
 func TestNetlinkNoBufs(t *testing.T) {
 	labnet.Require(t, "ip", "conntrack")
 	n := labnet.New(t)
-	tr, err := Open(context.Background(), Options{
-		Backend:           BackendNetlink,
+	tr, err := tracer.Open(context.Background(), tracer.Options{
+		Backend:           tracer.BackendNetlink,
 		Logger:            zaptest.NewLogger(t),
-		Namespaces:        func() ([]Namespace, error) { return []Namespace{labNamespace(n)}, nil },
+		Namespaces:        func() ([]tracer.Namespace, error) { return []tracer.Namespace{tracertest.Namespace(n)}, nil },
 		NetlinkBufferSize: 1, // the kernel's minimum
 		EventBuffer:       8,
 	})
@@ -872,18 +600,18 @@ func TestNetlinkNoBufs(t *testing.T) {
 	nt.cmu.Unlock()
 
 	deadline := time.Now().Add(3 * time.Second)
-	var lost map[LostReason]uint64
+	var lost map[tracer.LostReason]uint64
 	for time.Now().Before(deadline) {
 		lost, _ = tr.Lost()
-		if lost[LostNetlinkNoBufs] > 0 {
+		if lost[tracer.LostNetlinkNoBufs] > 0 {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	cnt, _ := tr.Counters()
-	created := cnt[Key{n.Inode, unix.AF_INET, unix.IPPROTO_UDP}].Created
+	created := cnt[tracer.Key{NetNS: n.Inode, Family: unix.AF_INET, Protocol: unix.IPPROTO_UDP}].Created
 	t.Logf("200 inserts with the reader held: %d NEW received, lost %v", created, lost)
-	if lost[LostNetlinkNoBufs] == 0 {
+	if lost[tracer.LostNetlinkNoBufs] == 0 {
 		t.Fatalf("lost %v, want an ENOBUFS loss", lost)
 	}
 	if created >= 200 {
@@ -902,14 +630,14 @@ func TestNetlinkNoBufs(t *testing.T) {
 	var received uint64
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		cnt, _ = tr.Counters()
-		received = cnt[Key{n.Inode, unix.AF_INET, unix.IPPROTO_UDP}].Created
-		if lost, _ = tr.Lost(); lost[LostChannelFull] > 0 && received == uint64(len(tr.Events()))+lost[LostChannelFull] {
+		received = cnt[tracer.Key{NetNS: n.Inode, Family: unix.AF_INET, Protocol: unix.IPPROTO_UDP}].Created
+		if lost, _ = tr.Lost(); lost[tracer.LostChannelFull] > 0 && received == uint64(len(tr.Events()))+lost[tracer.LostChannelFull] {
 			break
 		}
 	}
 	t.Logf("12 more inserts, Events not read: counters created %d in all, lost %v", received, lost)
-	if lost[LostChannelFull] == 0 || uint64(len(tr.Events())) != 8 || received != uint64(len(tr.Events()))+lost[LostChannelFull] {
-		t.Errorf("channel: %d queued + %d lost, counters %d", len(tr.Events()), lost[LostChannelFull], received)
+	if lost[tracer.LostChannelFull] == 0 || uint64(len(tr.Events())) != 8 || received != uint64(len(tr.Events()))+lost[tracer.LostChannelFull] {
+		t.Errorf("channel: %d queued + %d lost, counters %d", len(tr.Events()), lost[tracer.LostChannelFull], received)
 	}
 
 	// Still listening: the next entry arrives with its lifetime.
@@ -923,7 +651,7 @@ func TestNetlinkNoBufs(t *testing.T) {
 	if err := n.CTDelete(args[:6]...); err != nil {
 		t.Fatal(err)
 	}
-	var got []Event
+	var got []tracer.Event
 	timeout := time.After(3 * time.Second)
 	for len(got) < 2 {
 		select {
@@ -935,7 +663,7 @@ func TestNetlinkNoBufs(t *testing.T) {
 			t.Fatalf("after the overrun: %d TCP events", len(got))
 		}
 	}
-	if got[0].Type != EventCreated || got[1].Type != EventDestroyed || !got[1].LifetimeKnown {
+	if got[0].Type != tracer.EventCreated || got[1].Type != tracer.EventDestroyed || !got[1].LifetimeKnown {
 		t.Errorf("after the overrun: %+v", got)
 	}
 }
@@ -957,16 +685,18 @@ func TestNetlinkDestroyedNoStart(t *testing.T) {
 		}
 	}
 	inserted := time.Now()
-	tr, err := Open(context.Background(), Options{
-		Backend:    BackendNetlink,
-		Logger:     zaptest.NewLogger(t),
-		Namespaces: func() ([]Namespace, error) { return []Namespace{labNamespace(plain), labNamespace(stamped)}, nil },
+	tr, err := tracer.Open(context.Background(), tracer.Options{
+		Backend: tracer.BackendNetlink,
+		Logger:  zaptest.NewLogger(t),
+		Namespaces: func() ([]tracer.Namespace, error) {
+			return []tracer.Namespace{tracertest.Namespace(plain), tracertest.Namespace(stamped)}, nil
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tr.Close() })
-	log := collectEvents(tr)
+	log := tracertest.CollectEvents(tr)
 	time.Sleep(50 * time.Millisecond)
 	for _, n := range []*labnet.NS{plain, stamped} {
 		if err := n.CTDelete(args[:6]...); err != nil {
@@ -974,21 +704,21 @@ func TestNetlinkDestroyedNoStart(t *testing.T) {
 		}
 	}
 	elapsed := time.Since(inserted)
-	if !log.waitFor(3*time.Second, func(evs []Event) bool { return len(evs) == 2 }) {
-		t.Fatalf("events: %+v", log.snapshot())
+	if !log.WaitFor(3*time.Second, func(evs []tracer.Event) bool { return len(evs) == 2 }) {
+		t.Fatalf("events: %+v", log.Snapshot())
 	}
 	cnt, _ := tr.Counters()
-	for _, ev := range log.snapshot() {
-		v := cnt[Key{ev.NetNS, unix.AF_INET, unix.IPPROTO_UDP}]
+	for _, ev := range log.Snapshot() {
+		v := cnt[tracer.Key{NetNS: ev.NetNS, Family: unix.AF_INET, Protocol: unix.IPPROTO_UDP}]
 		switch ev.NetNS {
 		case plain.Inode:
-			if ev.Type != EventDestroyed || ev.LifetimeKnown || v.Destroyed != 1 || v.DestroyedNoStart != 1 || v.Created != 0 {
+			if ev.Type != tracer.EventDestroyed || ev.LifetimeKnown || v.Destroyed != 1 || v.DestroyedNoStart != 1 || v.Created != 0 {
 				t.Errorf("without timestamps: %+v, counters %+v", ev, v)
 			}
 		case stamped.Inode:
 			t.Logf("kernel timestamps: lifetime %v (wall time insert to delete about %v)", ev.Lifetime, elapsed)
-			if ev.Type != EventDestroyed || !ev.LifetimeKnown || ev.Lifetime < 40*time.Millisecond || ev.Lifetime > elapsed+time.Second ||
-				v.DestroyedNoStart != 0 || v.LifetimeSum != ev.Lifetime || v.LifetimeBuckets[lifetimeBucket(ev.Lifetime)] != 1 {
+			if ev.Type != tracer.EventDestroyed || !ev.LifetimeKnown || ev.Lifetime < 40*time.Millisecond || ev.Lifetime > elapsed+time.Second ||
+				v.DestroyedNoStart != 0 || v.LifetimeSum != ev.Lifetime || v.LifetimeBuckets[tracer.LifetimeBucket(ev.Lifetime)] != 1 {
 				t.Errorf("with timestamps: %+v, counters %+v", ev, v)
 			}
 		}
@@ -999,24 +729,26 @@ func TestNetlinkDestroyedNoStart(t *testing.T) {
 // when it is the only one; a bad namespace list fails Open.
 func TestNetlinkOpenErrors(t *testing.T) {
 	labnet.Require(t, "ip")
-	_, err := Open(context.Background(), Options{Backend: BackendNetlink,
-		Namespaces: func() ([]Namespace, error) { return []Namespace{{Inode: 1, Path: "/nonexistent/ns"}}, nil }})
+	_, err := tracer.Open(context.Background(), tracer.Options{Backend: tracer.BackendNetlink,
+		Namespaces: func() ([]tracer.Namespace, error) {
+			return []tracer.Namespace{{Inode: 1, Path: "/nonexistent/ns"}}, nil
+		}})
 	if err == nil {
 		t.Error("open with only a missing namespace succeeded")
 	}
 	n := labnet.New(t)
-	_, err = Open(context.Background(), Options{Backend: BackendNetlink,
-		Namespaces: func() ([]Namespace, error) { return []Namespace{{Inode: n.Inode + 1, Path: n.Path}}, nil }})
+	_, err = tracer.Open(context.Background(), tracer.Options{Backend: tracer.BackendNetlink,
+		Namespaces: func() ([]tracer.Namespace, error) { return []tracer.Namespace{{Inode: n.Inode + 1, Path: n.Path}}, nil }})
 	if err == nil || !strings.Contains(err.Error(), "inode") {
 		t.Errorf("open with a wrong inode: %v", err)
 	}
-	_, err = Open(context.Background(), Options{Backend: BackendNetlink,
-		Namespaces: func() ([]Namespace, error) { return nil, errors.New("boom") }})
+	_, err = tracer.Open(context.Background(), tracer.Options{Backend: tracer.BackendNetlink,
+		Namespaces: func() ([]tracer.Namespace, error) { return nil, errors.New("boom") }})
 	if err == nil {
 		t.Error("open with a failing namespace list succeeded")
 	}
 	// Default: the current namespace only.
-	tr, err := Open(context.Background(), Options{Backend: BackendNetlink})
+	tr, err := tracer.Open(context.Background(), tracer.Options{Backend: tracer.BackendNetlink})
 	if err != nil {
 		t.Fatal(err)
 	}

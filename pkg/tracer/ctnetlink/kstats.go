@@ -1,6 +1,10 @@
-package tracer
+package ctnetlink
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
+)
 
 // KernelStatsReader reads KernelStats of many namespaces and keeps the
 // per-CPU counters monotonic. ctnetlink reports them as 32-bit numbers
@@ -10,36 +14,36 @@ import "sync"
 // Safe for concurrent use.
 type KernelStatsReader struct {
 	mu sync.Mutex
-	ns map[uint32]*cpuTotals
+	ns map[uint32]*CPUTotals
 }
 
-// cpuTotals turns a namespace's 32-bit per-CPU counters into 64-bit totals
+// CPUTotals turns a namespace's 32-bit per-CPU counters into 64-bit totals
 // that only go up: each CPU's change since its last read, modulo 2^32, is
 // added; a CPU seen for the first time adds its whole value.
-type cpuTotals struct {
-	last  map[uint16]cpuStats
-	total [numCPUStats]uint64
+type CPUTotals struct {
+	last  map[uint16]CPUStats
+	total [NumCPUStats]uint64
 }
 
-// Indexes of the per-CPU counters in cpuStats.values.
+// Indexes of the per-CPU counters in CPUStats.values.
 const (
-	statFound = iota
-	statInvalid
-	statInsert
-	statInsertFailed
-	statDrop
-	statEarlyDrop
-	statError
-	statSearchRestart
-	statClashResolve
-	statChainTooLong
-	numCPUStats
+	StatFound = iota
+	StatInvalid
+	StatInsert
+	StatInsertFailed
+	StatDrop
+	StatEarlyDrop
+	StatError
+	StatSearchRestart
+	StatClashResolve
+	StatChainTooLong
+	NumCPUStats
 )
 
 // add adds one read of every CPU's counters and returns the totals.
-func (st *cpuTotals) add(cpus []cpuStats) [numCPUStats]uint64 {
+func (st *CPUTotals) Add(cpus []CPUStats) [NumCPUStats]uint64 {
 	if st.last == nil {
-		st.last = map[uint16]cpuStats{}
+		st.last = map[uint16]CPUStats{}
 	}
 	for _, c := range cpus {
 		now := c.values()
@@ -57,42 +61,42 @@ func (st *cpuTotals) add(cpus []cpuStats) [numCPUStats]uint64 {
 	return st.total
 }
 
-func (c *cpuStats) values() [numCPUStats]uint32 {
-	return [numCPUStats]uint32{c.Found, c.Invalid, c.Insert, c.InsertFailed, c.Drop,
+func (c *CPUStats) values() [NumCPUStats]uint32 {
+	return [NumCPUStats]uint32{c.Found, c.Invalid, c.Insert, c.InsertFailed, c.Drop,
 		c.EarlyDrop, c.Error, c.Restart, c.ClashResolve, c.ChainTooLong}
 }
 
-func (ks *KernelStats) setCounters(v [numCPUStats]uint64) {
-	ks.Found, ks.Invalid, ks.Insert, ks.InsertFailed = v[statFound], v[statInvalid], v[statInsert], v[statInsertFailed]
-	ks.Drop, ks.EarlyDrop, ks.Error = v[statDrop], v[statEarlyDrop], v[statError]
-	ks.SearchRestart, ks.ClashResolve, ks.ChainTooLong = v[statSearchRestart], v[statClashResolve], v[statChainTooLong]
+func setCounters(ks *tracer.KernelStats, v [NumCPUStats]uint64) {
+	ks.Found, ks.Invalid, ks.Insert, ks.InsertFailed = v[StatFound], v[StatInvalid], v[StatInsert], v[StatInsertFailed]
+	ks.Drop, ks.EarlyDrop, ks.Error = v[StatDrop], v[StatEarlyDrop], v[StatError]
+	ks.SearchRestart, ks.ClashResolve, ks.ChainTooLong = v[StatSearchRestart], v[StatClashResolve], v[StatChainTooLong]
 }
 
 // NewKernelStatsReader returns a reader that remembers no namespace yet.
 func NewKernelStatsReader() *KernelStatsReader {
-	return &KernelStatsReader{ns: map[uint32]*cpuTotals{}}
+	return &KernelStatsReader{ns: map[uint32]*CPUTotals{}}
 }
 
 // Read reads the statistics of ns, like ReadKernelStats, with counters that
 // only go up: the first read of a namespace gives the kernel's sums, later
 // ones add each CPU's change since the previous read.
-func (r *KernelStatsReader) Read(ns Namespace) (KernelStats, error) {
-	return readKernelStats(ns, func(cpus []cpuStats) [numCPUStats]uint64 {
+func (r *KernelStatsReader) Read(ns tracer.Namespace) (tracer.KernelStats, error) {
+	return readKernelStats(ns, func(cpus []CPUStats) [NumCPUStats]uint64 {
 		return r.accumulate(ns.Inode, cpus)
 	})
 }
 
 // accumulate adds the per-CPU counters of one read of namespace inode to
 // its totals and returns them.
-func (r *KernelStatsReader) accumulate(inode uint32, cpus []cpuStats) [numCPUStats]uint64 {
+func (r *KernelStatsReader) accumulate(inode uint32, cpus []CPUStats) [NumCPUStats]uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.ns[inode]
 	if st == nil {
-		st = &cpuTotals{}
+		st = &CPUTotals{}
 		r.ns[inode] = st
 	}
-	return st.add(cpus)
+	return st.Add(cpus)
 }
 
 // Forget drops what the reader remembers of a namespace that is gone.
@@ -101,3 +105,6 @@ func (r *KernelStatsReader) Forget(inode uint32) {
 	defer r.mu.Unlock()
 	delete(r.ns, inode)
 }
+
+// Totals returns the totals so far.
+func (st *CPUTotals) Totals() [NumCPUStats]uint64 { return st.total }

@@ -1,10 +1,12 @@
-package tracer
+package ebpftracer
 
 import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,12 +19,12 @@ const tupleSize = 36
 
 // decodeEvent decodes one raw struct ct_event (little endian, as written by
 // the BPF programs). boot converts CLOCK_MONOTONIC to wall-clock time.
-func decodeEvent(raw []byte, boot time.Duration) (Event, error) {
+func decodeEvent(raw []byte, boot time.Duration) (tracer.Event, error) {
 	if len(raw) < eventSize {
-		return Event{}, fmt.Errorf("event record of %d bytes, want %d", len(raw), eventSize)
+		return tracer.Event{}, fmt.Errorf("event record of %d bytes, want %d", len(raw), eventSize)
 	}
 	le := binary.LittleEndian
-	ev := Event{
+	ev := tracer.Event{
 		Time:     time.Unix(0, int64(le.Uint64(raw[0:]))+int64(boot)),
 		Lifetime: time.Duration(le.Uint64(raw[8:])),
 		Cookie:   le.Uint64(raw[16:]),
@@ -31,18 +33,18 @@ func decodeEvent(raw []byte, boot time.Duration) (Event, error) {
 		Status:   le.Uint32(raw[32:]),
 		Error:    int32(le.Uint32(raw[36:])),
 		Zone:     le.Uint16(raw[40:]),
-		Type:     EventType(raw[42]),
-		Reason:   FailReason(raw[43]),
+		Type:     tracer.EventType(raw[42]),
+		Reason:   tracer.FailReason(raw[43]),
 		Family:   raw[44],
 		Protocol: raw[45],
 		TCPState: raw[46],
 	}
 	flags := raw[47]
-	if ev.Type < EventCreated || ev.Type > EventFailed {
-		return Event{}, fmt.Errorf("unknown event type %d", raw[42])
+	if ev.Type < tracer.EventCreated || ev.Type > tracer.EventFailed {
+		return tracer.Event{}, fmt.Errorf("unknown event type %d", raw[42])
 	}
-	if int(ev.Reason) >= NumFailReasons {
-		return Event{}, fmt.Errorf("unknown fail reason %d", raw[43])
+	if int(ev.Reason) >= tracer.NumFailReasons {
+		return tracer.Event{}, fmt.Errorf("unknown fail reason %d", raw[43])
 	}
 	ev.LifetimeKnown = flags&1 != 0
 	if !ev.LifetimeKnown {
@@ -53,8 +55,8 @@ func decodeEvent(raw []byte, boot time.Duration) (Event, error) {
 	return ev, nil
 }
 
-func decodeRawTuple(raw []byte, family uint8) Tuple {
-	t := Tuple{
+func decodeRawTuple(raw []byte, family uint8) tracer.Tuple {
+	t := tracer.Tuple{
 		SrcPort: binary.LittleEndian.Uint16(raw[32:]),
 		DstPort: binary.LittleEndian.Uint16(raw[34:]),
 	}

@@ -1,4 +1,4 @@
-package tracer
+package netlinktracer
 
 import (
 	"context"
@@ -6,9 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctagent/ctagent/pkg/tracer"
+
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/internal/tracertest"
 )
 
 // TestNetlinkFirstSeenBounded: with a conntrack template whose event mask
@@ -26,10 +29,10 @@ func TestNetlinkFirstSeenBounded(t *testing.T) {
 	chain out { type filter hook output priority filter; ct event set new; }
 }
 `)
-	tr, err := Open(context.Background(), Options{
-		Backend:       BackendNetlink,
+	tr, err := tracer.Open(context.Background(), tracer.Options{
+		Backend:       tracer.BackendNetlink,
 		Logger:        zaptest.NewLogger(t),
-		Namespaces:    func() ([]Namespace, error) { return []Namespace{labNamespace(n)}, nil },
+		Namespaces:    func() ([]tracer.Namespace, error) { return []tracer.Namespace{tracertest.Namespace(n)}, nil },
 		DisableEvents: true,
 	})
 	if err != nil {

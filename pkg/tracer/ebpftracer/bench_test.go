@@ -1,4 +1,4 @@
-package tracer
+package ebpftracer
 
 import (
 	"bytes"
@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 
+	"github.com/ctagent/ctagent/pkg/tracer"
+
 	"github.com/ctagent/ctagent/internal/labnet"
 )
 
@@ -14,7 +16,7 @@ import (
 // binary.Read of the generated struct (the baseline).
 func BenchmarkDecode(b *testing.B) {
 	raw := make([]byte, eventSize)
-	raw[42], raw[44] = byte(EventCreated), 2
+	raw[42], raw[44] = byte(tracer.EventCreated), 2
 	b.Run("baseline=binary.Read", func(b *testing.B) {
 		var ev conntrackCtEvent
 		for b.Loop() {
@@ -55,10 +57,10 @@ func BenchmarkConntrackOverhead(b *testing.B) {
 	defer conn.Close()
 	payload := []byte("x")
 	type variant struct {
-		backend Backend
+		backend tracer.Backend
 		events  bool
 	}
-	variants := []variant{{"baseline", false}, {BackendFentry, true}, {BackendFentry, false}, {BackendKprobe, true}, {BackendKprobe, false}}
+	variants := []variant{{"baseline", false}, {tracer.BackendFentry, true}, {tracer.BackendFentry, false}, {tracer.BackendKprobe, true}, {tracer.BackendKprobe, false}}
 	for _, v := range variants {
 		name := fmt.Sprintf("backend=%s", v.backend)
 		if v.backend != "baseline" {
@@ -66,7 +68,7 @@ func BenchmarkConntrackOverhead(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			if v.backend != "baseline" {
-				tr, err := Open(b.Context(), Options{Backend: v.backend, DisableEvents: !v.events})
+				tr, err := tracer.Open(b.Context(), tracer.Options{Backend: v.backend, DisableEvents: !v.events})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -1,4 +1,4 @@
-package tracer
+package ctnetlink
 
 // A minimal NETLINK_NETFILTER socket opened inside a network namespace:
 // requests with sequence checks, streamed dump replies (no whole-table
@@ -15,6 +15,8 @@ import (
 	"github.com/mdlayher/socket"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
 // nlRecvBufSize is large enough for any datagram ctnetlink sends: dump
@@ -24,24 +26,24 @@ const nlRecvBufSize = 64 << 10
 // nlQueryTimeout bounds every request/reply exchange.
 const nlQueryTimeout = 10 * time.Second
 
-// errTruncated means a datagram did not fit the receive buffer.
-var errTruncated = errors.New("netlink datagram truncated")
+// ErrTruncated means a datagram did not fit the receive buffer.
+var ErrTruncated = errors.New("netlink datagram truncated")
 
-// nlSock is a NETLINK_NETFILTER socket. Requests (query) must not run
+// Conn is a NETLINK_NETFILTER socket. Requests (query) must not run
 // concurrently on one socket; receive may run while another goroutine
 // calls close.
-type nlSock struct {
+type Conn struct {
 	c   *socket.Conn
 	rc  syscall.RawConn
 	seq uint32
 	buf []byte
 }
 
-// dialNetfilter opens a NETLINK_NETFILTER socket in ns (Path "" = the
+// Dial opens a NETLINK_NETFILTER socket in ns (Path "" = the
 // namespace of the calling thread, which is the process's own unless the
 // caller locked its thread into another). The calling thread's namespace is
 // never changed: the socket is created on a separate, locked thread.
-func dialNetfilter(ns Namespace) (*nlSock, error) {
+func Dial(ns tracer.Namespace) (*Conn, error) {
 	cfg := &socket.Config{}
 	if ns.Path != "" {
 		h, err := netns.GetFromPath(ns.Path)
@@ -73,13 +75,13 @@ func dialNetfilter(ns Namespace) (*nlSock, error) {
 		c.Close()
 		return nil, err
 	}
-	return &nlSock{c: c, rc: rc, buf: make([]byte, nlRecvBufSize)}, nil
+	return &Conn{c: c, rc: rc, buf: make([]byte, nlRecvBufSize)}, nil
 }
 
-func (s *nlSock) close() error { return s.c.Close() }
+func (s *Conn) Close() error { return s.c.Close() }
 
 // joinGroups subscribes the socket to ctnetlink multicast groups.
-func (s *nlSock) joinGroups(groups ...int) error {
+func (s *Conn) JoinGroups(groups ...int) error {
 	for _, g := range groups {
 		if err := s.c.SetsockoptInt(unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, g); err != nil {
 			return fmt.Errorf("join netlink group %d: %w", g, err)
@@ -90,7 +92,7 @@ func (s *nlSock) joinGroups(groups ...int) error {
 
 // setReadBuffer sets SO_RCVBUFFORCE (root), else SO_RCVBUF (capped by
 // net.core.rmem_max), and returns the size the kernel reports.
-func (s *nlSock) setReadBuffer(n int) (int, error) {
+func (s *Conn) SetReadBuffer(n int) (int, error) {
 	if err := s.c.SetReadBuffer(n); err != nil {
 		return 0, fmt.Errorf("set netlink receive buffer to %d: %w", n, err)
 	}
@@ -99,7 +101,7 @@ func (s *nlSock) setReadBuffer(n int) (int, error) {
 
 // recv reads one datagram into s.buf. The error is the poller's
 // (closed, deadline) or the syscall's (e.g. ENOBUFS).
-func (s *nlSock) recv() ([]byte, error) {
+func (s *Conn) Receive() ([]byte, error) {
 	var (
 		n, rflags int
 		serr      error
@@ -115,7 +117,7 @@ func (s *nlSock) recv() ([]byte, error) {
 		return nil, serr
 	}
 	if rflags&unix.MSG_TRUNC != 0 {
-		return nil, errTruncated
+		return nil, ErrTruncated
 	}
 	return s.buf[:n], nil
 }
@@ -125,7 +127,7 @@ func (s *nlSock) recv() ([]byte, error) {
 // NLM_F_ACK and end at the acknowledgement. Messages of earlier,
 // abandoned requests are skipped by sequence number. An error from fn is
 // recorded and returned after the reply has been read completely.
-func (s *nlSock) query(msgType uint8, family uint8, flags uint16, attrs []byte, fn func(nlMessage) error) error {
+func (s *Conn) query(msgType uint8, family uint8, flags uint16, attrs []byte, fn func(Message) error) error {
 	s.seq++
 	if s.seq == 0 {
 		s.seq = 1
@@ -152,11 +154,11 @@ func (s *nlSock) query(msgType uint8, family uint8, flags uint16, attrs []byte, 
 	}
 	var fnErr error
 	for {
-		b, err := s.recv()
+		b, err := s.Receive()
 		if err != nil {
 			return fmt.Errorf("netlink receive: %w", err)
 		}
-		msgs, perr := splitMessages(b)
+		msgs, perr := SplitMessages(b)
 		for _, m := range msgs {
 			if m.Seq != s.seq {
 				continue

@@ -1,4 +1,4 @@
-package tracer
+package ebpftracer
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 
 	"github.com/cilium/ebpf"
 	"go.uber.org/zap/zaptest"
@@ -61,7 +63,7 @@ func TestDecodeEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.Type != EventDestroyed || !ev.LifetimeKnown || ev.Lifetime != 1500*time.Millisecond {
+	if ev.Type != tracer.EventDestroyed || !ev.LifetimeKnown || ev.Lifetime != 1500*time.Millisecond {
 		t.Errorf("type/lifetime: %+v", ev)
 	}
 	if ev.Time != time.Unix(6, 0) {
@@ -70,7 +72,7 @@ func TestDecodeEvent(t *testing.T) {
 	if ev.NetNS != 4026531840 || ev.Zone != 3 || ev.Mark != 7 || ev.TCPState != 3 {
 		t.Errorf("scalars: %+v", ev)
 	}
-	want := Tuple{Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"), SrcPort: 40000, DstPort: 80}
+	want := tracer.Tuple{Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"), SrcPort: 40000, DstPort: 80}
 	if ev.Original != want {
 		t.Errorf("original = %+v, want %+v", ev.Original, want)
 	}
@@ -121,7 +123,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		ev, err := decodeEvent(raw, 0)
-		if err == nil && (ev.Type < EventCreated || ev.Type > EventFailed) {
+		if err == nil && (ev.Type < tracer.EventCreated || ev.Type > tracer.EventFailed) {
 			t.Fatalf("accepted type %d", ev.Type)
 		}
 	})
@@ -133,11 +135,11 @@ func FuzzDecodeEvent(f *testing.F) {
 // kernel's BTF has.
 func TestProgramsLoad(t *testing.T) {
 	labnet.Require(t)
-	for _, b := range []Backend{BackendFentry, BackendKprobe} {
+	for _, b := range []tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe} {
 		for _, perfBuf := range []bool{false, true} {
 			name := string(b) + map[bool]string{false: "/ringbuf", true: "/perf"}[perfBuf]
 			t.Run(name, func(t *testing.T) {
-				if b == BackendFentry && newLiveKernel(b).noModBTF {
+				if b == tracer.BackendFentry && newLiveKernel(b).noModBTF {
 					t.Skip("skipped: nf_conntrack is a module without BTF here (Debian 11's 5.10): no fentry program can load; TestVMExactness checks that the backend says so")
 				}
 				plan, err := planHooks(b, newLiveKernel(b), nil)
@@ -158,12 +160,12 @@ func TestProgramsLoad(t *testing.T) {
 						}
 					}
 				}
-				if b == BackendKprobe {
+				if b == tracer.BackendKprobe {
 					// kprobe programs load whatever the kernel has: all of them.
 					plan, want = nil, programsFor(b)
 				}
-				coll, err := loadCollection(Options{ForcePerfBuffer: perfBuf, Logger: zaptest.NewLogger(t)}, b, true, plan)
-				if b == BackendFentry && errors.Is(err, unix.EPERM) && !labnet.InVM() {
+				coll, err := loadCollection(tracer.Options{ForcePerfBuffer: perfBuf, Logger: zaptest.NewLogger(t)}, b, true, plan)
+				if b == tracer.BackendFentry && errors.Is(err, unix.EPERM) && !labnet.InVM() {
 					t.Skipf("skipped: this kernel refuses to load tracing programs (%v); the VM matrix loads them", err)
 				}
 				if err != nil {
@@ -198,7 +200,7 @@ func TestUserBTFPath(t *testing.T) {
 	dir := t.TempDir()
 	good := dir + "/vmlinux.btf"
 	os.WriteFile(good, raw, 0o600)
-	opts := Options{BTFPath: good}
+	opts := tracer.Options{BTFPath: good}
 	co, err := collectionOptions(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +209,7 @@ func TestUserBTFPath(t *testing.T) {
 		t.Fatal("KernelTypes not set from --btf.path")
 	}
 	opts.Logger = zaptest.NewLogger(t)
-	coll, err := loadCollection(opts, BackendKprobe, true, nil)
+	coll, err := loadCollection(opts, tracer.BackendKprobe, true, nil)
 	if err != nil {
 		t.Fatalf("load with user BTF: %v", err)
 	}
@@ -232,7 +234,7 @@ func TestBackendFailover(t *testing.T) {
 		t.Skip("skipped: in the VM eBPF attaches; failover is a host test")
 	}
 	log := zaptest.NewLogger(t)
-	tr, err := Open(t.Context(), Options{Backend: BackendKprobe, Logger: log})
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendKprobe, Logger: log})
 	if err == nil {
 		tr.Close()
 		t.Skip("skipped: kprobes attach on this kernel, nothing to fail over from")
@@ -240,16 +242,16 @@ func TestBackendFailover(t *testing.T) {
 	if !bytes.Contains([]byte(err.Error()), []byte("__nf_conntrack_confirm")) {
 		t.Errorf("kprobe error does not name the symbol: %v", err)
 	}
-	tr, err = Open(t.Context(), Options{Backend: BackendAuto, Logger: log})
+	tr, err = tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendAuto, Logger: log})
 	if err != nil {
 		t.Fatalf("auto: %v", err)
 	}
 	defer tr.Close()
 	info := tr.Info()
-	if info.Backend != BackendNetlink {
+	if info.Backend != tracer.BackendNetlink {
 		t.Fatalf("auto chose %s, want netlink", info.Backend)
 	}
-	for _, b := range []Backend{BackendFentry, BackendKprobe} {
+	for _, b := range []tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe} {
 		if info.Refused[b] == "" || info.RefusedReason[b] == "" || info.RefusedReason[b] == "error" {
 			t.Errorf("no classified refusal recorded for %s: %v %v", b, info.Refused, info.RefusedReason)
 		}
@@ -264,8 +266,8 @@ func TestBackendFailover(t *testing.T) {
 
 // TestLifetimeBucketBounds: bucket bounds are 2^i ms.
 func TestLifetimeBucketBounds(t *testing.T) {
-	if LifetimeBucketBound(0) != 0.001 || LifetimeBucketBound(10) != 1.024 {
-		t.Errorf("bounds: %v %v", LifetimeBucketBound(0), LifetimeBucketBound(10))
+	if tracer.LifetimeBucketBound(0) != 0.001 || tracer.LifetimeBucketBound(10) != 1.024 {
+		t.Errorf("bounds: %v %v", tracer.LifetimeBucketBound(0), tracer.LifetimeBucketBound(10))
 	}
 }
 
@@ -300,8 +302,8 @@ func TestHideAddress(t *testing.T) {
 // auto mode goes on to the next backend instead of hanging.
 func TestCloseAfterReaderFailure(t *testing.T) {
 	labnet.Require(t)
-	opts := Options{ForcePerfBuffer: true, PerfBufferSize: 1 << 50, Logger: zaptest.NewLogger(t)}
-	coll, err := loadCollection(opts, BackendKprobe, true, nil)
+	opts := tracer.Options{ForcePerfBuffer: true, PerfBufferSize: 1 << 50, Logger: zaptest.NewLogger(t)}
+	coll, err := loadCollection(opts, tracer.BackendKprobe, true, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

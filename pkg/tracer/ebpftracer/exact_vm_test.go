@@ -1,4 +1,4 @@
-package tracer
+package ebpftracer
 
 import (
 	"errors"
@@ -10,20 +10,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctagent/ctagent/pkg/tracer"
+
 	"github.com/ti-mo/conntrack"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/internal/tracertest"
 )
 
 // observer is one tracer watching the exactness workload.
 type observer struct {
 	name   string // e.g. "kprobe chosen" or "fentry destroy=nf_ct_delete"
 	chosen bool   // opened as the daemon opens it (self-test on, events on)
-	tr     Tracer
-	events *eventLog // chosen observers only
+	tr     tracer.Tracer
+	events *tracertest.EventLog // chosen observers only
 }
 
 // TestVMExactness proves, on the running kernel, what the hooks see. For
@@ -45,7 +48,7 @@ type observer struct {
 // hooks.go is chosen per kernel.
 func TestVMExactness(t *testing.T) {
 	labnet.RequireVM(t, "ip", "nft", "conntrack")
-	for _, b := range []Backend{BackendFentry, BackendKprobe} {
+	for _, b := range []tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe} {
 		t.Run(string(b), func(t *testing.T) {
 			exactness(t, b)
 		})
@@ -53,32 +56,32 @@ func TestVMExactness(t *testing.T) {
 }
 
 // exactness runs the workload under backend b's observers.
-func exactness(t *testing.T, b Backend) {
+func exactness(t *testing.T, b tracer.Backend) {
 	log := zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	var obs []*observer
-	tr, err := Open(t.Context(), Options{Backend: b, Logger: log, RingBufferSize: 16 << 20, EventBuffer: 1 << 18})
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: b, Logger: log, RingBufferSize: 16 << 20, EventBuffer: 1 << 18})
 	if err != nil {
 		skipIfNoFentry(t, b, err)
 		t.Fatalf("open %s: %v", b, err)
 	}
 	t.Cleanup(func() { tr.Close() })
-	chosen := &observer{name: string(b) + " chosen", chosen: true, tr: tr, events: collectEvents(tr)}
+	chosen := &observer{name: string(b) + " chosen", chosen: true, tr: tr, events: tracertest.CollectEvents(tr)}
 	for _, h := range tr.Info().HookStatus {
 		if h.Active {
 			chosen.name += fmt.Sprintf(" %s=%s", h.Group, h.Hook)
-			if h.Group != "alloc" && h.State != HookPassed {
+			if h.Group != "alloc" && h.State != tracer.HookPassed {
 				t.Errorf("%s: hook %s of %s is %s after the self-test: %s", b, h.Hook, h.Group, h.State, h.Detail)
 			}
 		}
 	}
 	obs = append(obs, chosen)
 	for _, c := range destroyCandidates(b) {
-		tr, err := Open(t.Context(), Options{
+		tr, err := tracer.Open(t.Context(), tracer.Options{
 			Backend: b, Logger: log, SkipSelfTest: true, DisableEvents: true,
 			OnlyHooks: map[string]string{"destroy": c},
 		})
 		if err != nil {
-			fmt.Printf("VMTEST-DESTROY %s %s %s: not attached: %v\n", kernelRelease(), b, c, firstLine(err))
+			fmt.Printf("VMTEST-DESTROY %s %s %s: not attached: %v\n", tracer.KernelRelease(), b, c, firstLine(err))
 			continue
 		}
 		t.Cleanup(func() { tr.Close() })
@@ -173,7 +176,7 @@ func exactness(t *testing.T, b Backend) {
 		note: fmt.Sprintf("kernel early_drop %d", er.EarlyDropped())})
 
 	// Verdicts.
-	sums := make([]map[uint32]Values, len(obs))
+	sums := make([]map[uint32]tracer.Values, len(obs))
 	for i, o := range obs {
 		sums[i] = perNamespace(t, o.tr)
 	}
@@ -186,7 +189,7 @@ func exactness(t *testing.T, b Backend) {
 			want := v.Created - min(v.Created, live)
 			ok := v.Destroyed == want && (sc.created == 0 || v.Created == sc.created)
 			if sc.name == "udp clash" {
-				got := v.Failed[ReasonClashResolved] + v.Failed[ReasonConfirmDrop]
+				got := v.Failed[tracer.ReasonClashResolved] + v.Failed[tracer.ReasonConfirmDrop]
 				ok = ok && got == cr.Clashes()
 				parts = append(parts, fmt.Sprintf("%s created %d/%d clashes %d/%d", sc.name, v.Created, sc.created, got, cr.Clashes()))
 			} else {
@@ -207,7 +210,7 @@ func exactness(t *testing.T, b Backend) {
 				t.Errorf("%s, %s (%s): %d destroyed counted, only %d entries are gone", o.name, sc.name, sc.note, v.Destroyed, want)
 			}
 			if o.chosen {
-				if n := len(o.events.matching(sc.ns.Inode, func(ev Event) bool { return ev.Type == EventDestroyed })); uint64(n) != v.Destroyed {
+				if n := len(o.events.Matching(sc.ns.Inode, func(ev tracer.Event) bool { return ev.Type == tracer.EventDestroyed })); uint64(n) != v.Destroyed {
 					t.Errorf("%s, %s: %d destroyed events, %d counted", o.name, sc.name, n, v.Destroyed)
 				}
 			}
@@ -216,7 +219,7 @@ func exactness(t *testing.T, b Backend) {
 		if !exact {
 			verdict = "MISSES"
 		}
-		fmt.Printf("VMTEST-DESTROY %s %s: %s: %s\n", kernelRelease(), o.name, verdict, strings.Join(parts, ", "))
+		fmt.Printf("VMTEST-DESTROY %s %s: %s: %s\n", tracer.KernelRelease(), o.name, verdict, strings.Join(parts, ", "))
 		// Every entry/return pair was taken: nothing stays in flight once
 		// the workload is over (attach order and the LRU keep it so).
 		if bt, ok := o.tr.(*bpfTracer); ok {
@@ -252,14 +255,14 @@ func exactness(t *testing.T, b Backend) {
 // perNamespace sums a tracer's counters per namespace, waiting until two
 // reads a moment apart agree (events of the last step may still be on
 // their way through a softirq).
-func perNamespace(t *testing.T, tr Tracer) map[uint32]Values {
+func perNamespace(t *testing.T, tr tracer.Tracer) map[uint32]tracer.Values {
 	t.Helper()
-	read := func() map[uint32]Values {
+	read := func() map[uint32]tracer.Values {
 		c, err := tr.Counters()
 		if err != nil {
 			t.Fatal(err)
 		}
-		out := map[uint32]Values{}
+		out := map[uint32]tracer.Values{}
 		for k, v := range c {
 			x := out[k.NetNS]
 			x.Add(v)
@@ -281,7 +284,7 @@ func perNamespace(t *testing.T, tr Tracer) map[uint32]Values {
 
 // destroyCandidates names every destroy candidate of backend b, as
 // Options.OnlyHooks takes them (a candidate matches any of its names).
-func destroyCandidates(b Backend) []string {
+func destroyCandidates(b tracer.Backend) []string {
 	var out []string
 	for _, g := range hookGroups {
 		if g.name != "destroy" {
@@ -320,13 +323,13 @@ func firstLine(err error) string {
 // skipIfNoFentry skips a fentry subtest where the kernel cannot run fentry
 // at all, after checking that it said why: nf_conntrack without module BTF
 // (Debian 11's 5.10), or no BPF trampolines (arm64 before 6.4).
-func skipIfNoFentry(t *testing.T, b Backend, err error) {
+func skipIfNoFentry(t *testing.T, b tracer.Backend, err error) {
 	t.Helper()
-	if b != BackendFentry {
+	if b != tracer.BackendFentry {
 		return
 	}
 	switch {
-	case !hasModuleBTF() && errors.Is(err, ErrNoBTF) && refusalReason(err) == "no_btf":
+	case !hasModuleBTF() && errors.Is(err, tracer.ErrNoBTF) && refusalReason(err) == "no_btf":
 		t.Skipf("skipped: nf_conntrack has no module BTF on this kernel (Debian 11's 5.10), so fentry cannot attach: %v", err)
 	case errors.Is(err, ErrFentryUnsupported) && refusalReason(err) == "not_supported":
 		t.Skipf("skipped: this kernel cannot attach fentry programs: %v", err)

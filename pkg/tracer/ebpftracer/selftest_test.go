@@ -1,9 +1,11 @@
-package tracer
+package ebpftracer
 
 import (
 	"fmt"
 	"os"
 	"testing"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 
 	"go.uber.org/zap/zaptest"
 
@@ -23,9 +25,9 @@ func TestSelfTestWorkload(t *testing.T) {
 	}
 	defer ns.Close()
 	path := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns.handle))
-	tr, err := Open(t.Context(), Options{
-		Backend: BackendNetlink, Logger: zaptest.NewLogger(t),
-		Namespaces: func() ([]Namespace, error) { return []Namespace{{Inode: ns.inode, Path: path}}, nil },
+	tr, err := tracer.Open(t.Context(), tracer.Options{
+		Backend: tracer.BackendNetlink, Logger: zaptest.NewLogger(t),
+		Namespaces: func() ([]tracer.Namespace, error) { return []tracer.Namespace{{Inode: ns.inode, Path: path}}, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -54,11 +56,11 @@ func TestSelfTestWorkload(t *testing.T) {
 		}
 	}
 	for _, g := range []string{"confirm", "destroy"} {
-		if state, detail := res.verdict(g); state != HookPassed {
+		if state, detail := res.verdict(g); state != tracer.HookPassed {
 			t.Errorf("group %s: %s (%s)", g, state, detail)
 		}
 	}
-	if state, _ := res.verdict("alloc"); state != HookNotTested {
+	if state, _ := res.verdict("alloc"); state != tracer.HookNotTested {
 		t.Errorf("alloc: %s, want not_tested", state)
 	}
 }

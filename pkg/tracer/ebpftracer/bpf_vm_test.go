@@ -1,4 +1,4 @@
-package tracer
+package ebpftracer
 
 import (
 	"fmt"
@@ -7,10 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctagent/ctagent/pkg/tracer"
+
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/internal/tracertest"
 )
 
 // These tests attach the eBPF programs, so they run only inside the kernel
@@ -36,15 +39,15 @@ func vmFlowString(r labnet.Record) string {
 }
 
 // vmMatches says whether ev is about the entry r.
-func vmMatches(r labnet.Record, ev Event) bool {
-	return ev.Protocol == r.Protocol && ev.Original == Tuple(r.Original) && ev.Reply == Tuple(r.Reply)
+func vmMatches(r labnet.Record, ev tracer.Event) bool {
+	return ev.Protocol == r.Protocol && ev.Original == tracer.Tuple(r.Original) && ev.Reply == tracer.Tuple(r.Reply)
 }
 
 // TestVMBackends runs the scenario with each eBPF backend.
 func TestVMBackends(t *testing.T) {
 	labnet.RequireVM(t, "ip", "nft", "conntrack", "ping")
 	var hooksLine []string
-	for _, b := range []Backend{BackendFentry, BackendKprobe} {
+	for _, b := range []tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe} {
 		t.Run(string(b), func(t *testing.T) {
 			hooksLine = append(hooksLine, string(b)+"=refused")
 			hooks := vmScenario(t, b)
@@ -58,8 +61,8 @@ func TestVMBackends(t *testing.T) {
 // vmScenario creates three namespaces plus the root one, runs real traffic
 // (TCP v4/v6, UDP, ICMP, DNAT) and ctnetlink inserts/deletes, and checks the
 // events and counters against the kernel's own view.
-func vmScenario(t *testing.T, b Backend) []string {
-	tr, err := Open(t.Context(), Options{Backend: b, Logger: zaptest.NewLogger(t), BPFStats: true})
+func vmScenario(t *testing.T, b tracer.Backend) []string {
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: b, Logger: zaptest.NewLogger(t), BPFStats: true})
 	if err != nil {
 		skipIfNoFentry(t, b, err)
 		t.Fatalf("open %s: %v", b, err)
@@ -70,7 +73,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 		t.Fatalf("info = %+v", info)
 	}
 	t.Logf("%s on %s: hooks %v", b, info.Kernel, info.Hooks)
-	col := collectEvents(tr)
+	col := tracertest.CollectEvents(tr)
 
 	// root <- a, root <- b, b <- c; every link has its own subnets, so the
 	// root namespace's entries of an earlier run (TIME_WAIT) never match.
@@ -129,8 +132,8 @@ func vmScenario(t *testing.T, b Backend) []string {
 	}
 
 	// Every live entry appears exactly once as created, in its namespace.
-	createdFor := func(n *labnet.NS, r labnet.Record) []Event {
-		return col.matching(n.Inode, func(ev Event) bool { return ev.Type == EventCreated && vmMatches(r, ev) })
+	createdFor := func(n *labnet.NS, r labnet.Record) []tracer.Event {
+		return col.Matching(n.Inode, func(ev tracer.Event) bool { return ev.Type == tracer.EventCreated && vmMatches(r, ev) })
 	}
 	vmWait(t, "a created event for every live entry", func() bool {
 		for n, recs := range truth {
@@ -150,29 +153,29 @@ func vmScenario(t *testing.T, b Backend) []string {
 		}
 	}
 	// The DNAT flow shows the translation in its reply tuple.
-	dnat := col.matching(root.Inode, func(ev Event) bool {
-		return ev.Type == EventCreated && ev.Original.Src == la.A4 && ev.Original.DstPort == 8081
+	dnat := col.Matching(root.Inode, func(ev tracer.Event) bool {
+		return ev.Type == tracer.EventCreated && ev.Original.Src == la.A4 && ev.Original.DstPort == 8081
 	})
 	if len(dnat) != 1 || dnat[0].Reply.SrcPort != 8080 {
 		t.Errorf("DNAT flow: %+v", dnat)
 	}
 
 	// The ctnetlink entries: one created, one -EEXIST, one destroyed.
-	ctnl := func(typ EventType) []Event {
-		return col.matching(nsC.Inode, func(ev Event) bool {
+	ctnl := func(typ tracer.EventType) []tracer.Event {
+		return col.Matching(nsC.Inode, func(ev tracer.Event) bool {
 			return ev.Type == typ && netip.MustParsePrefix("192.0.2.0/24").Contains(ev.Original.Src)
 		})
 	}
-	vmWait(t, "ctnetlink events", func() bool { return len(ctnl(EventDestroyed)) >= 1 }, true)
-	if c, f, d := ctnl(EventCreated), ctnl(EventFailed), ctnl(EventDestroyed); len(c) != 1 || len(f) != 1 || len(d) != 1 {
+	vmWait(t, "ctnetlink events", func() bool { return len(ctnl(tracer.EventDestroyed)) >= 1 }, true)
+	if c, f, d := ctnl(tracer.EventCreated), ctnl(tracer.EventFailed), ctnl(tracer.EventDestroyed); len(c) != 1 || len(f) != 1 || len(d) != 1 {
 		t.Errorf("ctnetlink entries: %d created, %d failed, %d destroyed; want 1 each", len(c), len(f), len(d))
-	} else if f[0].Reason != ReasonExists || f[0].Error != -int32(unix.EEXIST) {
+	} else if f[0].Reason != tracer.ReasonExists || f[0].Error != -int32(unix.EEXIST) {
 		t.Errorf("ctnetlink failure: reason %s error %d, want exists/-EEXIST", f[0].Reason, f[0].Error)
 	}
 
 	// Flush: every entry is destroyed exactly once, with a lifetime.
-	destroyedFor := func(n *labnet.NS, r labnet.Record) []Event {
-		return col.matching(n.Inode, func(ev Event) bool { return ev.Type == EventDestroyed && vmMatches(r, ev) })
+	destroyedFor := func(n *labnet.NS, r labnet.Record) []tracer.Event {
+		return col.Matching(n.Inode, func(ev tracer.Event) bool { return ev.Type == tracer.EventDestroyed && vmMatches(r, ev) })
 	}
 	for _, n := range []*labnet.NS{nsA, nsB, nsC} {
 		n.CTFlush()
@@ -218,14 +221,14 @@ func vmScenario(t *testing.T, b Backend) []string {
 		if inHist != v.Destroyed {
 			t.Errorf("%q: %d lifetimes in the histogram, %d destroyed", n.Name, inHist, v.Destroyed)
 		}
-		if got, kernel := v.Failed[ReasonConfirmDrop], n.ProcStats()["insert_failed"]; got != kernel {
+		if got, kernel := v.Failed[tracer.ReasonConfirmDrop], n.ProcStats()["insert_failed"]; got != kernel {
 			t.Errorf("%q: confirm_drop %d, kernel insert_failed %d", n.Name, got, kernel)
 		}
 	}
-	if v := perNS[nsC.Inode]; v.Failed[ReasonExists] != 1 {
-		t.Errorf("%q: failed[exists] = %d, want 1", nsC.Name, v.Failed[ReasonExists])
+	if v := perNS[nsC.Inode]; v.Failed[tracer.ReasonExists] != 1 {
+		t.Errorf("%q: failed[exists] = %d, want 1", nsC.Name, v.Failed[tracer.ReasonExists])
 	}
-	if v := counters[Key{NetNS: nsB.Inode, Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP}]; v.Created != 2 {
+	if v := counters[tracer.Key{NetNS: nsB.Inode, Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP}]; v.Created != 2 {
 		t.Errorf("%q tcp6 created = %d, want 2", nsB.Name, v.Created)
 	}
 
@@ -245,7 +248,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 	}
 	fmt.Printf("VMTEST-RESULT %s %s: created events for %d/%d live entries (4 namespaces), destroyed events for %d/%d flushed, "+
 		"ctnetlink exists failures %d/1, table_full %d = kernel drop %d + 1 ctnetlink\n",
-		info.Kernel, b, createdSeen, live, destroyedSeen, flushed, perNS[nsC.Inode].Failed[ReasonExists], full, drops)
+		info.Kernel, b, createdSeen, live, destroyedSeen, flushed, perNS[nsC.Inode].Failed[tracer.ReasonExists], full, drops)
 
 	lost, err := tr.Lost()
 	if err != nil {
@@ -269,7 +272,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 			t.Errorf("counters of forgotten netns %d still there: %+v", nsA.Inode, k)
 		}
 	}
-	if v := after[Key{NetNS: nsB.Inode, Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP}]; v.Created != 2 {
+	if v := after[tracer.Key{NetNS: nsB.Inode, Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP}]; v.Created != 2 {
 		t.Errorf("after Forget of another namespace, %q tcp6 created = %d, want 2", nsB.Name, v.Created)
 	}
 
@@ -289,7 +292,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 	if err := tr.Close(); err != nil {
 		t.Errorf("close: %v", err)
 	}
-	<-col.done
+	<-col.Done
 	return info.Hooks
 }
 
@@ -299,7 +302,7 @@ func vmScenario(t *testing.T, b Backend) []string {
 // kernel's own drop counter of that namespace (which counts the packet path
 // only: nf_conntrack_in counts drop when resolve_normal_ct fails) plus the
 // refused ctnetlink insert.
-func vmTableFull(t *testing.T, tr Tracer) (full, drops uint64) {
+func vmTableFull(t *testing.T, tr tracer.Tracer) (full, drops uint64) {
 	n := labnet.New(t)
 	n.EnableConntrack()
 	const limit = 8
@@ -329,7 +332,7 @@ func vmTableFull(t *testing.T, tr Tracer) (full, drops uint64) {
 		full = 0
 		for k, v := range counters {
 			if k.NetNS == n.Inode {
-				full += v.Failed[ReasonTableFull]
+				full += v.Failed[tracer.ReasonTableFull]
 			}
 		}
 		return full >= want
@@ -344,15 +347,15 @@ func vmTableFull(t *testing.T, tr Tracer) (full, drops uint64) {
 // entries created and deleted over ctnetlink arrive as events.
 func TestVMPerfBuffer(t *testing.T) {
 	labnet.RequireVM(t, "ip", "nft", "conntrack")
-	tr, err := Open(t.Context(), Options{Backend: BackendAuto, ForcePerfBuffer: true, Logger: zaptest.NewLogger(t)})
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendAuto, ForcePerfBuffer: true, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	if info := tr.Info(); info.RingBuffer || info.Backend == BackendNetlink {
+	if info := tr.Info(); info.RingBuffer || info.Backend == tracer.BackendNetlink {
 		t.Fatalf("info = %+v, want an eBPF backend on the perf buffer", info)
 	}
-	log := collectEvents(tr)
+	log := tracertest.CollectEvents(tr)
 	n := labnet.New(t)
 	const entries = 20
 	for i := range entries {
@@ -362,15 +365,15 @@ func TestVMPerfBuffer(t *testing.T) {
 		}
 	}
 	n.CTFlush()
-	count := func(typ EventType) int {
-		return len(log.matching(n.Inode, func(ev Event) bool { return ev.Type == typ }))
+	count := func(typ tracer.EventType) int {
+		return len(log.Matching(n.Inode, func(ev tracer.Event) bool { return ev.Type == typ }))
 	}
-	log.waitFor(20*time.Second, func([]Event) bool { return count(EventDestroyed) >= entries })
-	if c, d := count(EventCreated), count(EventDestroyed); c != entries || d != entries {
+	log.WaitFor(20*time.Second, func([]tracer.Event) bool { return count(tracer.EventDestroyed) >= entries })
+	if c, d := count(tracer.EventCreated), count(tracer.EventDestroyed); c != entries || d != entries {
 		t.Errorf("perf buffer: %d created, %d destroyed events; want %d each", c, d, entries)
 	}
 	lost, _ := tr.Lost()
-	if lost[LostPerfFull] != 0 || lost[LostPerfSamples] != 0 {
+	if lost[tracer.LostPerfFull] != 0 || lost[tracer.LostPerfSamples] != 0 {
 		t.Errorf("lost: %v", lost)
 	}
 }

@@ -1,4 +1,4 @@
-package tracer
+package ctnetlink
 
 // Decoding of raw ctnetlink messages. Everything here works on untrusted
 // bytes: every length is checked, nothing panics, and a message that cannot be
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
 // Netlink and ctnetlink constants (include/uapi/linux/netfilter/nfnetlink*.h).
@@ -31,8 +33,8 @@ const (
 	ipctnlMsgCtGetStats    = 5
 
 	// Multicast groups (enum nfnetlink_groups).
-	nfnlgrpConntrackNew     = 1
-	nfnlgrpConntrackDestroy = 3
+	GroupNew     = 1
+	GroupDestroy = 3
 )
 
 // enum ctattr_type
@@ -97,18 +99,18 @@ var (
 	errBadAttribute = errors.New("malformed netlink attribute")
 )
 
-// nlMessage is one netlink message: its header fields and its payload
+// Message is one netlink message: its header fields and its payload
 // (everything after struct nlmsghdr).
-type nlMessage struct {
+type Message struct {
 	Type, Flags uint16
 	Seq, PID    uint32
 	Data        []byte
 }
 
-// splitMessages splits a datagram into netlink messages. It returns the
+// SplitMessages splits a datagram into netlink messages. It returns the
 // messages before the first malformed header together with an error.
-func splitMessages(b []byte) ([]nlMessage, error) {
-	var msgs []nlMessage
+func SplitMessages(b []byte) ([]Message, error) {
+	var msgs []Message
 	for len(b) > 0 {
 		if len(b) < nlmsgHdrLen {
 			return msgs, fmt.Errorf("%w: %d bytes left, header needs %d", errShortMessage, len(b), nlmsgHdrLen)
@@ -117,7 +119,7 @@ func splitMessages(b []byte) ([]nlMessage, error) {
 		if l < nlmsgHdrLen || uint64(l) > uint64(len(b)) {
 			return msgs, fmt.Errorf("%w: length %d, %d bytes available", errShortMessage, l, len(b))
 		}
-		msgs = append(msgs, nlMessage{
+		msgs = append(msgs, Message{
 			Type:  binary.NativeEndian.Uint16(b[4:6]),
 			Flags: binary.NativeEndian.Uint16(b[6:8]),
 			Seq:   binary.NativeEndian.Uint32(b[8:12]),
@@ -186,9 +188,9 @@ func attrBE64(typ uint16, b []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(b), nil
 }
 
-// ctMessage is a decoded conntrack message (an event or a dump entry).
-type ctMessage struct {
-	Entry
+// CTMessage is a decoded conntrack message (an event or a dump entry).
+type CTMessage struct {
+	tracer.Entry
 	HasID bool
 	// Kernel timestamps (CTA_TIMESTAMP), present when
 	// net.netfilter.nf_conntrack_timestamp is on; 0 otherwise.
@@ -197,7 +199,7 @@ type ctMessage struct {
 
 // ctTuple is a decoded CTA_TUPLE_*.
 type ctTuple struct {
-	Tuple
+	tracer.Tuple
 	Protocol         uint8
 	hasIP, hasProtoN bool
 }
@@ -205,8 +207,8 @@ type ctTuple struct {
 // decodeCT decodes the payload of an IPCTNL_MSG_CT_NEW/DELETE message
 // (struct nfgenmsg, then attributes). Both tuples with addresses of the
 // message's family and a protocol number are required.
-func decodeCT(data []byte) (ctMessage, error) {
-	var m ctMessage
+func decodeCT(data []byte) (CTMessage, error) {
+	var m CTMessage
 	if len(data) < nfgenLen {
 		return m, fmt.Errorf("%w: no nfgenmsg", errShortMessage)
 	}
@@ -359,8 +361,8 @@ func decodeTuple(b []byte, family uint8) (ctTuple, error) {
 	return t, nil
 }
 
-// cpuStats are the counters of one CPU from IPCTNL_MSG_CT_GET_STATS_CPU.
-type cpuStats struct {
+// CPUStats are the counters of one CPU from IPCTNL_MSG_CT_GET_STATS_CPU.
+type CPUStats struct {
 	CPU                                                                   uint16
 	Found, Invalid, Insert, InsertFailed, Drop, EarlyDrop, Error, Restart uint32
 	ClashResolve, ChainTooLong                                            uint32
@@ -368,8 +370,8 @@ type cpuStats struct {
 
 // decodeStatsCPU decodes one reply message of IPCTNL_MSG_CT_GET_STATS_CPU;
 // the CPU number is nfgenmsg.res_id.
-func decodeStatsCPU(data []byte) (cpuStats, error) {
-	var s cpuStats
+func decodeStatsCPU(data []byte) (CPUStats, error) {
+	var s CPUStats
 	if len(data) < nfgenLen {
 		return s, fmt.Errorf("%w: no nfgenmsg", errShortMessage)
 	}
@@ -427,8 +429,8 @@ func decodeStatsGlobal(data []byte) (entries, max uint32, err error) {
 
 // eventFromCT converts a decoded NEW or DELETE message to an Event
 // (without Time, NetNS and lifetime, which the listener fills in).
-func eventFromCT(typ EventType, m *ctMessage) Event {
-	return Event{
+func eventFromCT(typ tracer.EventType, m *CTMessage) tracer.Event {
+	return tracer.Event{
 		Type:     typ,
 		Cookie:   uint64(m.ID),
 		Family:   m.Family,
@@ -448,23 +450,23 @@ func ctMsgType(t uint16) (uint8, bool) {
 	return uint8(t), t>>8 == nfnlSubsysCTNetlink
 }
 
-// decodeEventMessage decodes one netlink message received on a ctnetlink
+// DecodeEvent decodes one netlink message received on a ctnetlink
 // event socket: ok is false (and err nil) for messages that are not NEW or
 // DESTROY events.
-func decodeEventMessage(msg nlMessage) (ev Event, m ctMessage, ok bool, err error) {
+func DecodeEvent(msg Message) (ev tracer.Event, m CTMessage, ok bool, err error) {
 	mt, isCT := ctMsgType(msg.Type)
 	if !isCT {
 		return ev, m, false, nil
 	}
-	var typ EventType
+	var typ tracer.EventType
 	switch mt {
 	case ipctnlMsgCtNew:
 		if msg.Flags&(unix.NLM_F_CREATE|unix.NLM_F_EXCL) == 0 {
 			return ev, m, false, nil // an update, not a new entry
 		}
-		typ = EventCreated
+		typ = tracer.EventCreated
 	case ipctnlMsgCtDelete:
-		typ = EventDestroyed
+		typ = tracer.EventDestroyed
 	default:
 		return ev, m, false, nil
 	}

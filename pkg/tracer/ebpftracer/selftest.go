@@ -1,4 +1,4 @@
-package tracer
+package ebpftracer
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -49,7 +51,7 @@ type selfTestResult struct {
 
 // verdict says whether the hooks of group passed, missed events, or were
 // not tested, with the steps in words.
-func (r selfTestResult) verdict(group string) (HookState, string) {
+func (r selfTestResult) verdict(group string) (tracer.HookState, string) {
 	var ran, failed, all []string
 	for _, c := range r.checks {
 		if c.group != group {
@@ -66,13 +68,13 @@ func (r selfTestResult) verdict(group string) (HookState, string) {
 	}
 	switch {
 	case len(failed) > 0:
-		return HookMissed, strings.Join(failed, "; ")
+		return tracer.HookMissed, strings.Join(failed, "; ")
 	case len(ran) > 0:
-		return HookPassed, strings.Join(all, "; ")
+		return tracer.HookPassed, strings.Join(all, "; ")
 	case len(all) > 0:
-		return HookNotTested, strings.Join(all, "; ")
+		return tracer.HookNotTested, strings.Join(all, "; ")
 	}
-	return HookNotTested, "the self-test cannot provoke these events (a full table is a global setting)"
+	return tracer.HookNotTested, "the self-test cannot provoke these events (a full table is a global setting)"
 }
 
 // proveHooks runs the self-test and replaces a candidate that missed events
@@ -89,7 +91,7 @@ func (t *bpfTracer) proveHooks(ctx context.Context) error {
 			for _, group := range t.plan {
 				for _, p := range group {
 					if p.status.Active {
-						p.status.State, p.status.Detail = HookNotTested, "self-test could not run: "+err.Error()
+						p.status.State, p.status.Detail = tracer.HookNotTested, "self-test could not run: "+err.Error()
 					}
 				}
 			}
@@ -104,7 +106,7 @@ func (t *bpfTracer) proveHooks(ctx context.Context) error {
 			p := group[idx]
 			state, detail := res.verdict(p.group.name)
 			p.status.State, p.status.Detail = state, detail
-			if state != HookMissed {
+			if state != tracer.HookMissed {
 				continue
 			}
 			t.log.Warn("hook misses events, trying the next candidate",
@@ -184,7 +186,7 @@ func (t *bpfTracer) selfTest(ctx context.Context) (selfTestResult, error) {
 	}
 	defer t.setSelfTestNetns(0)
 	defer t.Forget(ns.inode)
-	return runSelfTest(ctx, ns, func() (Counters, error) { return t.Counters() })
+	return runSelfTest(ctx, ns, func() (tracer.Counters, error) { return t.Counters() })
 }
 
 // setSelfTestNetns tells the programs which namespace's events to leave out
@@ -201,7 +203,7 @@ func (t *bpfTracer) setSelfTestNetns(inode uint32) error {
 }
 
 // runSelfTest runs the steps in ns and reads what they did from counters.
-func runSelfTest(ctx context.Context, ns *throwawayNetns, counters func() (Counters, error)) (res selfTestResult, err error) {
+func runSelfTest(ctx context.Context, ns *throwawayNetns, counters func() (tracer.Counters, error)) (res selfTestResult, err error) {
 	res.inode = ns.inode
 	c, err := conntrack.Dial(&netlink.Config{NetNS: int(ns.handle)})
 	if err != nil {
@@ -209,12 +211,12 @@ func runSelfTest(ctx context.Context, ns *throwawayNetns, counters func() (Count
 	}
 	defer c.Close()
 
-	read := func() (Values, error) {
+	read := func() (tracer.Values, error) {
 		all, err := counters()
 		if err != nil {
-			return Values{}, err
+			return tracer.Values{}, err
 		}
-		var v Values
+		var v tracer.Values
 		for k, x := range all {
 			if k.NetNS == ns.inode {
 				v.Add(x)
@@ -224,7 +226,7 @@ func runSelfTest(ctx context.Context, ns *throwawayNetns, counters func() (Count
 	}
 	// step runs do, then waits until field has moved by want (and checks
 	// that it does not move further: every event exactly once).
-	step := func(group, what string, field func(Values) uint64, want uint64, do func() error) error {
+	step := func(group, what string, field func(tracer.Values) uint64, want uint64, do func() error) error {
 		before, err := read()
 		if err != nil {
 			return err
@@ -249,9 +251,9 @@ func runSelfTest(ctx context.Context, ns *throwawayNetns, counters func() (Count
 		res.checks = append(res.checks, selfCheck{group: group, what: what, want: want, got: got()})
 		return ctx.Err()
 	}
-	created := func(v Values) uint64 { return v.Created }
-	destroyed := func(v Values) uint64 { return v.Destroyed }
-	exists := func(v Values) uint64 { return v.Failed[ReasonExists] }
+	created := func(v tracer.Values) uint64 { return v.Created }
+	destroyed := func(v tracer.Values) uint64 { return v.Destroyed }
+	exists := func(v tracer.Values) uint64 { return v.Failed[tracer.ReasonExists] }
 
 	// First the entry that will expire, so that its second passes while
 	// the other steps run.

@@ -1,4 +1,4 @@
-package tracer
+package ctnetlink
 
 import (
 	"errors"
@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/internal/tracertest"
+	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
 // tcpStateNames are the TCP_CONNTRACK_* names conntrack -L prints.
@@ -27,15 +29,15 @@ const (
 // and for every entry the same tuples, id, mark, zone, state and flags.
 func compareDump(t *testing.T, n *labnet.NS) int {
 	t.Helper()
-	var got []Entry
-	if err := DumpTable(labNamespace(n), func(e Entry) { got = append(got, e) }); err != nil {
+	var got []tracer.Entry
+	if err := DumpTable(tracertest.Namespace(n), func(e tracer.Entry) { got = append(got, e) }); err != nil {
 		t.Fatalf("netns %d: DumpTable: %v", n.Inode, err)
 	}
 	cli := n.CTList()
 	if len(got) != len(cli) {
 		t.Errorf("netns %d: DumpTable %d entries, conntrack -L %d", n.Inode, len(got), len(cli))
 	}
-	byID := map[uint32]Entry{}
+	byID := map[uint32]tracer.Entry{}
 	for _, e := range got {
 		if _, dup := byID[e.ID]; dup {
 			t.Errorf("netns %d: id %d dumped twice", n.Inode, e.ID)
@@ -48,7 +50,7 @@ func compareDump(t *testing.T, n *labnet.NS) int {
 			t.Errorf("netns %d: conntrack -L %+v not dumped", n.Inode, r)
 			continue
 		}
-		if e.Family != r.Family || e.Protocol != r.Protocol || e.Original != Tuple(r.Original) || e.Reply != Tuple(r.Reply) ||
+		if e.Family != r.Family || e.Protocol != r.Protocol || e.Original != tracer.Tuple(r.Original) || e.Reply != tracer.Tuple(r.Reply) ||
 			e.Mark != r.Mark || e.Zone != r.Zone {
 			t.Errorf("netns %d: dumped %+v, conntrack -L %+v", n.Inode, e, r)
 		}
@@ -124,9 +126,9 @@ func TestTableDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = root.CTDelete(args[:6]...) })
-	for _, ns := range []Namespace{{}, {Inode: root.Inode, Path: "/proc/self/ns/net"}} {
-		var found []Entry
-		err := DumpTable(ns, func(e Entry) {
+	for _, ns := range []tracer.Namespace{{}, {Inode: root.Inode, Path: "/proc/self/ns/net"}} {
+		var found []tracer.Entry
+		err := DumpTable(ns, func(e tracer.Entry) {
 			if e.Original.Src == src.Addr() && e.Original.SrcPort == src.Port() {
 				found = append(found, e)
 			}
@@ -135,11 +137,11 @@ func TestTableDump(t *testing.T) {
 			t.Errorf("current namespace %+v: %v, %+v", ns, err, found)
 		}
 	}
-	if err := DumpTable(Namespace{Inode: a.Inode + 1, Path: a.Path}, func(Entry) {}); err == nil {
+	if err := DumpTable(tracer.Namespace{Inode: a.Inode + 1, Path: a.Path}, func(tracer.Entry) {}); err == nil {
 		t.Error("DumpTable accepted a namespace whose inode does not match")
 	}
-	var se *SkippedError
-	if err := DumpTable(Namespace{Path: "/nonexistent"}, func(Entry) {}); err == nil || errors.As(err, &se) {
+	var se *tracer.SkippedError
+	if err := DumpTable(tracer.Namespace{Path: "/nonexistent"}, func(tracer.Entry) {}); err == nil || errors.As(err, &se) {
 		t.Errorf("missing namespace: %v", err)
 	}
 }
@@ -172,7 +174,7 @@ func TestKernelStats(t *testing.T) {
 	max, _ := strconv.ParseUint(strings.TrimSpace(string(maxText)), 10, 64)
 
 	for _, n := range []*labnet.NS{a, b} {
-		ks, err := ReadKernelStats(labNamespace(n))
+		ks, err := ReadKernelStats(tracertest.Namespace(n))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -206,13 +208,13 @@ func TestKernelStats(t *testing.T) {
 			t.Errorf("netns %d: entries %d max %d; conntrack -C %d, nf_conntrack_max %d", n.Inode, ks.Entries, ks.MaxEntries, count, max)
 		}
 	}
-	if ks, _ := ReadKernelStats(labNamespace(a)); ks.Entries != 7 || ks.Invalid < 2 || ks.Insert != 1 {
+	if ks, _ := ReadKernelStats(tracertest.Namespace(a)); ks.Entries != 7 || ks.Invalid < 2 || ks.Insert != 1 {
 		t.Errorf("netns %d: %+v, want 7 entries, 1 insert, 2 invalid or more", a.Inode, ks)
 	}
-	if ks, err := ReadKernelStats(Namespace{}); err != nil || ks.MaxEntries != max {
+	if ks, err := ReadKernelStats(tracer.Namespace{}); err != nil || ks.MaxEntries != max {
 		t.Errorf("current namespace: %+v, %v", ks, err)
 	}
-	if _, err := ReadKernelStats(Namespace{Path: "/nonexistent"}); err == nil {
+	if _, err := ReadKernelStats(tracer.Namespace{Path: "/nonexistent"}); err == nil {
 		t.Error("missing namespace: no error")
 	}
 }

@@ -1,4 +1,4 @@
-package tracer
+package ebpftracer
 
 import (
 	"context"
@@ -22,10 +22,13 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
+	"github.com/ctagent/ctagent/pkg/tracer/ctnetlink"
 )
 
 // programsFor returns the names of every program of backend b.
-func programsFor(b Backend) map[string]bool {
+func programsFor(b tracer.Backend) map[string]bool {
 	names := map[string]bool{}
 	for _, g := range hookGroups {
 		for _, c := range g.candidates {
@@ -42,16 +45,17 @@ func programsFor(b Backend) map[string]bool {
 
 // bpfTracer is the fentry or kprobe backend.
 type bpfTracer struct {
+	*ctnetlink.Table
 	log     *zap.Logger
 	coll    *ebpf.Collection
 	plan    [][]*plannedHook // candidates per hook group; the active one has links
-	info    Info
-	progs   []ProgramStats // Name and Hook of each attached program
+	info    tracer.Info
+	progs   []tracer.ProgramStats // Name and Hook of each attached program
 	byName  map[string]*ebpf.Program
 	reader  io.Closer
-	events  chan Event
+	events  chan tracer.Event
 	boot    time.Duration // wall clock minus CLOCK_MONOTONIC
-	salt    uint64        // hides kernel addresses in Event.Cookie
+	salt    uint64        // hides kernel addresses in tracer.Event.Cookie
 	done    chan struct{}
 	stats   io.Closer        // BPF stats while open, or nil
 	lostU   [3]atomic.Uint64 // user space: perf_lost, decode_error, channel_full
@@ -61,7 +65,7 @@ type bpfTracer struct {
 
 // loadSpec reads the embedded object and configures it for backend b: the
 // programs of the candidates in plan, or every program of b when plan is nil.
-func loadSpec(opts Options, b Backend, ringbufOK bool, plan [][]*plannedHook) (*ebpf.CollectionSpec, error) {
+func loadSpec(opts tracer.Options, b tracer.Backend, ringbufOK bool, plan [][]*plannedHook) (*ebpf.CollectionSpec, error) {
 	spec, err := loadConntrack()
 	if err != nil {
 		return nil, fmt.Errorf("read embedded BPF object: %w", err)
@@ -145,11 +149,11 @@ func readConntrackMax() uint64 {
 }
 
 // collectionOptions picks the BTF used for CO-RE relocation.
-func collectionOptions(opts Options) (ebpf.CollectionOptions, error) {
+func collectionOptions(opts tracer.Options) (ebpf.CollectionOptions, error) {
 	var co ebpf.CollectionOptions
 	if opts.BTFPath == "" {
 		if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-			return co, fmt.Errorf("%w: /sys/kernel/btf/vmlinux: %v (give a BTF file with --btf.path)", ErrNoBTF, err)
+			return co, fmt.Errorf("%w: /sys/kernel/btf/vmlinux: %v (give a BTF file with --btf.path)", tracer.ErrNoBTF, err)
 		}
 		return co, nil // vmlinux and all module BTF, found by cilium/ebpf
 	}
@@ -184,7 +188,7 @@ func ValidateBTF(path string) error {
 // loadCollection loads (without attaching) the programs and maps of backend
 // b (of plan's candidates, or all when plan is nil): the verifier and CO-RE
 // relocation against the kernel's BTF.
-func loadCollection(opts Options, b Backend, ringbufOK bool, plan [][]*plannedHook) (*ebpf.Collection, error) {
+func loadCollection(opts tracer.Options, b tracer.Backend, ringbufOK bool, plan [][]*plannedHook) (*ebpf.Collection, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
 	}
@@ -213,12 +217,56 @@ func loadCollection(opts Options, b Backend, ringbufOK bool, plan [][]*plannedHo
 	return coll, nil
 }
 
-func openBPF(ctx context.Context, opts Options, b Backend) (Tracer, error) {
+func init() {
+	tracer.Register(tracer.BackendFentry, open)
+	tracer.Register(tracer.BackendKprobe, open)
+}
+
+// counterLag is Info.CounterLag: an entry is hashed before the exit
+// program that counts it runs, microseconds later, or milliseconds when
+// the CPU is preempted in between (seen under qemu).
+const counterLag = 20 * time.Millisecond
+
+// open starts the fentry or kprobe backend (opts.Backend); its errors say
+// why in a tracer.RefusedError.
+func open(ctx context.Context, opts tracer.Options) (tracer.Tracer, error) {
+	t, err := openBPF(ctx, opts, opts.Backend)
+	if err != nil {
+		return nil, &tracer.RefusedError{Reason: refusalReason(err), Err: err}
+	}
+	return t, nil
+}
+
+// refusalReason classifies why an eBPF backend could not start.
+func refusalReason(err error) string {
+	var verr *ebpf.VerifierError
+	switch {
+	case errors.Is(err, tracer.ErrNoBTF):
+		return "no_btf"
+	case errors.Is(err, ErrSelfTest):
+		return "self_test_failed"
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return "permission_denied"
+	case errors.As(err, &verr):
+		return "verifier_rejected"
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return "not_supported"
+	case strings.Contains(err.Error(), "tracefs"):
+		// No perf kprobe PMU and no tracefs to fall back to: kernels
+		// without CONFIG_KPROBES, or tracefs not mounted.
+		return "unavailable"
+	case errors.Is(err, os.ErrNotExist):
+		return "symbol_not_found"
+	}
+	return "error"
+}
+
+func openBPF(ctx context.Context, opts tracer.Options, b tracer.Backend) (*bpfTracer, error) {
 	ringbufOK := features.HaveMapType(ebpf.RingBuf) == nil
 	kernel := newLiveKernel(b)
 	if kernel.noModBTF {
 		// Debian 11's 5.10: vmlinux BTF, but none for modules.
-		return nil, fmt.Errorf("%w: nf_conntrack is a module without BTF (no /sys/kernel/btf/nf_conntrack); fentry cannot attach to its functions", ErrNoBTF)
+		return nil, fmt.Errorf("%w: nf_conntrack is a module without BTF (no /sys/kernel/btf/nf_conntrack); fentry cannot attach to its functions", tracer.ErrNoBTF)
 	}
 	plan, err := planHooks(b, kernel, opts.OnlyHooks)
 	if err != nil {
@@ -229,15 +277,17 @@ func openBPF(ctx context.Context, opts Options, b Backend) (Tracer, error) {
 		return nil, err
 	}
 	t := &bpfTracer{
+		Table:  ctnetlink.NewTable(),
 		coll:   coll,
 		plan:   plan,
 		log:    opts.Logger,
 		byName: map[string]*ebpf.Program{},
 		done:   make(chan struct{}),
-		info: Info{
+		info: tracer.Info{
 			Backend:    b,
 			RingBuffer: ringbufOK && !opts.ForcePerfBuffer,
-			Kernel:     kernelRelease(),
+			Kernel:     tracer.KernelRelease(),
+			CounterLag: counterLag,
 		},
 	}
 	if opts.BPFStats {
@@ -267,7 +317,7 @@ func openBPF(ctx context.Context, opts Options, b Backend) (Tracer, error) {
 		if h.Active {
 			opts.Logger.Info("hook serves its events", zap.String("backend", string(b)), zap.String("group", h.Group),
 				zap.Strings("serves", h.Serves), zap.String("hook", h.Hook), zap.String("self_test", string(h.State)), zap.String("detail", h.Detail))
-		} else if h.State != HookStandby && h.State != HookUnavailable {
+		} else if h.State != tracer.HookStandby && h.State != tracer.HookUnavailable {
 			opts.Logger.Info("hook candidate not used", zap.String("backend", string(b)), zap.String("group", h.Group),
 				zap.String("hook", h.Hook), zap.String("state", string(h.State)), zap.String("detail", h.Detail))
 		}
@@ -311,7 +361,7 @@ func (t *bpfTracer) attachNext(group []*plannedHook, from int) (int, error) {
 			}
 		}
 		if err := p.attach(t.coll); err != nil {
-			p.status.State, p.status.Detail = HookAttachFailed, err.Error()
+			p.status.State, p.status.Detail = tracer.HookAttachFailed, err.Error()
 			errs = append(errs, err)
 			continue
 		}
@@ -347,7 +397,7 @@ func (t *bpfTracer) publishHooks() {
 	for _, group := range t.plan {
 		for _, p := range group {
 			if p.status.State == "" {
-				p.status.State = HookStandby
+				p.status.State = tracer.HookStandby
 			}
 			t.info.HookStatus = append(t.info.HookStatus, p.status)
 			if !p.status.Active {
@@ -358,7 +408,7 @@ func (t *bpfTracer) publishHooks() {
 				if a.prog == "" {
 					continue
 				}
-				t.progs = append(t.progs, ProgramStats{Name: a.prog, Hook: a.kind + "/" + p.symbol})
+				t.progs = append(t.progs, tracer.ProgramStats{Name: a.prog, Hook: a.kind + "/" + p.symbol})
 				t.byName[a.prog] = t.coll.Programs[a.prog]
 			}
 		}
@@ -367,12 +417,12 @@ func (t *bpfTracer) publishHooks() {
 
 // startReader opens the ring or perf buffer and starts the decoding loop.
 // On failure t.done is closed, for Close.
-func (t *bpfTracer) startReader(opts Options) (err error) {
+func (t *bpfTracer) startReader(opts tracer.Options) (err error) {
 	size := opts.EventBuffer
 	if size <= 0 {
 		size = 4096
 	}
-	t.events = make(chan Event, size)
+	t.events = make(chan tracer.Event, size)
 	t.boot = bootOffset()
 	t.salt = rand.Uint64()
 	if opts.DisableEvents {
@@ -470,21 +520,20 @@ func bootOffset() time.Duration {
 	return time.Duration(time.Now().UnixNano() - ts.Nano())
 }
 
-func (t *bpfTracer) Info() Info { return t.info }
+func (t *bpfTracer) Info() tracer.Info { return t.info }
 
-func (t *bpfTracer) setRefused(refused, reasons map[Backend]string) {
-	t.info.Refused, t.info.RefusedReason = refused, reasons
-}
+// Watch returns nil: the programs count every namespace.
+func (t *bpfTracer) Watch(tracer.Namespace) error { return nil }
 
-func (t *bpfTracer) Events() <-chan Event { return t.events }
+func (t *bpfTracer) Events() <-chan tracer.Event { return t.events }
 
 // counterMaps are the maps that hold the counters; a key can be in both
 // (see counters_spill in bpf/conntrack.bpf.c).
 var counterMaps = []string{"counters", "counters_spill"}
 
 // Counters sums the per-CPU counters of every key.
-func (t *bpfTracer) Counters() (Counters, error) {
-	out := Counters{}
+func (t *bpfTracer) Counters() (tracer.Counters, error) {
+	out := tracer.Counters{}
 	var (
 		key    conntrackCtCounterKey
 		perCPU []conntrackCtCounterValue
@@ -492,7 +541,7 @@ func (t *bpfTracer) Counters() (Counters, error) {
 	for _, name := range counterMaps {
 		it := t.coll.Maps[name].Iterate()
 		for it.Next(&key, &perCPU) {
-			k := Key{NetNS: key.Netns, Family: key.Family, Protocol: key.Protocol}
+			k := tracer.Key{NetNS: key.Netns, Family: key.Family, Protocol: key.Protocol}
 			v := out[k]
 			for _, c := range perCPU {
 				v.Add(valuesFromKernel(c))
@@ -506,8 +555,8 @@ func (t *bpfTracer) Counters() (Counters, error) {
 	return out, nil
 }
 
-func valuesFromKernel(c conntrackCtCounterValue) Values {
-	v := Values{
+func valuesFromKernel(c conntrackCtCounterValue) tracer.Values {
+	v := tracer.Values{
 		Created:          c.Created,
 		Destroyed:        c.Destroyed,
 		DestroyedNoStart: c.DestroyedNoStart,
@@ -519,13 +568,13 @@ func valuesFromKernel(c conntrackCtCounterValue) Values {
 }
 
 // kernelLostReasons follows enum ct_lost_reason.
-var kernelLostReasons = [...]LostReason{LostRingbufFull, LostPerfFull, LostCountersFull, LostInflightMiss}
+var kernelLostReasons = [...]tracer.LostReason{tracer.LostRingbufFull, tracer.LostPerfFull, tracer.LostCountersFull, tracer.LostInflightMiss}
 
-func (t *bpfTracer) Lost() (map[LostReason]uint64, error) {
-	out := map[LostReason]uint64{
-		LostPerfSamples: t.lostU[0].Load(),
-		LostDecodeError: t.lostU[1].Load(),
-		LostChannelFull: t.lostU[2].Load(),
+func (t *bpfTracer) Lost() (map[tracer.LostReason]uint64, error) {
+	out := map[tracer.LostReason]uint64{
+		tracer.LostPerfSamples: t.lostU[0].Load(),
+		tracer.LostDecodeError: t.lostU[1].Load(),
+		tracer.LostChannelFull: t.lostU[2].Load(),
 	}
 	for i, reason := range kernelLostReasons {
 		var perCPU []uint64
@@ -543,6 +592,7 @@ func (t *bpfTracer) Lost() (map[LostReason]uint64, error) {
 
 // Forget deletes every counters key of the namespace from the kernel maps.
 func (t *bpfTracer) Forget(netns uint32) error {
+	t.ForgetStats(netns)
 	for _, name := range counterMaps {
 		m := t.coll.Maps[name]
 		var (
@@ -568,8 +618,8 @@ func (t *bpfTracer) Forget(netns uint32) error {
 	return nil
 }
 
-func (t *bpfTracer) Programs() ([]ProgramStats, error) {
-	out := make([]ProgramStats, 0, len(t.progs))
+func (t *bpfTracer) Programs() ([]tracer.ProgramStats, error) {
+	out := make([]tracer.ProgramStats, 0, len(t.progs))
 	for _, p := range t.progs {
 		s, err := t.byName[p.Name].Stats()
 		if err != nil {

@@ -1,24 +1,12 @@
-package tracer
+package ctnetlink
 
 import (
 	"fmt"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 )
-
-// SkippedError is returned by DumpTable when some messages of the dump could
-// not be decoded. Every other entry was delivered: callers that can live
-// with a partial dump check for it with errors.As.
-type SkippedError struct {
-	Skipped int   // messages skipped
-	First   error // why the first one was skipped
-}
-
-func (e *SkippedError) Error() string {
-	return fmt.Sprintf("conntrack dump: skipped %d undecodable messages, first: %v", e.Skipped, e.First)
-}
-
-func (e *SkippedError) Unwrap() error { return e.First }
 
 // DumpTable calls fn for every entry (IPv4 and IPv6) of the conntrack table
 // of ns. Namespace.Path "" is the current network namespace; otherwise the
@@ -26,26 +14,26 @@ func (e *SkippedError) Unwrap() error { return e.First }
 // without moving the calling thread. Entries are streamed: fn runs while
 // the dump is read, so it must not block for long. Messages that cannot be
 // decoded are skipped and reported as *SkippedError at the end.
-func DumpTable(ns Namespace, fn func(Entry)) error {
-	s, err := dialNetfilter(ns)
+func DumpTable(ns tracer.Namespace, fn func(tracer.Entry)) error {
+	s, err := Dial(ns)
 	if err != nil {
 		return err
 	}
-	defer s.close()
-	skipped, first, err := s.dump(func(m *ctMessage) { fn(m.Entry) })
+	defer s.Close()
+	skipped, first, err := s.Dump(func(m *CTMessage) { fn(m.Entry) })
 	if err != nil {
 		return fmt.Errorf("conntrack dump: %w", err)
 	}
 	if skipped > 0 {
-		return &SkippedError{Skipped: skipped, First: first}
+		return &tracer.SkippedError{Skipped: skipped, First: first}
 	}
 	return nil
 }
 
 // dump dumps both families of the table and calls fn for every decodable
 // entry; it returns how many messages were skipped and why the first was.
-func (s *nlSock) dump(fn func(*ctMessage)) (skipped int, first error, err error) {
-	err = s.query(ipctnlMsgCtGet, unix.AF_UNSPEC, unix.NLM_F_DUMP, nil, func(msg nlMessage) error {
+func (s *Conn) Dump(fn func(*CTMessage)) (skipped int, first error, err error) {
+	err = s.query(ipctnlMsgCtGet, unix.AF_UNSPEC, unix.NLM_F_DUMP, nil, func(msg Message) error {
 		if mt, ok := ctMsgType(msg.Type); !ok || mt != ipctnlMsgCtNew {
 			return nil // dump entries are sent as IPCTNL_MSG_CT_NEW
 		}
@@ -67,13 +55,13 @@ func (s *nlSock) dump(fn func(*ctMessage)) (skipped int, first error, err error)
 // per-CPU counters (IPCTNL_MSG_CT_GET_STATS_CPU) summed over CPUs and the
 // entry count and limit (IPCTNL_MSG_CT_GET_STATS). Namespace is interpreted
 // as in DumpTable.
-func ReadKernelStats(ns Namespace) (KernelStats, error) {
+func ReadKernelStats(ns tracer.Namespace) (tracer.KernelStats, error) {
 	return readKernelStats(ns, sumCPUStats)
 }
 
 // sumCPUStats sums per-CPU counters.
-func sumCPUStats(cpus []cpuStats) [numCPUStats]uint64 {
-	var sum [numCPUStats]uint64
+func sumCPUStats(cpus []CPUStats) [NumCPUStats]uint64 {
+	var sum [NumCPUStats]uint64
 	for _, c := range cpus {
 		for i, v := range c.values() {
 			sum[i] += uint64(v)
@@ -84,29 +72,29 @@ func sumCPUStats(cpus []cpuStats) [numCPUStats]uint64 {
 
 // readKernelStats reads the statistics of ns, turning the per-CPU counters
 // into totals with total.
-func readKernelStats(ns Namespace, total func([]cpuStats) [numCPUStats]uint64) (KernelStats, error) {
-	s, err := dialNetfilter(ns)
+func readKernelStats(ns tracer.Namespace, total func([]CPUStats) [NumCPUStats]uint64) (tracer.KernelStats, error) {
+	s, err := Dial(ns)
 	if err != nil {
-		return KernelStats{}, err
+		return tracer.KernelStats{}, err
 	}
-	defer s.close()
-	cpus, err := s.statsCPU()
+	defer s.Close()
+	cpus, err := s.StatsCPU()
 	if err != nil {
-		return KernelStats{}, err
+		return tracer.KernelStats{}, err
 	}
-	var ks KernelStats
+	var ks tracer.KernelStats
 	if ks.Entries, ks.MaxEntries, err = s.globalStats(); err != nil {
-		return KernelStats{}, err
+		return tracer.KernelStats{}, err
 	}
-	ks.setCounters(total(cpus))
+	setCounters(&ks, total(cpus))
 	return ks, nil
 }
 
 // globalStats reads the entry count and the limit
 // (IPCTNL_MSG_CT_GET_STATS).
-func (s *nlSock) globalStats() (entries, limit uint64, err error) {
+func (s *Conn) globalStats() (entries, limit uint64, err error) {
 	var gerr error
-	err = s.query(ipctnlMsgCtGetStats, unix.AF_UNSPEC, 0, nil, func(msg nlMessage) error {
+	err = s.query(ipctnlMsgCtGetStats, unix.AF_UNSPEC, 0, nil, func(msg Message) error {
 		if mt, ok := ctMsgType(msg.Type); !ok || mt != ipctnlMsgCtGetStats {
 			return nil
 		}
@@ -128,12 +116,12 @@ func (s *nlSock) globalStats() (entries, limit uint64, err error) {
 }
 
 // statsCPU reads the per-CPU conntrack counters, one element per CPU.
-func (s *nlSock) statsCPU() ([]cpuStats, error) {
+func (s *Conn) StatsCPU() ([]CPUStats, error) {
 	var (
-		out  []cpuStats
+		out  []CPUStats
 		derr error
 	)
-	err := s.query(ipctnlMsgCtGetStatsCPU, unix.AF_UNSPEC, unix.NLM_F_DUMP, nil, func(msg nlMessage) error {
+	err := s.query(ipctnlMsgCtGetStatsCPU, unix.AF_UNSPEC, unix.NLM_F_DUMP, nil, func(msg Message) error {
 		if mt, ok := ctMsgType(msg.Type); !ok || mt != ipctnlMsgCtGetStatsCPU {
 			return nil
 		}
@@ -153,3 +141,26 @@ func (s *nlSock) statsCPU() ([]cpuStats, error) {
 	}
 	return out, nil
 }
+
+// Table is the tracer.Table of every backend: table dumps and kernel
+// statistics over ctnetlink, with per-CPU counters kept monotonic per
+// namespace. Backends embed it and call ForgetStats from Forget.
+type Table struct {
+	stats *KernelStatsReader
+}
+
+// NewTable returns a Table that remembers no namespace yet.
+func NewTable() *Table { return &Table{stats: NewKernelStatsReader()} }
+
+// DumpTable calls DumpTable.
+func (t *Table) DumpTable(ns tracer.Namespace, fn func(tracer.Entry)) error {
+	return DumpTable(ns, fn)
+}
+
+// KernelStats reads ns's statistics through the table's KernelStatsReader.
+func (t *Table) KernelStats(ns tracer.Namespace) (tracer.KernelStats, error) {
+	return t.stats.Read(ns)
+}
+
+// ForgetStats drops the kernel statistics totals of a namespace that is gone.
+func (t *Table) ForgetStats(inode uint32) { t.stats.Forget(inode) }
