@@ -280,16 +280,16 @@ type nlListener struct {
 	t  *netlinkTracer
 	ns tracer.Namespace
 
-	ev      *ctnetlink.Conn     // event socket, read by run only
-	started time.Time // when it started listening
+	ev      *ctnetlink.Conn // event socket, read by run only
+	started time.Time       // when it started listening
 	closing atomic.Bool
 	done    chan struct{}
 
-	qmu       sync.Mutex // guards q, qClosed, stats and baselined
-	q         *ctnetlink.Conn      // request socket: statistics, resync dumps
+	qmu       sync.Mutex      // guards q, qClosed, stats and baselined
+	q         *ctnetlink.Conn // request socket: statistics, resync dumps
 	qClosed   bool
 	stats     ctnetlink.CPUTotals // the kernel's counters since the first read
-	baselined bool      // the first read is the baseline of the failure deltas
+	baselined bool                // the first read is the baseline of the failure deltas
 
 	// tracked is len(firstSeen), for tests.
 	tracked atomic.Int64
