@@ -86,7 +86,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	}
 
 	mopts := cfg.metrics
-	mopts.Tracer, mopts.Namespaces, mopts.Logger = t, metricsNamespaces(resolver), log.Named("metrics")
+	mopts.Tracer, mopts.Namespaces, mopts.Logger = t, resolver, log.Named("metrics")
 	mopts.Version, mopts.Revision = Version, Revision
 	exp, err := metrics.New(mopts)
 	if err != nil {
@@ -168,38 +168,6 @@ func shutdown(srv *webServer, t tracer.Tracer, bg *sync.WaitGroup, log *zap.Logg
 		log.Warn("Background tasks did not stop in time")
 	}
 	log.Info("Stopped")
-}
-
-// metricsNamespaces adapts the resolver to the exporter's namespace source.
-// List and Identity read the resolver's cache (Lookup refreshes it,
-// rate-limited, only for an inode it does not know); the exporter's
-// discovery refreshes it through Rescan.
-func metricsNamespaces(r *netns.Resolver) metrics.Namespaces {
-	return metrics.NamespaceFuncs{
-		Rescan: r.Refresh,
-		List: func() []tracer.Namespace {
-			nss := r.Namespaces()
-			out := make([]tracer.Namespace, len(nss))
-			for i, ns := range nss {
-				out[i] = tracer.Namespace{Inode: ns.Inode, Path: ns.Path}
-			}
-			return out
-		},
-		Identity: func(inode uint32) (metrics.Identity, bool) {
-			id, ok := r.Lookup(inode)
-			if !ok {
-				return metrics.Identity{}, false
-			}
-			return metrics.Identity{
-				Name:         id.Name,
-				Pod:          id.Pod,
-				PodNamespace: id.PodNamespace,
-				Container:    id.ContainerID,
-				Comm:         id.Comm,
-				PodLabels:    id.PodLabels,
-			}, true
-		},
-	}
 }
 
 // startPodSource starts the pod informer when ctagent runs in a Kubernetes

@@ -30,11 +30,9 @@ func tracerNamespaces(r *netns.Resolver, procRoot string, log *zap.Logger, keep 
 			log.Debug("Refreshing network namespaces for the tracer", zap.Error(err))
 		}
 		nss := r.Namespaces()
-		out := make([]tracer.Namespace, 0, len(nss))
-		for _, ns := range nss {
-			if keep == nil || keep(ns) {
-				out = append(out, tracer.Namespace{Inode: ns.Inode, Path: ns.Path})
-			}
+		out := nss
+		if keep != nil {
+			out = slices.DeleteFunc(slices.Clone(nss), func(ns netns.Namespace) bool { return !keep(ns) })
 		}
 		if len(out) == 0 && len(nss) == 0 {
 			return nil, fmt.Errorf("no network namespace found under %s", procRoot)

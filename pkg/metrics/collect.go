@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -36,7 +37,7 @@ type sample struct {
 	values  map[famProto]tracer.Values // counters
 	rec     *reconInfo                 // nil: never dumped
 	kstats  *tracer.KernelStats        // nil: not read
-	id      Identity
+	id      netns.Identity
 	ids     []string // identity label values
 }
 
@@ -177,7 +178,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		m.sample(s)
 	}
 	if len(folded) > 0 {
-		of := &sample{netns: overflowNetns, ids: e.identityValues(&Identity{})}
+		of := &sample{netns: overflowNetns, ids: e.identityValues(&netns.Identity{})}
 		for _, s := range folded {
 			of.merge(s)
 		}
@@ -202,10 +203,10 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 // pod labels, in the order of the descriptors' label names. Invalid UTF-8
 // (a comm or a netns name can be any bytes), which client_golang refuses
 // with a panic that ends the scrape, becomes U+FFFD.
-func (e *Exporter) identityValues(id *Identity) []string {
+func (e *Exporter) identityValues(id *netns.Identity) []string {
 	vs := make([]string, 0, len(e.idLabels)+len(e.podKeys))
 	for _, l := range e.idLabels {
-		vs = append(vs, strings.ToValidUTF8(id.label(l), "\uFFFD"))
+		vs = append(vs, strings.ToValidUTF8(identityLabel(id, l), "\uFFFD"))
 	}
 	for _, k := range e.podKeys {
 		vs = append(vs, strings.ToValidUTF8(id.PodLabels[k], "\uFFFD"))

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -371,7 +372,7 @@ func PodLabelNames(keys []string) ([]string, error) {
 	return names, nil
 }
 
-func (id *Identity) label(name string) string {
+func identityLabel(id *netns.Identity, name string) string {
 	switch name {
 	case LabelNetnsName:
 		return id.Name
@@ -380,7 +381,7 @@ func (id *Identity) label(name string) string {
 	case LabelPodNamespace:
 		return id.PodNamespace
 	case LabelContainer:
-		return id.Container
+		return id.ContainerID
 	case LabelComm:
 		return id.Comm
 	}

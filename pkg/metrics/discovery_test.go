@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -186,11 +187,11 @@ func TestDiscoveryFromEvents(t *testing.T) {
 		return append([]*labnet.NS(nil), exists...)
 	}}
 	tr, err := tracer.Open(ctx, tracer.Options{Backend: tracer.BackendNetlink, RescanInterval: 200 * time.Millisecond, Logger: zaptest.NewLogger(t),
-		Namespaces: func() ([]tracer.Namespace, error) {
+		Namespaces: func() ([]netns.Namespace, error) {
 			nss := src.exists()
-			out := make([]tracer.Namespace, len(nss))
+			out := make([]netns.Namespace, len(nss))
 			for i, n := range nss {
-				out[i] = tracer.Namespace{Inode: n.Inode, Path: n.Path}
+				out[i] = netns.Namespace{Inode: n.Inode, Path: n.Path}
 			}
 			return out, nil
 		}})

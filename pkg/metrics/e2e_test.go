@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -32,28 +33,28 @@ type labSource struct {
 	nss []*labnet.NS
 }
 
-func (s *labSource) Namespaces() []tracer.Namespace {
+func (s *labSource) Namespaces() []netns.Namespace {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []tracer.Namespace
+	var out []netns.Namespace
 	for _, n := range s.nss {
-		out = append(out, tracer.Namespace{Inode: n.Inode, Path: n.Path})
+		out = append(out, netns.Namespace{Inode: n.Inode, Path: n.Path})
 	}
 	return out
 }
 
-func (s *labSource) Lookup(inode uint32) (Identity, bool) {
+func (s *labSource) Lookup(inode uint32) (netns.Identity, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, n := range s.nss {
 		if n.Inode == inode {
-			return Identity{Name: n.Name}, true
+			return netns.Identity{Name: n.Name}, true
 		}
 	}
-	return Identity{}, false
+	return netns.Identity{}, false
 }
 
-func (s *labSource) tracerList() ([]tracer.Namespace, error) { return s.Namespaces(), nil }
+func (s *labSource) tracerList() ([]netns.Namespace, error) { return s.Namespaces(), nil }
 
 func (s *labSource) remove(n *labnet.NS) {
 	s.mu.Lock()

@@ -24,34 +24,22 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
-// Identity is what the exporter may say about a network namespace beyond its
-// inode number, one field per identity label. Empty fields make empty label
-// values.
-type Identity struct {
-	Name         string // netns_name: e.g. the name under /var/run/netns
-	Pod          string // pod: Kubernetes pod name
-	PodNamespace string // pod_namespace: Kubernetes namespace of Pod
-	Container    string // container: container ID
-	Comm         string // comm: command name of a process in the namespace
-	// PodLabels are the labels of Pod, by Kubernetes label key: the values
-	// of the pod_label_<key> labels of Options.PodLabels. Other keys are
-	// ignored; a missing key is an empty value.
-	PodLabels map[string]string
-}
-
 // Namespaces is the source of network namespaces: which exist now, where to
-// open them, and who owns them. cmd/ctagent adapts a netns.Resolver to it.
-// Both methods are called at scrape time and must be cheap (cached). A
-// source that can rescan on demand implements Refresher too.
+// open them, and who owns them; a *netns.Resolver is one. Both methods are
+// called at scrape time and must be cheap (cached). A source that can
+// rescan on demand implements Refresher too. Identity labels come from
+// netns.Identity: netns_name from Name, container from ContainerID, and
+// pod, pod_namespace, comm and pod_label_* from the fields of those names.
 type Namespaces interface {
 	// Namespaces lists the network namespaces that exist now. A Path of ""
 	// means the exporter's own namespace.
-	Namespaces() []tracer.Namespace
+	Namespaces() []netns.Namespace
 	// Lookup returns the identity of a namespace, false if unknown.
-	Lookup(inode uint32) (Identity, bool)
+	Lookup(inode uint32) (netns.Identity, bool)
 }
 
 // Refresher is a Namespaces that can look for new namespaces now. The
@@ -65,32 +53,13 @@ type Refresher interface {
 	Refresh() error
 }
 
-// NamespaceFuncs adapts functions to Namespaces and Refresher. A nil
-// Identity function knows no identities; a nil Rescan does nothing.
-type NamespaceFuncs struct {
-	List     func() []tracer.Namespace
-	Identity func(inode uint32) (Identity, bool)
-	Rescan   func() error
-}
+// ownNamespace is the namespace source of an exporter without one: its own
+// namespace, without identity.
+type ownNamespace netns.Namespace
 
-// Namespaces calls f.List.
-func (f NamespaceFuncs) Namespaces() []tracer.Namespace { return f.List() }
+func (o ownNamespace) Namespaces() []netns.Namespace { return []netns.Namespace{netns.Namespace(o)} }
 
-// Lookup calls f.Identity.
-func (f NamespaceFuncs) Lookup(inode uint32) (Identity, bool) {
-	if f.Identity == nil {
-		return Identity{}, false
-	}
-	return f.Identity(inode)
-}
-
-// Refresh calls f.Rescan.
-func (f NamespaceFuncs) Refresh() error {
-	if f.Rescan == nil {
-		return nil
-	}
-	return f.Rescan()
-}
+func (o ownNamespace) Lookup(uint32) (netns.Identity, bool) { return netns.Identity{}, false }
 
 // Defaults of Options.
 const (
@@ -113,7 +82,7 @@ type Options struct {
 	// PodLabels are Kubernetes pod label keys (e.g. "app",
 	// "app.kubernetes.io/name"). Each adds the label PodLabelName(key) to
 	// per-namespace series, after Labels and in this order, valued from
-	// Identity.PodLabels at scrape time. Keys whose names collide are an
+	// netns.Identity.PodLabels at scrape time. Keys whose names collide are an
 	// error; see PodLabelNames.
 	PodLabels []string
 	// MaxNamespaces caps the namespaces with series of their own; the rest
@@ -246,7 +215,7 @@ func New(opts Options) (*Exporter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("metrics: no Namespaces and own namespace unknown: %w", err)
 		}
-		e.src = NamespaceFuncs{List: func() []tracer.Namespace { return []tracer.Namespace{self} }}
+		e.src = ownNamespace(self)
 	}
 	e.descs = make([]*prometheus.Desc, len(defs))
 	for i, d := range defs {

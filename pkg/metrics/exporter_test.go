@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -120,18 +121,18 @@ func (f *fakeTracer) set(k tracer.Key, created, destroyed uint64) {
 // fakeNS is a namespace source with a settable list.
 type fakeNS struct {
 	mu      sync.Mutex
-	list    []tracer.Namespace
-	ids     map[uint32]Identity
+	list    []netns.Namespace
+	ids     map[uint32]netns.Identity
 	lookups int
 }
 
-func (f *fakeNS) Namespaces() []tracer.Namespace {
+func (f *fakeNS) Namespaces() []netns.Namespace {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]tracer.Namespace(nil), f.list...)
+	return append([]netns.Namespace(nil), f.list...)
 }
 
-func (f *fakeNS) Lookup(inode uint32) (Identity, bool) {
+func (f *fakeNS) Lookup(inode uint32) (netns.Identity, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lookups++
@@ -219,7 +220,7 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	t.Helper()
 	f := &fixture{
 		tr:     &fakeTracer{info: tracer.Info{Backend: tracer.BackendNetlink, Kernel: "6.18.0"}},
-		ns:     &fakeNS{ids: map[uint32]Identity{}},
+		ns:     &fakeNS{ids: map[uint32]netns.Identity{}},
 		tables: &fakeTables{},
 		clock:  &clock{t: time.Unix(1_700_000_000, 0)},
 	}
@@ -384,9 +385,9 @@ func TestPodLabels(t *testing.T) {
 		}
 		f.tables.set(ns, es...)
 	}
-	f.ns.ids[web] = Identity{Pod: "web-0", PodLabels: map[string]string{"app.kubernetes.io/name": "web", "team": "blue", "other": "x"}}
-	f.ns.ids[db] = Identity{Pod: "db-0", PodLabels: map[string]string{"team": "red"}} // no app label
-	f.ns.ids[host] = Identity{Comm: "sshd"}                                           // no pod
+	f.ns.ids[web] = netns.Identity{Pod: "web-0", PodLabels: map[string]string{"app.kubernetes.io/name": "web", "team": "blue", "other": "x"}}
+	f.ns.ids[db] = netns.Identity{Pod: "db-0", PodLabels: map[string]string{"team": "red"}} // no app label
+	f.ns.ids[host] = netns.Identity{Comm: "sshd"}                                           // no pod
 	if err := f.e.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -417,13 +418,13 @@ func TestPodLabels(t *testing.T) {
 
 	// The pod is relabelled, then deleted: the next scrape follows.
 	f.ns.mu.Lock()
-	f.ns.ids[web] = Identity{Pod: "web-0", PodLabels: map[string]string{"app.kubernetes.io/name": "web", "team": "green"}}
+	f.ns.ids[web] = netns.Identity{Pod: "web-0", PodLabels: map[string]string{"app.kubernetes.io/name": "web", "team": "green"}}
 	f.ns.mu.Unlock()
 	m = f.scrape(t)
 	expect(t, m, "ctagent_conntrack_entries", "netns=1,pod=web-0,pod_label_app_kubernetes_io_name=web,pod_label_team=green"+fp, 3)
 	absent(t, m, "ctagent_conntrack_entries", "netns=1,pod=web-0,pod_label_app_kubernetes_io_name=web,pod_label_team=blue"+fp)
 	f.ns.mu.Lock()
-	f.ns.ids[web] = Identity{}
+	f.ns.ids[web] = netns.Identity{}
 	f.ns.mu.Unlock()
 	m = f.scrape(t)
 	expect(t, m, "ctagent_conntrack_entries", "netns=1,pod=,pod_label_app_kubernetes_io_name=,pod_label_team="+fp, 3)
@@ -457,7 +458,7 @@ func TestGoneNamespaceIsNoError(t *testing.T) {
 	reused, _ := file("reused")            // opens another one now
 	vanishing, vanIno := file("vanishing") // goes while it is dumped
 	exited := filepath.Join(dir, "exited") // gone before
-	f.ns.list = []tracer.Namespace{{Inode: liveIno, Path: live}, {Inode: 7, Path: exited}, {Inode: 8, Path: reused}, {Inode: vanIno, Path: vanishing}}
+	f.ns.list = []netns.Namespace{{Inode: liveIno, Path: live}, {Inode: 7, Path: exited}, {Inode: 8, Path: reused}, {Inode: vanIno, Path: vanishing}}
 	for _, ns := range f.ns.list {
 		f.tables.set(ns.Inode, udpEntry(unix.AF_INET, 0))
 	}
@@ -565,7 +566,7 @@ func TestEntriesFromBaselineAndCounters(t *testing.T) {
 	f := newFixture(t, Options{Labels: []string{"netns_name"}})
 	const ns = 4026531999
 	f.ns.setList(ns)
-	f.ns.ids[ns] = Identity{Name: "blue"}
+	f.ns.ids[ns] = netns.Identity{Name: "blue"}
 	tcp4, udp6 := key(ns, unix.AF_INET, unix.IPPROTO_TCP), key(ns, unix.AF_INET6, unix.IPPROTO_UDP)
 	f.tr.set(tcp4, 100, 90) // before the exporter: must not count
 	f.tables.set(ns,
@@ -693,7 +694,7 @@ func TestNamespaceWithoutPathGetsCounters(t *testing.T) {
 func TestStaleNamespacesExpire(t *testing.T) {
 	f := newFixture(t, Options{StaleAfter: time.Minute, Labels: []string{"netns_name"}})
 	f.ns.setList(1, 2)
-	f.ns.ids[2] = Identity{Name: "two"}
+	f.ns.ids[2] = netns.Identity{Name: "two"}
 	f.tables.set(1)
 	f.tables.set(2)
 	k2 := key(2, unix.AF_INET, unix.IPPROTO_UDP)
@@ -785,7 +786,7 @@ func TestOverflowFolding(t *testing.T) {
 		}
 		f.tables.set(ns, es...)
 		f.tr.set(key(ns, unix.AF_INET, unix.IPPROTO_UDP), 10, 0)
-		f.ns.ids[ns] = Identity{Pod: fmt.Sprintf("pod-%d", ns)}
+		f.ns.ids[ns] = netns.Identity{Pod: fmt.Sprintf("pod-%d", ns)}
 	}
 	f.ns.setList(inodes...)
 	if err := f.e.Start(context.Background()); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -176,7 +177,7 @@ type nsState struct {
 	dumping  bool     // a dump is running
 	gonePath string   // a path that no longer opens the namespace: no dumps through it
 	folded   bool     // in the overflow series at the last scrape
-	id       Identity // last identity the source knew
+	id       netns.Identity // last identity the source knew
 	// dumpedKeys are the families and protocols dumps ever found: their
 	// entry series stay, at 0, when the entries are gone.
 	dumpedKeys map[famProto]bool

@@ -375,25 +375,7 @@ func newNamespaceScenario(t *testing.T, backend tracer.Backend) {
 	}
 	refreshes := 0
 	var rmu sync.Mutex
-	src := NamespaceFuncs{
-		List: func() []tracer.Namespace {
-			var out []tracer.Namespace
-			for _, n := range r.Namespaces() {
-				out = append(out, tracer.Namespace{Inode: n.Inode, Path: n.Path})
-			}
-			return out
-		},
-		Identity: func(inode uint32) (Identity, bool) {
-			id, ok := r.Lookup(inode)
-			return Identity{Name: id.Name}, ok
-		},
-		Rescan: func() error {
-			rmu.Lock()
-			refreshes++
-			rmu.Unlock()
-			return r.Refresh()
-		},
-	}
+	src := &countingResolver{Resolver: r, refreshes: func() { rmu.Lock(); refreshes++; rmu.Unlock() }}
 	tr, err := tracer.Open(ctx, tracer.Options{Backend: backend, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		skipWithoutModuleBTF(t, backend, err)
@@ -478,4 +460,15 @@ func skipWithoutModuleBTF(t *testing.T, backend tracer.Backend, err error) {
 	if errors.Is(err, ebpftracer.ErrFentryUnsupported) {
 		t.Skipf("skipped: this kernel cannot attach fentry programs: %v", err)
 	}
+}
+
+// countingResolver is a resolver that reports each Refresh.
+type countingResolver struct {
+	*netns.Resolver
+	refreshes func()
+}
+
+func (c *countingResolver) Refresh() error {
+	c.refreshes()
+	return c.Resolver.Refresh()
 }

@@ -52,9 +52,9 @@ type Identity struct {
 type Namespace struct {
 	// Inode is the namespace's inode number.
 	Inode uint32
-	// Path is NetnsDir/NAME for a named namespace, else ProcRoot/PID/ns/net.
-	// A PID can exit and be reused: fstat what you opened and compare the
-	// inode before you trust it.
+	// Path is NetnsDir/NAME for a named namespace, else ProcRoot/PID/ns/net;
+	// "" means the caller's own namespace. A PID can exit and be reused:
+	// fstat what you opened and compare the inode before you trust it.
 	Path string
 }
 

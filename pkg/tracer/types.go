@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/ctagent/ctagent/pkg/netns"
 )
 
 // Backend names the mechanism that observes the conntrack table.
@@ -169,11 +171,10 @@ const (
 	LostNetlinkNoBufs LostReason = "netlink_enobufs" // netlink: socket overrun (followed by a resync)
 )
 
-// Namespace is a network namespace and a path that opens it.
-type Namespace struct {
-	Inode uint32
-	Path  string // e.g. /proc/PID/ns/net or /var/run/netns/NAME; "" for the current one
-}
+// Namespace is a network namespace and a path that opens it (Path "" is
+// the current one). pkg/netns owns the namespace set; the tracer uses its
+// type, so no layer converts namespaces field by field.
+type Namespace = netns.Namespace
 
 // HookState says what became of a candidate hook.
 type HookState string
