@@ -69,6 +69,9 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 
 	ready.notReady("tracer not attached yet")
 	opts := tracerOptions(cfg, log)
+	// In-kernel aggregation only: the metrics come from the counters, so no
+	// event has to reach Go (ctagent events turns the stream on).
+	opts.DisableEvents = true
 	opts.Namespaces = tracerNamespaces(resolver, cfg.netns.ProcRoot, log, nil)
 	t, err = tracer.Open(ctx, opts)
 	if err != nil {
@@ -93,15 +96,6 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		return err
 	}
 	reg.MustRegister(exp)
-	// Drain the events from now on, so the channel never fills while the
-	// baseline loads; the exporter counts them in ctagent_events_total, and
-	// an event of a namespace it does not know yet makes it look for it.
-	events := t.Events()
-	bg.Go(func() {
-		for ev := range events {
-			exp.CountEvent(ev)
-		}
-	})
 	// A named namespace (ip netns add, a CNI plugin) is found when its
 	// mount appears, not at the next rescan: the netlink backend listens
 	// in it and the exporter dumps it right away, before it has any event

@@ -185,7 +185,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		m.sample(of)
 	}
 
-	e.collectGlobal(m)
+	e.collectGlobal(m, c, cerr == nil)
 	m.val(mNamespaces, float64(tracked))
 	m.val(mNamespacesFolded, float64(len(folded)))
 	m.val(mNamespacesFoldedTotal, float64(e.foldedTotal.Load()))
@@ -336,8 +336,9 @@ func (e *Exporter) scrapeError(src string, err error) {
 	e.log.Debug("scrape error", zap.String("source", src), zap.Error(err))
 }
 
-// collectGlobal sends the metrics that are not per namespace.
-func (e *Exporter) collectGlobal(m emitter) {
+// collectGlobal sends the metrics that are not per namespace; c are the
+// tracer's counters, if haveCounters.
+func (e *Exporter) collectGlobal(m emitter, c tracer.Counters, haveCounters bool) {
 	for _, s := range []struct {
 		file string
 		i    int
@@ -373,11 +374,22 @@ func (e *Exporter) collectGlobal(m emitter) {
 		m.val(mTracerHookActive, v, h.Group, h.Hook, string(h.State))
 	}
 
-	for t := tracer.EventCreated; t <= tracer.EventFailed; t++ {
-		m.val(mEvents, float64(e.events[t].Load()), t.String())
-	}
-	if n := e.events[0].Load(); n > 0 {
-		m.val(mEvents, float64(n), "other")
+	if haveCounters {
+		// The sums of the in-kernel counters (eBPF) or of the listeners'
+		// (netlink): no event has to reach Go to be counted.
+		e.mu.Lock()
+		sums := e.retired
+		e.mu.Unlock()
+		for _, v := range c {
+			sums[0] += v.Created
+			sums[1] += v.Destroyed
+			for _, f := range v.Failed {
+				sums[2] += f
+			}
+		}
+		for i, t := range []tracer.EventType{tracer.EventCreated, tracer.EventDestroyed, tracer.EventFailed} {
+			m.val(mEvents, float64(sums[i]), t.String())
+		}
 	}
 
 	if lost, err := e.tr.Lost(); err != nil {

@@ -227,8 +227,8 @@ func buildDefs() []metricDef {
 	}
 	d[mEvents] = metricDef{
 		name: "ctagent_events_total", kind: kindCounter, labels: []string{"type"},
-		help:  "Tracer events received, by type.",
-		notes: "type: created, destroyed, failed (always present), other (when seen).",
+		help:  "Conntrack events the tracer counted, by type, over every namespace (forgotten ones included).",
+		notes: "type: created, destroyed, failed. The sums of the tracer's counters (in the kernel for eBPF): no event reaches user space to be counted. Missing from a scrape whose counters read failed (see ctagent_scrape_errors_total).",
 	}
 	d[mEventsLost] = metricDef{
 		name: "ctagent_events_lost_total", kind: kindCounter, labels: []string{"reason"},

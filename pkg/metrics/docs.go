@@ -52,7 +52,7 @@ func Markdown() string {
 
 	w("## Entry counts\n\n")
 	w("`ctagent_conntrack_entries` costs no work per event: each namespace's table is dumped once "+
-		"(at start, or as soon as the namespace appears: its first events or its name's mount announce it, "+
+		"(at start, or as soon as the namespace appears: its name's mount or, with eBPF, its first counters (read every second) announce it, "+
 		"so its entries are there at the next scrape), and at scrape time the entries are that dump's count plus the "+
 		"entries created minus the entries destroyed since, from the tracer's counters. A table dump every "+
 		"reconciliation interval (default %v) sets a new baseline; the difference between the dump and the "+

@@ -71,6 +71,7 @@ func (s *labSource) remove(n *labnet.NS) {
 func openNetlink(t *testing.T, ctx context.Context, src *labSource) tracer.Tracer {
 	t.Helper()
 	tr, err := tracer.Open(ctx, tracer.Options{
+		DisableEvents: true, // as the daemon runs
 		Backend:        tracer.BackendNetlink,
 		Namespaces:     src.tracerList,
 		RescanInterval: 200 * time.Millisecond,
@@ -182,15 +183,6 @@ func serveExporter(t *testing.T, opts Options) (*Exporter, string) {
 	return e, srv.URL + "/metrics"
 }
 
-// countEvents feeds tr's events to e until tr closes.
-func countEvents(tr tracer.Tracer, e *Exporter) {
-	go func() {
-		for ev := range tr.Events() {
-			e.CountEvent(ev)
-		}
-	}()
-}
-
 // checkKernelStats compares the ctagent_conntrack_kernel_stat_* series of
 // n in m with conntrack -S (stats), for the statistics conntrack prints.
 func checkKernelStats(m map[string]map[string]float64, n *labnet.NS, stats map[string]uint64) error {
@@ -281,7 +273,6 @@ func TestEndToEndNetlink(t *testing.T) {
 		Logger:            zaptest.NewLogger(t),
 		Version:           "test",
 	})
-	countEvents(tr, e)
 
 	if err := e.Start(ctx); err != nil {
 		t.Fatalf("Start: %v", err)

@@ -67,6 +67,7 @@ const (
 	DefaultReconcileInterval  = 60 * time.Second
 	DefaultRescanInterval     = 10 * time.Second
 	DefaultKernelStatsTimeout = 2 * time.Second
+	DefaultCounterPoll        = time.Second
 )
 
 // Options configure New.
@@ -102,6 +103,13 @@ type Options struct {
 	// wait for it: see Exporter.Discover. It is also the least time between
 	// two discoveries asked for the same unlisted namespace.
 	RescanInterval time.Duration
+	// CounterPoll is how often Run reads the counters of a tracer that
+	// counts every namespace (Info.CountsUnwatched: the eBPF backends) to
+	// find namespaces the source does not list yet: a namespace born
+	// after the last rescan is dumped within about this long of its first
+	// entry, before any scrape. One read of the in-kernel counters map;
+	// no work per event. 0: 1s; negative: never (the rescans find them).
+	CounterPoll time.Duration
 	// KernelStatsTimeout bounds the scrape-time read of one namespace's
 	// kernel statistics. 0: 2s.
 	KernelStatsTimeout time.Duration
@@ -125,6 +133,7 @@ type Exporter struct {
 	staleAfter  time.Duration
 	reconcile   time.Duration
 	rescan      time.Duration
+	poll        time.Duration
 	statsTO     time.Duration
 	noStats     bool
 	log         *zap.Logger
@@ -138,7 +147,6 @@ type Exporter struct {
 	// (UnixNano) discovery was last asked for an unlisted one.
 	known       sync.Map // uint32 → int64
 	ready       atomic.Bool
-	events      [4]atomic.Uint64 // by tracer.EventType; 0: other
 	scrapeErrs  [numSources]atomic.Uint64
 	reconErrs   atomic.Uint64
 	foldedTotal atomic.Uint64
@@ -154,6 +162,11 @@ type Exporter struct {
 	mu         sync.Mutex
 	ns         map[uint32]*nsState
 	tombs      map[uint32]uint64 // dropped namespaces: counter activity when dropped
+	// retired are the created, destroyed and failed counts of the
+	// namespaces whose tracer counters were forgotten, so that
+	// ctagent_events_total, their sum over every namespace, never steps
+	// back.
+	retired [3]uint64
 	forget     []uint32          // expired namespaces whose tracer counters refresh drops
 	reconDur   time.Duration
 	reconDone  bool
@@ -190,6 +203,7 @@ func New(opts Options) (*Exporter, error) {
 		staleAfter: cmpOr(opts.StaleAfter, DefaultStaleAfter),
 		reconcile:  cmpOr(opts.ReconcileInterval, DefaultReconcileInterval),
 		rescan:     cmpOr(opts.RescanInterval, DefaultRescanInterval),
+		poll:       cmpOr(opts.CounterPoll, DefaultCounterPoll),
 		statsTO:    cmpOr(opts.KernelStatsTimeout, DefaultKernelStatsTimeout),
 		noStats:    opts.DisableKernelStats,
 		log:        opts.Logger,
@@ -270,34 +284,13 @@ func selfNamespace() (tracer.Namespace, error) {
 // knownListed is the value of Exporter.known for a listed namespace.
 const knownListed int64 = 0
 
-// CountEvent counts one event of the tracer's event stream in
-// ctagent_events_total. The caller owns Tracer.Events() (it may log or
-// forward events too) and calls CountEvent for each; it is one atomic add
-// and a lookup. A created or failed event of a namespace the source does
-// not list asks for discovery (see Discover), so that a namespace born
-// after the last rescan is dumped as soon as it has entries, before any
-// scrape: the eBPF backends see every namespace, and this is how the
-// exporter learns of one.
-func (e *Exporter) CountEvent(ev tracer.Event) {
-	i := int(ev.Type)
-	if i >= len(e.events) {
-		i = 0
-	}
-	e.events[i].Add(1)
-	if ev.Type != tracer.EventDestroyed {
-		// Destroy events announce nothing new; a namespace that is torn
-		// down sends them after it left the source.
-		e.seek(ev.NetNS)
-	}
-}
-
 // Discover asks Run to look for new namespaces now: refresh the namespace
 // source (if it is a Refresher), have the tracer count the namespaces it
 // lists (Tracer.Watch), and dump the new ones' tables, so their entry
 // gauges are there at the next scrape. It returns at once; requests made
 // while a discovery runs are served by one more. cmd/ctagent calls it when
 // the mount table shows a named namespace come or go; the exporter calls it
-// itself for events and counters of namespaces the source does not list.
+// itself for counters of namespaces the source does not list.
 func (e *Exporter) Discover() {
 	e.wantRefresh.Store(true)
 	e.wake()
@@ -381,6 +374,12 @@ func (e *Exporter) Run(ctx context.Context) {
 		defer t.Stop()
 		reconcile = t.C
 	}
+	var poll <-chan time.Time
+	if e.poll > 0 && e.tr.Info().CountsUnwatched {
+		t := time.NewTicker(e.poll)
+		defer t.Stop()
+		poll = t.C
+	}
 	var (
 		retry   <-chan time.Time
 		retries int
@@ -392,6 +391,8 @@ func (e *Exporter) Run(ctx context.Context) {
 		case <-rescan.C:
 			e.refresh()
 			e.baselineNew(ctx)
+		case <-poll:
+			e.pollCounters()
 		case <-e.kick:
 			e.discover(ctx)
 		case <-retry:
@@ -460,17 +461,56 @@ func (e *Exporter) refresh() {
 	byNS := groupCounters(c)
 	e.mu.Lock()
 	unlisted := e.observe(e.now(), list, byNS, err == nil)
-	forget := e.forget
-	e.forget = nil
+	var forget []uint32
+	if err == nil {
+		// Only with counters read: their counts go to e.retired first.
+		forget, e.forget = e.forget, nil
+	}
 	e.mu.Unlock()
 	for _, inode := range unlisted {
 		e.seek(inode)
 	}
 	// The tracer's counters of expired namespaces go too, so that its maps
-	// do not grow with namespace churn.
+	// do not grow with namespace churn; their counts stay in
+	// ctagent_events_total.
+	e.retire(forget, byNS)
 	for _, inode := range forget {
 		if err := e.tr.Forget(inode); err != nil {
 			e.log.Debug("forget namespace counters", zap.Uint32("netns", inode), zap.Error(err))
+		}
+	}
+}
+
+// pollCounters reads the counters and asks for discovery of the namespaces
+// the source does not list whose counters are new or moved.
+func (e *Exporter) pollCounters() {
+	c, err := e.tr.Counters()
+	if err != nil {
+		e.log.Debug("reading counters", zap.Error(err))
+		return
+	}
+	byNS := groupCounters(c)
+	e.mu.Lock()
+	unlisted := e.observeCounters(e.now(), byNS)
+	e.mu.Unlock()
+	for _, inode := range unlisted {
+		e.seek(inode)
+	}
+}
+
+// retire adds the counts of namespaces about to be forgotten to e.retired.
+func (e *Exporter) retire(inodes []uint32, byNS map[uint32]*nsCounters) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, inode := range inodes {
+		if n := byNS[inode]; n != nil {
+			for _, v := range n.byKey {
+				e.retired[0] += v.Created
+				e.retired[1] += v.Destroyed
+				for _, f := range v.Failed {
+					e.retired[2] += f
+				}
+			}
 		}
 	}
 }

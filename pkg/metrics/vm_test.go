@@ -87,7 +87,7 @@ func agreeScenario(t *testing.T, backend tracer.Backend) {
 	truth := newCLITruth(labs)
 
 	src := &labSource{nss: labs}
-	ebpf, err := tracer.Open(ctx, tracer.Options{Backend: backend, Namespaces: src.tracerList, Logger: zaptest.NewLogger(t)})
+	ebpf, err := tracer.Open(ctx, tracer.Options{Backend: backend, DisableEvents: true, Namespaces: src.tracerList, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		skipWithoutModuleBTF(t, backend, err)
 		t.Fatalf("open %s: %v", backend, err)
@@ -103,7 +103,6 @@ func agreeScenario(t *testing.T, backend tracer.Backend) {
 			RescanInterval:    200 * time.Millisecond,
 			Logger:            zaptest.NewLogger(t),
 		})
-		countEvents(s.tr, e)
 		if err := e.Start(ctx); err != nil {
 			t.Fatalf("%s exporter: Start: %v", s.name, err)
 		}
@@ -352,8 +351,9 @@ func sum(m map[string]float64) (s float64) {
 // TestVMNewNamespaceAtOnce: with an eBPF backend, namespaces made after the
 // exporter started have their entries right at the first scrape after the
 // entries were made, with the namespace rescan an hour away and no
-// reconciliation: their first events make the exporter refresh a real
-// resolver and dump them. No scrape runs before that one; the test waits
+// reconciliation: the exporter's poll of the in-kernel counters (every
+// second; the event stream is off, as in the daemon) finds them, refreshes
+// a real resolver and dumps them. No scrape runs before that one; the test waits
 // (without scraping) until the exporter has dumped them and no dump is
 // pending, then compares one scrape with conntrack -L and -C.
 func TestVMNewNamespaceAtOnce(t *testing.T) {
@@ -376,7 +376,7 @@ func newNamespaceScenario(t *testing.T, backend tracer.Backend) {
 	refreshes := 0
 	var rmu sync.Mutex
 	src := &countingResolver{Resolver: r, refreshes: func() { rmu.Lock(); refreshes++; rmu.Unlock() }}
-	tr, err := tracer.Open(ctx, tracer.Options{Backend: backend, Logger: zaptest.NewLogger(t)})
+	tr, err := tracer.Open(ctx, tracer.Options{Backend: backend, DisableEvents: true, Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		skipWithoutModuleBTF(t, backend, err)
 		t.Fatalf("open %s: %v", backend, err)
@@ -384,7 +384,6 @@ func newNamespaceScenario(t *testing.T, backend tracer.Backend) {
 	t.Cleanup(func() { tr.Close() })
 	e, url := serveExporter(t, Options{Tracer: tr, Namespaces: src, Labels: []string{LabelNetnsName},
 		ReconcileInterval: -1, RescanInterval: time.Hour, Logger: zaptest.NewLogger(t)})
-	countEvents(tr, e)
 	if err := e.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

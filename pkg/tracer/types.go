@@ -215,6 +215,10 @@ type Info struct {
 	RefusedReason map[Backend]string
 	RingBuffer    bool   // eBPF: ring buffer (true) or perf event array
 	Kernel        string // uname -r
+	// CountsUnwatched says that the backend counts every namespace, also
+	// those it was not told to Watch (the eBPF backends): its counters can
+	// reveal namespaces the caller does not know yet.
+	CountsUnwatched bool
 	// CounterLag is how long after an entry is in the table its creation
 	// is in Counters at the latest, in the usual case: an entry is hashed
 	// before the eBPF exit program that counts it runs (microseconds, or
@@ -231,7 +235,7 @@ type Tracer interface {
 	Info() Info
 	// Events is the event stream; closed by Close. Events that do not fit
 	// are counted as LostChannelFull, never blocking the reader. With
-	// Options.DisableEvents it is closed and empty.
+	// Options.DisableEvents nothing is sent on it.
 	Events() <-chan Event
 	// Counters reads the counters (in-kernel maps for eBPF).
 	Counters() (Counters, error)

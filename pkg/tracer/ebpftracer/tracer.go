@@ -288,6 +288,8 @@ func openBPF(ctx context.Context, opts tracer.Options, b tracer.Backend) (*bpfTr
 			RingBuffer: ringbufOK && !opts.ForcePerfBuffer,
 			Kernel:     tracer.KernelRelease(),
 			CounterLag: counterLag,
+			// The programs count every namespace.
+			CountsUnwatched: true,
 		},
 	}
 	if opts.BPFStats {
