@@ -159,15 +159,15 @@ type Exporter struct {
 	readStats func(tracer.Namespace) (tracer.KernelStats, error)
 	procRoot  string
 
-	mu         sync.Mutex
-	ns         map[uint32]*nsState
-	tombs      map[uint32]uint64 // dropped namespaces: counter activity when dropped
+	mu    sync.Mutex
+	ns    map[uint32]*nsState
+	tombs map[uint32]uint64 // dropped namespaces: counter activity when dropped
 	// retired are the created, destroyed and failed counts of the
 	// namespaces whose tracer counters were forgotten, so that
 	// ctagent_events_total, their sum over every namespace, never steps
 	// back.
-	retired [3]uint64
-	forget     []uint32          // expired namespaces whose tracer counters refresh drops
+	retired    [3]uint64
+	forget     []uint32 // expired namespaces whose tracer counters refresh drops
 	reconDur   time.Duration
 	reconDone  bool
 	statsSlots chan struct{}

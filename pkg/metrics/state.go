@@ -174,9 +174,9 @@ type nsState struct {
 	// changes of the table: its baseline may be off by those changes.
 	racy     int
 	rec      *reconInfo
-	dumping  bool     // a dump is running
-	gonePath string   // a path that no longer opens the namespace: no dumps through it
-	folded   bool     // in the overflow series at the last scrape
+	dumping  bool           // a dump is running
+	gonePath string         // a path that no longer opens the namespace: no dumps through it
+	folded   bool           // in the overflow series at the last scrape
 	id       netns.Identity // last identity the source knew
 	// dumpedKeys are the families and protocols dumps ever found: their
 	// entry series stay, at 0, when the entries are gone.
