@@ -72,7 +72,8 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	// In-kernel aggregation only: the metrics come from the counters, so no
 	// event has to reach Go (ctagent events turns the stream on).
 	opts.DisableEvents = true
-	opts.Namespaces = tracerNamespaces(resolver, cfg.netns.ProcRoot, log, nil)
+	// The exporter tells the tracer which namespaces to observe (Watch,
+	// Unwatch), following the resolver.
 	t, err = tracer.Open(ctx, opts)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -82,11 +83,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	}
 	info := t.Info()
 	logBackend(log, cfg.tracer.Backend, info)
-	if info.Backend != tracer.BackendNetlink {
-		// The netlink backend refreshes the resolver at every rescan
-		// through opts.Namespaces; the eBPF backends never ask.
-		bg.Go(func() { resolver.Run(ctx, cfg.metrics.RescanInterval) })
-	}
+	bg.Go(func() { resolver.Run(ctx, cfg.metrics.RescanInterval) })
 
 	mopts := cfg.metrics
 	mopts.Tracer, mopts.Namespaces, mopts.Logger = t, resolver, log.Named("metrics")

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -71,14 +73,20 @@ func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logg
 			log.Warn("No such network namespace yet; waiting for it", zap.String("netns", cfg.eventsNetns))
 		}
 	}
-	opts := tracerOptions(cfg, log)
-	opts.Namespaces = tracerNamespaces(r, cfg.netns.ProcRoot, log, keep)
-	t, err := tracer.Open(ctx, opts)
+	if len(r.Namespaces()) == 0 {
+		return fmt.Errorf("no network namespace found under %s", cfg.netns.ProcRoot)
+	}
+	t, err := tracer.Open(ctx, tracerOptions(cfg, log))
 	if err != nil {
 		return err
 	}
 	defer closeTracer(t, log)
 	logBackend(log, cfg.tracer.Backend, t.Info())
+	fctx, stopFollowing := context.WithCancel(ctx)
+	var following sync.WaitGroup
+	following.Go(func() { followNamespaces(fctx, r, t, keep, cfg.metrics.RescanInterval, log) })
+	defer following.Wait()
+	defer stopFollowing()
 
 	w := bufio.NewWriterSize(stdout, 64<<10)
 	defer w.Flush()

@@ -140,7 +140,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	}
 	m.Labels, m.PodLabels, cfg.netns.NetnsDirs = splitList(labels), splitList(podLabels), splitList(netnsDirs)
 	m.DisableKernelStats = !kernelStats
-	t.MaxNamespaces, t.RescanInterval = m.MaxNamespaces, m.RescanInterval
+	t.MaxNamespaces = m.MaxNamespaces
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}

@@ -33,7 +33,7 @@ func TestParseArgsDefaults(t *testing.T) {
 	if cfg.command != "run" || !slices.Equal(*cfg.web.WebListenAddresses, []string{":10371"}) || cfg.telemetryPath != "/metrics" ||
 		cfg.tracer.Backend != tracer.BackendAuto || cfg.logLevel != "info" || cfg.logFormat != "logfmt" ||
 		!cfg.tracer.BPFStats || cfg.metrics.DisableKernelStats || cfg.tracer.ForcePerfBuffer || *cfg.web.WebSystemdSocket ||
-		cfg.tracer.MaxNamespaces != 1024 || cfg.tracer.RescanInterval != 10*time.Second || cfg.netns.ProcRoot != "/proc" {
+		cfg.tracer.MaxNamespaces != 1024 || cfg.metrics.RescanInterval != 10*time.Second || cfg.netns.ProcRoot != "/proc" {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	if cfg.nodeName != "node-a" {

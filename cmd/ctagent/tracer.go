@@ -2,10 +2,12 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"maps"
 	"os"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -20,24 +22,42 @@ func newResolver(cfg *config, pods netns.PodSource, log *zap.Logger) *netns.Reso
 	return netns.NewResolver(opts)
 }
 
-// tracerNamespaces adapts the resolver to tracer.Options.Namespaces. The
-// tracer calls it at start and every rescan interval, so it refreshes the
-// resolver first: a namespace made a moment ago is listened to at the next
-// rescan, not one resolver period later. keep, if not nil, filters.
-func tracerNamespaces(r *netns.Resolver, procRoot string, log *zap.Logger, keep func(netns.Namespace) bool) func() ([]tracer.Namespace, error) {
-	return func() ([]tracer.Namespace, error) {
+// followNamespaces makes t observe the namespaces r lists (those keep
+// accepts, if not nil) until ctx ends: it refreshes r every interval and
+// tells t to Watch the new ones and Unwatch those that left. The daemon
+// does not need it: there the exporter follows the resolver.
+func followNamespaces(ctx context.Context, r *netns.Resolver, t tracer.Tracer, keep func(netns.Namespace) bool, interval time.Duration, log *zap.Logger) {
+	watched := map[uint32]bool{}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
 		if err := r.Refresh(); err != nil {
-			log.Debug("Refreshing network namespaces for the tracer", zap.Error(err))
+			log.Debug("Refreshing network namespaces", zap.Error(err))
 		}
-		nss := r.Namespaces()
-		out := nss
-		if keep != nil {
-			out = slices.DeleteFunc(slices.Clone(nss), func(ns netns.Namespace) bool { return !keep(ns) })
+		now := map[uint32]bool{}
+		for _, ns := range r.Namespaces() {
+			if keep != nil && !keep(ns) {
+				continue
+			}
+			now[ns.Inode] = true
+			if !watched[ns.Inode] {
+				if err := t.Watch(ns); err != nil {
+					log.Debug("Watching a network namespace", zap.Uint32("netns", ns.Inode), zap.Error(err))
+					delete(now, ns.Inode) // again at the next round
+				}
+			}
 		}
-		if len(out) == 0 && len(nss) == 0 {
-			return nil, fmt.Errorf("no network namespace found under %s", procRoot)
+		for inode := range watched {
+			if !now[inode] {
+				t.Unwatch(inode)
+			}
 		}
-		return out, nil
+		watched = now
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
 	}
 }
 

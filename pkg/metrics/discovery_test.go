@@ -186,7 +186,7 @@ func TestDiscoveryFromEvents(t *testing.T) {
 		defer mu.Unlock()
 		return append([]*labnet.NS(nil), exists...)
 	}}
-	tr, err := tracer.Open(ctx, tracer.Options{Backend: tracer.BackendNetlink, DisableEvents: true, RescanInterval: 200 * time.Millisecond, Logger: zaptest.NewLogger(t),
+	tr, err := tracer.Open(ctx, tracer.Options{Backend: tracer.BackendNetlink, DisableEvents: true, Logger: zaptest.NewLogger(t),
 		Namespaces: func() ([]netns.Namespace, error) {
 			nss := src.exists()
 			out := make([]netns.Namespace, len(nss))

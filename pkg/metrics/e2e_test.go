@@ -71,11 +71,10 @@ func (s *labSource) remove(n *labnet.NS) {
 func openNetlink(t *testing.T, ctx context.Context, src *labSource) tracer.Tracer {
 	t.Helper()
 	tr, err := tracer.Open(ctx, tracer.Options{
-		DisableEvents:  true, // as the daemon runs
-		Backend:        tracer.BackendNetlink,
-		Namespaces:     src.tracerList,
-		RescanInterval: 200 * time.Millisecond,
-		Logger:         zaptest.NewLogger(t),
+		DisableEvents: true, // as the daemon runs
+		Backend:       tracer.BackendNetlink,
+		Namespaces:    src.tracerList,
+		Logger:        zaptest.NewLogger(t),
 	})
 	if err != nil {
 		if strings.Contains(err.Error(), "not implemented") {

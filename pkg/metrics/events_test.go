@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -44,8 +45,11 @@ func TestEventsTotalFromCountersSurvivesForget(t *testing.T) {
 	f.clock.advance(2 * time.Minute)
 	f.e.refresh()
 	f.tr.mu.Lock()
-	left := len(f.tr.counters)
+	left, unwatched := len(f.tr.counters), slices.Clone(f.tr.unwatched)
 	f.tr.mu.Unlock()
+	if !slices.Equal(unwatched, []uint32{2}) {
+		t.Errorf("tracer told to unwatch %v, want [2]: the namespace that left the source", unwatched)
+	}
 	if left != 1 {
 		t.Fatalf("%d counter keys after namespace 2 expired, want 1 (namespace 2 forgotten)", left)
 	}

@@ -168,6 +168,7 @@ type Exporter struct {
 	// back.
 	retired    [3]uint64
 	forget     []uint32 // expired namespaces whose tracer counters refresh drops
+	unwatch    []uint32 // namespaces that left the source, for Tracer.Unwatch
 	reconDur   time.Duration
 	reconDone  bool
 	statsSlots chan struct{}
@@ -436,6 +437,7 @@ func (e *Exporter) discover(ctx context.Context) {
 		e.mu.Lock()
 		e.observeList(e.now(), list)
 		e.mu.Unlock()
+		e.unwatchUnlisted()
 	}
 	e.baselineNew(ctx)
 }
@@ -470,6 +472,7 @@ func (e *Exporter) refresh() {
 	for _, inode := range unlisted {
 		e.seek(inode)
 	}
+	e.unwatchUnlisted()
 	// The tracer's counters of expired namespaces go too, so that its maps
 	// do not grow with namespace churn; their counts stay in
 	// ctagent_events_total.
@@ -478,6 +481,24 @@ func (e *Exporter) refresh() {
 		if err := e.tr.Forget(inode); err != nil {
 			e.log.Debug("forget namespace counters", zap.Uint32("netns", inode), zap.Error(err))
 		}
+	}
+}
+
+// unwatchUnlisted tells the tracer to stop observing the namespaces that
+// left the source (and are still not listed): the netlink backend closes
+// their listeners. Their counters stay until they expire.
+func (e *Exporter) unwatchUnlisted() {
+	e.mu.Lock()
+	var gone []uint32
+	for _, inode := range e.unwatch {
+		if st := e.ns[inode]; st == nil || !st.listed {
+			gone = append(gone, inode)
+		}
+	}
+	e.unwatch = nil
+	e.mu.Unlock()
+	for _, inode := range gone {
+		e.tr.Unwatch(inode)
 	}
 }
 

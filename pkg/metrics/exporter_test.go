@@ -57,8 +57,9 @@ type fakeTracer struct {
 	info     tracer.Info
 	lost     map[tracer.LostReason]uint64
 	progs    []tracer.ProgramStats
-	// forgotten lists the namespaces passed to Forget.
-	forgotten []uint32
+	// forgotten lists the namespaces passed to Forget, unwatched those
+	// passed to Unwatch.
+	forgotten, unwatched []uint32
 }
 
 func (f *fakeTracer) Info() tracer.Info           { return f.info }
@@ -77,6 +78,13 @@ func (f *fakeTracer) Forget(inode uint32) error {
 
 // Watch counts every namespace, like the eBPF backends.
 func (f *fakeTracer) Watch(tracer.Namespace) error { return nil }
+
+// Unwatch records which namespaces the exporter stopped observing.
+func (f *fakeTracer) Unwatch(inode uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unwatched = append(f.unwatched, inode)
+}
 
 // DumpTable and KernelStats are not used: the fixture replaces
 // Exporter.dump and Exporter.readStats.

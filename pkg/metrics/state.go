@@ -233,7 +233,8 @@ func (e *Exporter) observeList(now time.Time, list listing) {
 	for inode, st := range e.ns {
 		if _, ok := in[inode]; !ok && st.listed {
 			st.listed = false
-			e.known.Delete(inode) // its next event asks for discovery
+			e.known.Delete(inode) // its next counters ask for discovery
+			e.unwatch = append(e.unwatch, inode)
 		}
 	}
 	for inode, n := range in {

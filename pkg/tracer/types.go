@@ -252,6 +252,11 @@ type Tracer interface {
 	// backends count every namespace and return nil at once; the netlink
 	// backend starts a listener in ns.
 	Watch(ns Namespace) error
+	// Unwatch stops observing a namespace that left the namespace source
+	// (the netlink backend closes its listener, whose socket would keep the
+	// namespace alive); its counters stay until Forget. The eBPF backends
+	// do nothing.
+	Unwatch(netns uint32)
 	// Forget drops what the tracer keeps of a network namespace that is
 	// gone (counters, listener, kernel statistics totals), so that nothing
 	// grows with namespace churn. Counting starts from zero if the
@@ -321,11 +326,12 @@ type Options struct {
 	// ("nf_ct_delete.part."). For tests that prove each candidate.
 	OnlyHooks map[string]string
 
-	// Netlink backend: the namespaces to listen in, called at start and
-	// every RescanInterval. nil: only the current namespace.
+	// Netlink backend: the namespaces to listen in from the start, called
+	// once by Open (nil: only the current namespace). Those that come
+	// later are added with Watch and removed with Unwatch by the owner of
+	// the namespace set (the exporter, following pkg/netns).
 	Namespaces        func() ([]Namespace, error)
-	RescanInterval    time.Duration // 0: 10s
-	NetlinkBufferSize int           // socket receive buffer, bytes; 0: 8 MiB
+	NetlinkBufferSize int // socket receive buffer, bytes; 0: 8 MiB
 }
 
 // ProgramStats are the kernel's run statistics of one attached program.

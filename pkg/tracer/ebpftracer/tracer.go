@@ -527,6 +527,9 @@ func (t *bpfTracer) Info() tracer.Info { return t.info }
 // Watch returns nil: the programs count every namespace.
 func (t *bpfTracer) Watch(tracer.Namespace) error { return nil }
 
+// Unwatch does nothing: the programs count every namespace.
+func (t *bpfTracer) Unwatch(uint32) {}
+
 func (t *bpfTracer) Events() <-chan tracer.Event { return t.events }
 
 // counterMaps are the maps that hold the counters; a key can be in both

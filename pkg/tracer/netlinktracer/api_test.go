@@ -89,27 +89,15 @@ func TestNetlinkCountersDoNotWaitForDumps(t *testing.T) {
 	l.qmu.Unlock()
 }
 
-// TestNetlinkWatch: Watch starts counting a namespace that no list named
-// yet, at once and only once; a rescan whose list was taken before Watch
-// leaves that listener alone, and one whose list omits the namespace
-// afterwards closes it; after Close, Watch starts nothing.
+// TestNetlinkWatch: Watch starts counting a namespace that Open did not
+// name, at once and only once; Unwatch closes its listener and keeps its
+// counters; after Close, Watch starts nothing.
 func TestNetlinkWatch(t *testing.T) {
 	labnet.Require(t, "ip", "nft", "conntrack")
 	a, b := labnet.New(t), labnet.New(t)
 	before := openFDs(t)
-	var tr tracer.Tracer
-	// During a rescan, the list is taken and then Watch(b) runs: the
-	// listener starts after the list that does not name b.
-	watchDuringList := false
-	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendNetlink, Logger: zaptest.NewLogger(t), RescanInterval: time.Hour,
-		Namespaces: func() ([]tracer.Namespace, error) {
-			if watchDuringList {
-				if err := tr.Watch(tracertest.Namespace(b)); err != nil {
-					t.Errorf("Watch during the rescan's list: %v", err)
-				}
-			}
-			return []tracer.Namespace{tracertest.Namespace(a)}, nil
-		}})
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendNetlink, Logger: zaptest.NewLogger(t),
+		Namespaces: func() ([]tracer.Namespace, error) { return []tracer.Namespace{tracertest.Namespace(a)}, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,17 +140,17 @@ func TestNetlinkWatch(t *testing.T) {
 		t.Fatalf("created in the watched namespace: %d, want 1", created(b.Inode))
 	}
 
-	// b's listener predates this rescan's list, which omits b: closed.
-	nt.rescan()
+	// Unwatched: closed, its counters kept.
+	tr.Unwatch(b.Inode)
 	if listening(b) {
-		t.Fatal("a rescan whose list omits the namespace kept its listener")
+		t.Fatal("Unwatch kept the listener")
 	}
-	// Started while the rescan took its list: kept, and counting.
-	watchDuringList = true
-	nt.rescan()
-	watchDuringList = false
-	if !listening(b) {
-		t.Fatal("the rescan closed a listener started after its list was taken")
+	if got := created(b.Inode); got != 1 {
+		t.Fatalf("created after Unwatch: %d, want 1 (kept until Forget)", got)
+	}
+	// Watched again: counting again.
+	if err := tr.Watch(tracertest.Namespace(b)); err != nil {
+		t.Fatal(err)
 	}
 	insert(1001)
 	if !labnet.WaitFor(10*time.Second, func() bool { return created(b.Inode) == 2 }) {

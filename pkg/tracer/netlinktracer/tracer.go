@@ -2,21 +2,21 @@
 // as "netlink" when imported): one ctnetlink event socket (groups NEW and DESTROY)
 // per network namespace, counters aggregated in Go.
 //
-// Namespaces come from Options.Namespaces (nil: the current namespace),
-// called at Open and every RescanInterval; Namespace.Inode labels events
+// Namespaces: Open listens in those of Options.Namespaces (nil: the
+// current namespace), Watch adds one, Unwatch closes one: the owner of the
+// namespace set (the exporter, following pkg/netns) says which, so this
+// package keeps no namespace list of its own. Namespace.Inode labels events
 // and counters, Path opens the namespace ("" = the current one, whatever
 // Inode says; a Path whose inode differs from a non-zero Inode is refused).
-// A listener holds its namespace alive until the namespace disappears from
-// the list. Open fails only if no listed namespace could be opened; the
-// others are retried at every rescan. Watch starts the listener of a
-// namespace at once, for a caller that found it before the next rescan.
+// A listener holds its namespace alive until Unwatch. Open fails only if
+// none of its namespaces could be opened.
 //
 // Counters per Key{NetNS, Family, Protocol}: Created from NEW, Destroyed
 // from DESTROY, lifetimes from a CTA_ID -> time-of-NEW map per namespace.
 // Failures per Key{NetNS: inode} (Family, Protocol 0), appearing with the
 // first failure: kernel stat insert_failed -> ReasonConfirmDrop, drop ->
 // ReasonTableFull, clash_resolve -> ReasonClashResolved, as deltas since the
-// listener started, refreshed by Counters and at every rescan.
+// listener started, refreshed by Counters and at Unwatch.
 //
 // What it cannot see, compared with the eBPF backends:
 //   - Insert failures arrive only as the kernel's per-namespace statistics
@@ -58,7 +58,6 @@ import (
 )
 
 const (
-	defaultRescanInterval    = 10 * time.Second
 	defaultNetlinkBufferSize = 8 << 20
 	defaultEventBuffer       = 4096
 
@@ -90,20 +89,16 @@ type netlinkTracer struct {
 	infoMu sync.Mutex
 	info   tracer.Info
 
-	mu        sync.Mutex // guards listeners, openFailed and closed
+	mu        sync.Mutex // guards listeners and closed
 	listeners map[uint32]*nlListener
 	closed    bool // Close took the listeners: no new one may start
-	// openFailed remembers namespaces whose listener could not start, so
-	// that the warning is logged once and retries log at debug.
-	openFailed map[uint32]bool
 
 	cmu      sync.Mutex // guards counters
 	counters map[tracer.Key]*tracer.Values
 
 	lostChannelFull, lostNoBufs, lostDecode atomic.Uint64
 
-	stop      chan struct{}
-	wg        sync.WaitGroup // the rescan loop
+	stop      chan struct{} // closed by Close: listeners stop retrying
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -121,9 +116,6 @@ func open(ctx context.Context, opts tracer.Options) (tracer.Tracer, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	if opts.RescanInterval <= 0 {
-		opts.RescanInterval = defaultRescanInterval
-	}
 	if opts.NetlinkBufferSize <= 0 {
 		opts.NetlinkBufferSize = defaultNetlinkBufferSize
 	}
@@ -131,15 +123,14 @@ func open(ctx context.Context, opts tracer.Options) (tracer.Tracer, error) {
 		opts.EventBuffer = defaultEventBuffer
 	}
 	t := &netlinkTracer{
-		Table:      ctnetlink.NewTable(),
-		opts:       opts,
-		log:        opts.Logger.With(zap.String("backend", string(tracer.BackendNetlink))),
-		events:     make(chan tracer.Event, opts.EventBuffer),
-		info:       tracer.Info{Backend: tracer.BackendNetlink, Hooks: netlinkHooks, Kernel: tracer.KernelRelease(), CounterLag: counterLag},
-		listeners:  map[uint32]*nlListener{},
-		openFailed: map[uint32]bool{},
-		counters:   map[tracer.Key]*tracer.Values{},
-		stop:       make(chan struct{}),
+		Table:     ctnetlink.NewTable(),
+		opts:      opts,
+		log:       opts.Logger.With(zap.String("backend", string(tracer.BackendNetlink))),
+		events:    make(chan tracer.Event, opts.EventBuffer),
+		info:      tracer.Info{Backend: tracer.BackendNetlink, Hooks: netlinkHooks, Kernel: tracer.KernelRelease(), CounterLag: counterLag},
+		listeners: map[uint32]*nlListener{},
+		counters:  map[tracer.Key]*tracer.Values{},
+		stop:      make(chan struct{}),
 	}
 	nss, err := t.namespaces()
 	if err != nil {
@@ -160,12 +151,9 @@ func open(ctx context.Context, opts tracer.Options) (tracer.Tracer, error) {
 			t.log.Debug("ctnetlink listener not started: namespace gone", zap.Error(err))
 			continue
 		}
-		t.log.Warn("ctnetlink listener did not start, retrying at rescan", zap.Error(err))
+		t.log.Warn("ctnetlink listener did not start", zap.Error(err))
 	}
-	t.log.Info("ctnetlink listening", zap.Int("namespaces", len(t.listeners)),
-		zap.Duration("rescan", opts.RescanInterval), zap.Int("buffer", opts.NetlinkBufferSize))
-	t.wg.Add(1)
-	go t.rescanLoop()
+	t.log.Info("ctnetlink listening", zap.Int("namespaces", len(t.listeners)), zap.Int("buffer", opts.NetlinkBufferSize))
 	return t, nil
 }
 
@@ -179,100 +167,6 @@ func (t *netlinkTracer) namespaces() ([]tracer.Namespace, error) {
 		return nil, fmt.Errorf("stat /proc/self/ns/net: %w", err)
 	}
 	return []tracer.Namespace{{Inode: uint32(st.Ino)}}, nil
-}
-
-func (t *netlinkTracer) rescanLoop() {
-	defer t.wg.Done()
-	tick := time.NewTicker(t.opts.RescanInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-t.stop:
-			return
-		case <-tick.C:
-			t.rescan()
-		}
-	}
-}
-
-// rescan starts listeners in new namespaces, closes those of namespaces
-// that are gone (after reading their final statistics) and refreshes the
-// failure counters of the others.
-func (t *netlinkTracer) rescan() {
-	// A listener that Watch starts after this list is taken is not in it,
-	// and is not closed: the next rescan's list has it.
-	listed := time.Now()
-	nss, err := t.namespaces()
-	if err != nil {
-		t.log.Warn("list network namespaces", zap.Error(err))
-		return
-	}
-	want := make(map[uint32]tracer.Namespace, len(nss))
-	for _, ns := range nss {
-		if _, dup := want[ns.Inode]; !dup {
-			want[ns.Inode] = ns
-		}
-	}
-	var gone, keep []*nlListener
-	t.mu.Lock()
-	for ino, l := range t.listeners {
-		if _, ok := want[ino]; ok {
-			keep = append(keep, l)
-			delete(want, ino)
-		} else if l.started.Before(listed) {
-			gone = append(gone, l)
-			delete(t.listeners, ino)
-		}
-	}
-	for ino := range t.openFailed {
-		if _, ok := want[ino]; !ok {
-			delete(t.openFailed, ino)
-		}
-	}
-	t.mu.Unlock()
-
-	for _, l := range gone {
-		if err := l.refreshFailed(); err != nil {
-			t.log.Debug("final conntrack stats", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
-		}
-		if err := l.close(); err != nil {
-			t.log.Debug("close ctnetlink listener", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
-		}
-		t.log.Debug("ctnetlink listener closed", zap.Uint32("netns", l.ns.Inode))
-	}
-	for _, l := range keep {
-		if err := l.refreshFailed(); err != nil {
-			t.log.Debug("conntrack stats", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
-		}
-	}
-	for _, ns := range want {
-		select {
-		case <-t.stop:
-			return
-		default:
-		}
-		err := t.startListener(ns)
-		t.mu.Lock()
-		logged := t.openFailed[ns.Inode]
-		if err != nil {
-			t.openFailed[ns.Inode] = true
-		} else {
-			delete(t.openFailed, ns.Inode)
-		}
-		t.mu.Unlock()
-		switch {
-		case err == nil:
-			t.log.Debug("ctnetlink listener started", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path))
-		case errors.Is(err, errListening):
-			// Watch started it after the list was taken.
-		case errors.Is(err, os.ErrNotExist):
-			t.log.Debug("ctnetlink listener not started: namespace gone", zap.Uint32("netns", ns.Inode), zap.Error(err))
-		case !logged:
-			t.log.Warn("ctnetlink listener did not start, retrying at rescan", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path), zap.Error(err))
-		default:
-			t.log.Debug("ctnetlink listener did not start", zap.Uint32("netns", ns.Inode), zap.Error(err))
-		}
-	}
 }
 
 // nlListener listens in one namespace.
@@ -369,9 +263,8 @@ var (
 )
 
 // Watch starts a listener in ns now unless one runs there already; once
-// it returns nil, every entry created in ns is counted. The rescan keeps
-// the listener while its list names ns, and closes it when the namespace
-// has left a list taken after Watch.
+// it returns nil, every entry created in ns is counted. It runs until
+// Unwatch or Close.
 func (t *netlinkTracer) Watch(ns tracer.Namespace) error {
 	t.mu.Lock()
 	_, ok := t.listeners[ns.Inode]
@@ -385,16 +278,33 @@ func (t *netlinkTracer) Watch(ns tracer.Namespace) error {
 	}
 	err := t.startListener(ns)
 	if errors.Is(err, errListening) {
-		return nil // started by the rescan meanwhile
+		return nil // started by another Watch meanwhile
 	}
 	if err != nil {
 		return fmt.Errorf("netns %d: starting ctnetlink listener: %w", ns.Inode, err)
 	}
-	t.mu.Lock()
-	delete(t.openFailed, ns.Inode)
-	t.mu.Unlock()
-	t.log.Debug("ctnetlink listener started on request", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path))
+	t.log.Debug("ctnetlink listener started", zap.Uint32("netns", ns.Inode), zap.String("path", ns.Path))
 	return nil
+}
+
+// Unwatch closes the listener of a namespace that left the namespace
+// source, after a last read of its statistics: its socket would keep the
+// namespace alive. Its counters stay until Forget.
+func (t *netlinkTracer) Unwatch(inode uint32) {
+	t.mu.Lock()
+	l := t.listeners[inode]
+	delete(t.listeners, inode)
+	t.mu.Unlock()
+	if l == nil {
+		return
+	}
+	if err := l.refreshFailed(); err != nil {
+		t.log.Debug("final conntrack stats", zap.Uint32("netns", inode), zap.Error(err))
+	}
+	if err := l.close(); err != nil {
+		t.log.Debug("close ctnetlink listener", zap.Uint32("netns", inode), zap.Error(err))
+	}
+	t.log.Debug("ctnetlink listener closed", zap.Uint32("netns", inode))
 }
 
 // close stops the listener and waits for its goroutine.
@@ -677,10 +587,10 @@ func (t *netlinkTracer) Lost() (map[tracer.LostReason]uint64, error) {
 
 func (t *netlinkTracer) Programs() ([]tracer.ProgramStats, error) { return nil, nil }
 
-// Forget drops the counters and kernel statistics totals of a namespace;
-// its listener, if any, keeps running (the rescan closes it once the
-// namespace is no longer listed).
+// Forget drops the counters and kernel statistics totals of a namespace,
+// and closes its listener if one still runs.
 func (t *netlinkTracer) Forget(netns uint32) error {
+	t.Unwatch(netns)
 	t.ForgetStats(netns)
 	t.cmu.Lock()
 	defer t.cmu.Unlock()
@@ -697,7 +607,6 @@ func (t *netlinkTracer) Forget(netns uint32) error {
 func (t *netlinkTracer) Close() error {
 	t.closeOnce.Do(func() {
 		close(t.stop)
-		t.wg.Wait()
 		t.mu.Lock()
 		ls := t.listeners
 		t.listeners = map[uint32]*nlListener{}

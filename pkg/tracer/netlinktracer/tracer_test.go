@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -104,10 +102,9 @@ func TestNetlinkTracer(t *testing.T) {
 	}
 	fds := openFDs(t)
 	tr, err := tracer.Open(context.Background(), tracer.Options{
-		Backend:        tracer.BackendNetlink,
-		Logger:         zaptest.NewLogger(t),
-		Namespaces:     func() ([]tracer.Namespace, error) { return nss, nil },
-		RescanInterval: 200 * time.Millisecond,
+		Backend:    tracer.BackendNetlink,
+		Logger:     zaptest.NewLogger(t),
+		Namespaces: func() ([]tracer.Namespace, error) { return nss, nil },
 	})
 	if err != nil {
 		t.Fatalf("open: %v", err)
@@ -392,23 +389,16 @@ func TestNetlinkTracer(t *testing.T) {
 	checkNoFDLeak(t, fds)
 }
 
-// TestNetlinkRescan: a namespace added after Open is picked up within one
-// rescan interval, and a removed one is closed.
-func TestNetlinkRescan(t *testing.T) {
+// TestNetlinkWatchUnwatch: a namespace watched after Open is listened to
+// at once, and an unwatched one is closed: the tracer follows its owner's
+// namespace set and keeps none of its own.
+func TestNetlinkWatchUnwatch(t *testing.T) {
 	labnet.Require(t, "ip", "conntrack")
 	first := labnet.New(t)
-	var mu sync.Mutex
-	list := []tracer.Namespace{tracertest.Namespace(first)}
-	const interval = 300 * time.Millisecond
 	tr, err := tracer.Open(context.Background(), tracer.Options{
-		Backend: tracer.BackendNetlink,
-		Logger:  zaptest.NewLogger(t),
-		Namespaces: func() ([]tracer.Namespace, error) {
-			mu.Lock()
-			defer mu.Unlock()
-			return slices.Clone(list), nil
-		},
-		RescanInterval: interval,
+		Backend:    tracer.BackendNetlink,
+		Logger:     zaptest.NewLogger(t),
+		Namespaces: func() ([]tracer.Namespace, error) { return []tracer.Namespace{tracertest.Namespace(first)}, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -423,17 +413,15 @@ func TestNetlinkRescan(t *testing.T) {
 	log := tracertest.CollectEvents(tr)
 
 	second := labnet.New(t)
-	mu.Lock()
-	list = append(list, tracertest.Namespace(second))
-	mu.Unlock()
-	added := time.Now()
-	for !listening(second.Inode) {
-		if time.Since(added) > interval+200*time.Millisecond {
-			t.Fatalf("netns %d not picked up %v after it was listed (rescan interval %v)", second.Inode, time.Since(added), interval)
-		}
-		time.Sleep(5 * time.Millisecond)
+	if listening(second.Inode) {
+		t.Fatal("listening in a namespace nobody named")
 	}
-	t.Logf("new namespace listened to %v after it was listed (interval %v)", time.Since(added), interval)
+	if err := tr.Watch(tracertest.Namespace(second)); err != nil {
+		t.Fatal(err)
+	}
+	if !listening(second.Inode) {
+		t.Fatalf("netns %d not listened to after Watch returned", second.Inode)
+	}
 	src, dst := netip.MustParseAddrPort("192.0.2.1:5000"), netip.MustParseAddrPort("192.0.2.2:53")
 	for _, n := range []*labnet.NS{first, second} {
 		if err := n.CTInsert(labnet.InsertArgs("udp", src, dst)...); err != nil {
@@ -450,16 +438,11 @@ func TestNetlinkRescan(t *testing.T) {
 		t.Fatalf("no event from both namespaces: %+v", log.Snapshot())
 	}
 
-	mu.Lock()
-	list = list[1:]
-	mu.Unlock()
-	removed := time.Now()
-	for listening(first.Inode) {
-		if time.Since(removed) > interval+200*time.Millisecond {
-			t.Fatalf("netns %d still listened %v after it was removed", first.Inode, time.Since(removed))
-		}
-		time.Sleep(5 * time.Millisecond)
+	tr.Unwatch(first.Inode)
+	if listening(first.Inode) {
+		t.Fatalf("netns %d still listened to after Unwatch", first.Inode)
 	}
+	tr.Unwatch(first.Inode) // a second time: nothing
 	n := len(log.Snapshot())
 	first.CTFlush()
 	second.CTFlush()
