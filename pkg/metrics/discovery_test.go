@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ctagent/ctagent/internal/labnet"
-	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -165,97 +163,6 @@ func (s *refreshSource) Refresh() error {
 	s.mu.Unlock()
 	s.refreshes.Add(1)
 	return nil
-}
-
-// TestDiscoveryFromEvents: the first events of a namespace the source does
-// not list yet make the exporter refresh the source and dump the
-// namespace, so its entries are right at the first scrape, with the
-// exporter's rescan an hour away and no scrape before. Here the netlink
-// tracer's own rescan finds the namespace (as it finds one that has no
-// name: a process's); with the eBPF backends every namespace has events
-// (TestVMNewNamespaceAtOnce).
-func TestDiscoveryFromEvents(t *testing.T) {
-	labnet.Require(t, "ip", "nft", "conntrack")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	old := labnet.New(t)
-	var mu sync.Mutex
-	exists := []*labnet.NS{old}
-	src := &refreshSource{labSource: &labSource{nss: exists}, exists: func() []*labnet.NS {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]*labnet.NS(nil), exists...)
-	}}
-	tr, err := tracer.Open(ctx, tracer.Options{Backend: tracer.BackendNetlink, DisableEvents: true, Logger: zaptest.NewLogger(t),
-		Namespaces: func() ([]netns.Namespace, error) {
-			nss := src.exists()
-			out := make([]netns.Namespace, len(nss))
-			for i, n := range nss {
-				out[i] = netns.Namespace{Inode: n.Inode, Path: n.Path}
-			}
-			return out, nil
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	e, url := serveExporter(t, Options{Tracer: tr, Namespaces: src, Labels: []string{LabelNetnsName},
-		ReconcileInterval: -1, RescanInterval: time.Hour, Logger: zaptest.NewLogger(t)})
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Go(func() { e.Run(ctx) })
-
-	n := labnet.New(t)
-	n.EnableConntrack()
-	mu.Lock()
-	exists = append(exists, n)
-	mu.Unlock()
-	// Entries until the exporter has dumped the namespace: the first ones
-	// come before the tracer listens there (they are only in the dump),
-	// the later ones race the dump.
-	made := 0
-	start := time.Now()
-	for !e.hasBaseline(n.Inode) {
-		if time.Since(start) > 20*time.Second {
-			t.Fatalf("namespace %d not dumped within 20s of its first entries (%d made, %d source refreshes)", n.Inode, made, src.refreshes.Load())
-		}
-		src := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(3000+made))
-		if err := n.CTInsert(labnet.InsertArgs("tcp", src, netip.MustParseAddrPort("192.0.2.2:80"))...); err != nil {
-			t.Fatal(err)
-		}
-		made++
-	}
-	found := time.Since(start)
-	// A few more, counted from the events alone.
-	for i := range 3 {
-		src := netip.AddrPortFrom(netip.MustParseAddr("198.51.100.1"), uint16(4000+i))
-		if err := n.CTInsert(labnet.InsertArgs("udp", src, netip.MustParseAddrPort("198.51.100.2:53"))...); err != nil {
-			t.Fatal(err)
-		}
-		made++
-	}
-	if kernel := n.CTCount(); kernel != uint64(made) {
-		t.Fatalf("conntrack -C %d, the test made %d", kernel, made)
-	}
-	// Dumped without any scrape; the netlink tracer counts events a moment
-	// after the kernel, so the scrapes may have to catch up with the last
-	// entries.
-	var m map[string]map[string]float64
-	scrapes := 0
-	eventually(t, 5*time.Second, "entries of the new namespace", func() error {
-		m = scrapeHTTP(t, url)
-		scrapes++
-		if got, want := series(m, "ctagent_conntrack_entries", n.Inode), truthEntries(n); !sameMap(got, want) {
-			return fmt.Errorf("entries %v, conntrack -L %v", got, want)
-		}
-		return nil
-	})
-	t.Logf("namespace dumped %v after its first entry, %d source refreshes; %d entries, right at scrape %d: %v",
-		found.Round(time.Millisecond), src.refreshes.Load(), made, scrapes, series(m, "ctagent_conntrack_entries", n.Inode))
 }
 
 // settled reports whether the namespace has a baseline that no dump is

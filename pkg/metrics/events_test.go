@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -57,4 +58,70 @@ func TestEventsTotalFromCountersSurvivesForget(t *testing.T) {
 
 	f.tr.set(key(1, unix.AF_INET, unix.IPPROTO_TCP), 6, 2)
 	want("namespace 1 moved on", 13, 9, 3)
+}
+
+// pendingNS is a namespace source that lists what it found at its last
+// Refresh, like a resolver; next is what a refresh finds.
+type pendingNS struct {
+	*fakeNS
+	next      []netns.Namespace
+	refreshes int
+}
+
+func (p *pendingNS) Refresh() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.list = slices.Clone(p.next)
+	p.refreshes++
+	return nil
+}
+
+// With a tracer that counts every namespace (eBPF), Run's poll of the
+// counters finds a namespace the source does not list yet: it refreshes
+// the source and dumps the namespace, with the rescan an hour away and no
+// event stream. A tracer that counts only what it watches is not polled.
+func TestDiscoveryFromCounterPoll(t *testing.T) {
+	for _, countsAll := range []bool{true, false} {
+		f := newFixture(t, Options{RescanInterval: time.Hour, ReconcileInterval: -1, CounterPoll: 10 * time.Millisecond})
+		src := &pendingNS{fakeNS: f.ns}
+		f.e.src = src
+		f.tr.info.CountsUnwatched = countsAll
+		f.ns.setList(1)
+		src.next = slices.Clone(f.ns.list)
+		f.tables.set(1)
+		if err := f.e.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); f.e.Run(ctx) }()
+
+		// Namespace 7 is born: entries in its table and its counters.
+		f.tables.set(7, tcpEntry(3, ipsAssured), tcpEntry(3, ipsAssured))
+		src.mu.Lock()
+		src.next = append(src.next, netns.Namespace{Inode: 7})
+		src.mu.Unlock()
+		f.tr.set(key(7, unix.AF_INET, unix.IPPROTO_TCP), 2, 0)
+
+		wait := 5 * time.Second
+		if !countsAll {
+			wait = 300 * time.Millisecond // 30 polls, had there been any
+		}
+		deadline := time.Now().Add(wait)
+		for !f.e.hasBaseline(7) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+		<-done
+		switch got := f.e.hasBaseline(7); {
+		case countsAll && !got:
+			t.Errorf("CountsUnwatched: namespace 7 not dumped within %v of its counters (%d source refreshes)", wait, src.refreshes)
+		case !countsAll && got:
+			t.Error("a tracer that counts only watched namespaces was polled for new ones")
+		}
+		if countsAll {
+			m := f.scrape(t)
+			expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=7,protocol=tcp", 2)
+		}
+	}
 }
