@@ -23,17 +23,24 @@ func TestExpireByGC(t *testing.T) {
 	}
 }
 
-// TestExpireByLookup: a ctnetlink GET of an expired entry frees it.
+// TestExpireByLookup: a ctnetlink GET of an expired entry frees it. The gc
+// worker may free them all first when it runs often (its interval shrinks
+// when many entries expire, e.g. with other tests running): then the round
+// proves nothing about the lookup, and is tried again, at most 3 times.
 func TestExpireByLookup(t *testing.T) {
 	Require(t, "ip")
-	n := New(t)
 	const entries = 100
-	r := n.ExpireByLookup(entries)
-	t.Log(r)
-	if r.ByLookup == 0 {
-		t.Errorf("no entry freed by a GET: %v", r)
-	}
-	if r.ByLookup+r.ByGC != entries || r.Left != 0 {
-		t.Errorf("not every entry freed: %v", r)
+	for round := 1; ; round++ {
+		r := New(t).ExpireByLookup(entries)
+		t.Logf("round %d: %v", round, r)
+		if r.ByLookup+r.ByGC != entries || r.Left != 0 {
+			t.Fatalf("not every entry freed: %v", r)
+		}
+		if r.ByLookup > 0 {
+			return
+		}
+		if round == 3 {
+			t.Fatalf("no entry freed by a GET in %d rounds: the gc worker freed every one first", round)
+		}
 	}
 }

@@ -168,7 +168,8 @@ const selfTestUDPFlows = 3
 //	             -EEXIST, via nf_conntrack_hash_check_insert;
 //	delete       one entry deleted over ctnetlink (nf_ct_delete);
 //	expiry       an entry with a 1 s timeout, looked up after it expired:
-//	             the lookup removes it (nf_ct_gc_expired, the gc path);
+//	             the lookup removes it (nf_ct_gc_expired), unless the gc
+//	             worker came first (gc_worker): either way, once;
 //	flush        the rest flushed (nf_ct_iterate_cleanup).
 //
 // Its events are left out of the event stream and its counters forgotten
@@ -224,13 +225,10 @@ func runSelfTest(ctx context.Context, ns *throwawayNetns, counters func() (trace
 		}
 		return v, nil
 	}
-	// step runs do, then waits until field has moved by want (and checks
-	// that it does not move further: every event exactly once).
-	step := func(group, what string, field func(tracer.Values) uint64, want uint64, do func() error) error {
-		before, err := read()
-		if err != nil {
-			return err
-		}
+	// stepFrom runs do, then waits until field has moved by want since
+	// before (and checks that it does not move further: every event
+	// exactly once).
+	stepFrom := func(before tracer.Values, group, what string, field func(tracer.Values) uint64, want uint64, do func() error) error {
 		if err := do(); err != nil {
 			return fmt.Errorf("self-test %s: %w", what, err)
 		}
@@ -251,20 +249,16 @@ func runSelfTest(ctx context.Context, ns *throwawayNetns, counters func() (trace
 		res.checks = append(res.checks, selfCheck{group: group, what: what, want: want, got: got()})
 		return ctx.Err()
 	}
+	step := func(group, what string, field func(tracer.Values) uint64, want uint64, do func() error) error {
+		before, err := read()
+		if err != nil {
+			return err
+		}
+		return stepFrom(before, group, what, field, want, do)
+	}
 	created := func(v tracer.Values) uint64 { return v.Created }
 	destroyed := func(v tracer.Values) uint64 { return v.Destroyed }
 	exists := func(v tracer.Values) uint64 { return v.Failed[tracer.ReasonExists] }
-
-	// First the entry that will expire, so that its second passes while
-	// the other steps run.
-	expiring := conntrack.NewFlow(unix.IPPROTO_UDP, 0, stA, stB, 7000, 53, 1, 0)
-	var inserted time.Time
-	if err := step("ctnetlink_insert", "ctnetlink insert", created, 1, func() error {
-		inserted = time.Now()
-		return c.Create(expiring)
-	}); err != nil {
-		return res, err
-	}
 
 	if disable, err := enableConntrack(ns.handle); err != nil {
 		res.checks = append(res.checks, selfCheck{group: "confirm", what: "packet path inserts", skipped: err.Error()})
@@ -307,7 +301,24 @@ func runSelfTest(ctx context.Context, ns *throwawayNetns, counters func() (trace
 		return res, err
 	}
 
-	if err := step("destroy", "expiry", destroyed, 1, func() error {
+	// An entry with a 1 s timeout. Its destroy is measured from before its
+	// insert: on a busy host the gc worker, whose interval shrinks when
+	// many entries expire, may free it before the lookup does (seen with
+	// parallel tests creating short-lived entries); both are removal paths
+	// the destroy hook must see, exactly once.
+	beforeExpiring, err := read()
+	if err != nil {
+		return res, err
+	}
+	expiring := conntrack.NewFlow(unix.IPPROTO_UDP, 0, stA, stB, 7000, 53, 1, 0)
+	var inserted time.Time
+	if err := step("ctnetlink_insert", "ctnetlink insert", created, 1, func() error {
+		inserted = time.Now()
+		return c.Create(expiring)
+	}); err != nil {
+		return res, err
+	}
+	if err := stepFrom(beforeExpiring, "destroy", "expiry", destroyed, 1, func() error {
 		// The kernel's timeout is in jiffies from the insert; a lookup of
 		// an expired entry removes it. Retry while it is not expired yet.
 		time.Sleep(time.Until(inserted.Add(1100 * time.Millisecond)))
