@@ -241,6 +241,10 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	return f
 }
 
+// refresh does the namespace bookkeeping the way Run does at each rescan:
+// scrapes only read it.
+func (f *fixture) refresh() { f.e.refresh() }
+
 // scrape gathers and indexes the metrics: family name → label signature →
 // value (counter, gauge, or histogram sample count).
 func (f *fixture) scrape(t *testing.T) map[string]map[string]float64 {
@@ -391,11 +395,18 @@ func TestPodLabels(t *testing.T) {
 	if err := f.e.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// Start's bookkeeping keeps the identities of the listed namespaces
+	// (one lookup each), for when they leave the source; events look up
+	// nothing.
+	if f.ns.lookups != 4 {
+		t.Errorf("%d identity lookups at Start, want 4 (one per listed namespace)", f.ns.lookups)
+	}
+	lookups := f.ns.lookups
 	for range 100 {
 		f.e.CountEvent(tracer.Event{Type: tracer.EventCreated})
 	}
-	if f.ns.lookups != 0 {
-		t.Errorf("%d identity lookups before any scrape, want none (labels are added in Collect)", f.ns.lookups)
+	if n := f.ns.lookups - lookups; n != 0 {
+		t.Errorf("%d identity lookups for events, want none (labels are added in Collect)", n)
 	}
 
 	m := f.scrape(t)
@@ -405,7 +416,7 @@ func TestPodLabels(t *testing.T) {
 	expect(t, m, "ctagent_conntrack_entries", "netns=3,pod=,pod_label_app_kubernetes_io_name=,pod_label_team="+fp, 1)
 	expect(t, m, "ctagent_conntrack_entries_assured", "netns=1,pod=web-0,pod_label_app_kubernetes_io_name=web,pod_label_team=blue", 0)
 	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=overflow,pod=,pod_label_app_kubernetes_io_name=,pod_label_team=", tiny)
-	if n := f.ns.lookups; n != 3 {
+	if n := f.ns.lookups - lookups; n != 3 {
 		t.Errorf("%d identity lookups in one scrape, want 3 (one per namespace with series of its own)", n)
 	}
 	for name, series := range m {
@@ -489,7 +500,7 @@ func TestGoneNamespaceIsNoError(t *testing.T) {
 		}
 		expect(t, m, "ctagent_reconcile_errors_total", "", 0)
 		expect(t, m, "ctagent_scrape_errors_total", "source=kernel_stats", 0)
-		f.e.baselineNew(context.Background()) // what a scrape's kick starts
+		f.e.baselineNew(context.Background()) // what Run's rescan runs
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -706,8 +717,8 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp", 0)
 	expect(t, m, "ctagent_namespaces", "", 2)
 
-	// Namespace 2 is gone: its table gauges go at once, its counters stay
-	// for StaleAfter after their last change.
+	// Namespace 2 is gone: its table gauges go at once, before Run
+	// notices, its counters stay for StaleAfter after their last change.
 	f.ns.setList(1)
 	delete(f.ns.ids, 2) // the source forgets it: its series keep their labels
 	f.tr.set(k2, 3, 3)  // its entries are destroyed with it
@@ -720,16 +731,26 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two")
 	absent(t, m, "ctagent_reconcile_last_timestamp_seconds", "netns=2,netns_name=two")
 	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 3)
+	f.refresh() // Run's rescan sees it gone, and its last change
+	m = f.scrape(t)
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp")
+	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 3)
 
 	f.clock.advance(50 * time.Second)
+	f.refresh()
 	m = f.scrape(t)
 	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 3)
 	expect(t, m, "ctagent_namespaces", "", 2)
 
 	f.clock.advance(20 * time.Second) // 70s since the last change
 	m = f.scrape(t)
+	if !hasNetns(m, "2") {
+		t.Error("a scrape expired namespace 2: expiry is Run's")
+	}
+	f.refresh()
+	m = f.scrape(t)
 	if hasNetns(m, "2") {
-		t.Error("namespace 2 still exported after StaleAfter")
+		t.Error("namespace 2 still exported after StaleAfter and a rescan")
 	}
 	expect(t, m, "ctagent_namespaces", "", 1)
 
@@ -739,10 +760,18 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	if hasNetns(m, "2") {
 		t.Error("namespace 2 back without a counter change")
 	}
+	f.refresh()
+	m = f.scrape(t)
+	if hasNetns(m, "2") {
+		t.Error("namespace 2 back without a counter change, after a rescan")
+	}
 
-	// A change (the inode was reused, or late events): it is back, its old
-	// identity forgotten.
+	// A change (the inode was reused, or late events): it is back at the
+	// next scrape, before Run tracks it again, its old identity forgotten.
 	f.tr.set(k2, 4, 3)
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=2,netns_name=,protocol=udp", 4)
+	f.refresh()
 	m = f.scrape(t)
 	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=2,netns_name=,protocol=udp", 4)
 
@@ -750,6 +779,7 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	for i := range 3 {
 		f.clock.advance(50 * time.Second)
 		f.tr.set(k2, uint64(5+i), 3)
+		f.refresh()
 		m = f.scrape(t)
 		if _, ok := m["ctagent_conntrack_created_total"][canon("family=ipv4,netns=2,netns_name=,protocol=udp")]; !ok {
 			t.Fatal("an active namespace expired")
@@ -819,8 +849,14 @@ func TestOverflowFolding(t *testing.T) {
 	m = f.scrape(t)
 	expect(t, m, "ctagent_namespaces_folded_total", "", 3)
 
-	// Namespace 13 grows to 9 entries: it displaces 11.
+	// Namespace 13 grows to 9 entries: its entries count in the overflow
+	// at once, and it displaces 11 once Run places them again.
 	f.tr.set(key(13, unix.AF_INET, unix.IPPROTO_UDP), 19, 0)
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=11,pod=pod-11,protocol=udp", 3)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,pod=,protocol=udp", 13)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 3)
+	f.refresh()
 	m = f.scrape(t)
 	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=13,pod=pod-13,protocol=udp", 9)
 	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=11,pod=pod-11,protocol=udp")
@@ -913,6 +949,7 @@ func TestKernelStatsTimeout(t *testing.T) {
 		<-release
 		return tracer.KernelStats{}, nil
 	}
+	f.refresh() // kernel statistics are read for namespaces Run tracks
 	start := time.Now()
 	m := f.scrape(t)
 	if d := time.Since(start); d > time.Second {
@@ -1108,3 +1145,4 @@ func TestNamespaceListBookkeeping(t *testing.T) {
 	}
 	expect(t, f.scrape(t), "ctagent_conntrack_entries", "family=ipv4,netns=1,protocol=udp", 1)
 }
+
