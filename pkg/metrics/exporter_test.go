@@ -1146,3 +1146,164 @@ func TestNamespaceListBookkeeping(t *testing.T) {
 	expect(t, f.scrape(t), "ctagent_conntrack_entries", "family=ipv4,netns=1,protocol=udp", 1)
 }
 
+// bookkeeping renders everything Run's work keeps, for comparison: the
+// namespaces and their state, tombstones, the forget list, the fold
+// counter, list numbering, the discovery map and requests, and what the
+// tracer was told to forget.
+func (f *fixture) bookkeeping() string {
+	e := f.e
+	var b strings.Builder
+	e.mu.RLock()
+	for _, inode := range slices.Sorted(maps.Keys(e.ns)) {
+		st := e.ns[inode]
+		fmt.Fprintf(&b, "ns %d: listed=%v path=%q lastSeen=%v activity=%d base=%p rebase=%v racy=%d rec=%p dumping=%v gonePath=%q placed=%v folded=%v id=%+v dumpedKeys=%v\n",
+			inode, st.listed, st.path, st.lastSeen.UnixNano(), st.activity, st.base, st.rebase, st.racy, st.rec, st.dumping, st.gonePath,
+			st.placed, st.folded, st.id, st.dumpedKeys)
+	}
+	fmt.Fprintf(&b, "tombs %v forget %v appliedSeq %d reconDone %v\n", e.tombs, e.forget, e.appliedSeq, e.reconDone)
+	e.mu.RUnlock()
+	fmt.Fprintf(&b, "foldedTotal %d listSeq %d kick %d wantRefresh %v\n", e.foldedTotal.Load(), e.listSeq.Load(), len(e.kick), e.wantRefresh.Load())
+	var known []string
+	e.known.Range(func(k, v any) bool {
+		known = append(known, fmt.Sprintf("%d:%d", k, v))
+		return true
+	})
+	slices.Sort(known)
+	fmt.Fprintf(&b, "known %v\n", known)
+	f.tr.mu.Lock()
+	fmt.Fprintf(&b, "forgotten %v\n", f.tr.forgotten)
+	f.tr.mu.Unlock()
+	return b.String()
+}
+
+// Collect only reads: however many scrapes, with the clock past
+// StaleAfter, namespaces come and gone and counters moved, the exporter's
+// bookkeeping stays as Run left it, and nothing is asked of Run; scrapes
+// show what they read (counters of a namespace Run does not track yet,
+// table gauges gone with the namespace) on top of it. Only a refresh, as
+// Run does, expires, tracks, places and asks for discovery.
+func TestCollectOnlyReads(t *testing.T) {
+	f := newFixture(t, Options{StaleAfter: time.Minute, MaxNamespaces: 2, Labels: []string{"netns_name"}})
+	const big, mid, gone, small, fresh, unlisted = 1, 2, 3, 4, 5, 6
+	f.ns.setList(big, mid, gone, small)
+	for ns, n := range map[uint32]int{big: 3, mid: 2, gone: 1, small: 0} {
+		es := make([]tracer.Entry, n)
+		for i := range es {
+			es[i] = udpEntry(unix.AF_INET, 0)
+		}
+		f.tables.set(ns, es...)
+		f.ns.ids[ns] = netns.Identity{Name: fmt.Sprintf("ns%d", ns)}
+		f.tr.set(key(ns, unix.AF_INET, unix.IPPROTO_UDP), 1, 0)
+	}
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m := f.scrape(t)
+	expect(t, m, "ctagent_namespaces_folded", "", 2)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 2)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,netns_name=,protocol=udp", 1)
+
+	// What a scrape used to book: gone leaves the source, fresh joins it,
+	// unlisted has counters only, small grows past everyone, and the
+	// clock passes StaleAfter.
+	f.ns.setList(big, mid, small, fresh)
+	f.ns.ids[fresh] = netns.Identity{Name: "fresh"}
+	f.tables.set(fresh, udpEntry(unix.AF_INET, 0))
+	f.tr.set(key(fresh, unix.AF_INET, unix.IPPROTO_UDP), 2, 0)
+	f.tr.set(key(unlisted, unix.AF_INET6, unix.IPPROTO_UDP), 7, 0)
+	f.tr.set(key(small, unix.AF_INET, unix.IPPROTO_UDP), 11, 0)
+	f.clock.advance(2 * time.Minute)
+	before := f.bookkeeping()
+	lookups := f.ns.lookups
+	for i := range 5 {
+		m = f.scrape(t)
+		if got := f.bookkeeping(); got != before {
+			t.Fatalf("scrape %d changed the bookkeeping:\nbefore:\n%s\nafter:\n%s", i+1, before, got)
+		}
+		expect(t, m, "ctagent_namespaces_folded_total", "", 2)
+	}
+	if n := f.ns.lookups - lookups; n != 5*2 {
+		t.Errorf("%d identity lookups in 5 scrapes, want 10 (big and mid, listed and kept)", n)
+	}
+	// Run's placement stands: big and mid keep their series, the rest is
+	// folded, small with its 10 new entries too.
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=1,netns_name=ns1,protocol=udp", 3)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=ns2,protocol=udp", 2)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,netns_name=,protocol=udp", 10) // small; gone left, fresh not dumped
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=overflow,netns_name=,protocol=udp", 1+11+2)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv6,netns=overflow,netns_name=,protocol=udp", 7)
+	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=overflow,netns_name=", small) // gone left, fresh not tracked
+	expect(t, m, "ctagent_namespaces", "", 6)
+	expect(t, m, "ctagent_namespaces_folded", "", 4)
+
+	// Run's rescan: gone expires (the tracer forgets it), fresh and
+	// unlisted are tracked, discovery is asked for unlisted, and small
+	// displaces mid.
+	f.refresh()
+	f.e.baselineNew(context.Background()) // fresh is dumped
+	f.e.mu.RLock()
+	_, tracked := f.e.ns[gone]
+	_, tomb := f.e.tombs[gone]
+	nFresh, nUnlisted := f.e.ns[fresh], f.e.ns[unlisted]
+	f.e.mu.RUnlock()
+	if tracked || !tomb {
+		t.Errorf("after a refresh: gone tracked %v, tombstone %v; want expired", tracked, tomb)
+	}
+	if nFresh == nil || nUnlisted == nil {
+		t.Errorf("after a refresh: fresh tracked %v, unlisted tracked %v; want both", nFresh != nil, nUnlisted != nil)
+	}
+	if !slices.Contains(f.tr.forgotten, gone) {
+		t.Errorf("tracer told to forget %v, want %d", f.tr.forgotten, gone)
+	}
+	if len(f.e.kick) != 1 {
+		t.Error("no discovery asked for the unlisted namespace")
+	}
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=4,netns_name=ns4,protocol=udp", 10)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=1,netns_name=ns1,protocol=udp", 3)
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=ns2,protocol=udp")
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,netns_name=,protocol=udp", 2+1) // mid, fresh
+	expect(t, m, "ctagent_namespaces", "", 5)
+	expect(t, m, "ctagent_namespaces_folded", "", 3)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 2+3) // and now mid, unlisted, fresh
+}
+
+// Without a cap, a namespace the source lists before Run tracks it has
+// its own series at once (counters, identity), its kernel statistics once
+// Run tracks it; scrapes run concurrently with Run's work (for -race).
+func TestCollectBeforeRefresh(t *testing.T) {
+	f := newFixture(t, Options{Labels: []string{"netns_name"}, RescanInterval: time.Millisecond})
+	f.ns.setList(1)
+	f.tables.set(1)
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.ns.mu.Lock()
+	f.ns.list = append(f.ns.list, netns.Namespace{Inode: 2})
+	f.ns.ids[2] = netns.Identity{Name: "two"}
+	f.ns.mu.Unlock()
+	f.tables.set(2, udpEntry(unix.AF_INET, 0))
+	f.tr.set(key(2, unix.AF_INET, unix.IPPROTO_UDP), 1, 0)
+	m := f.scrape(t)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 1)
+	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two")
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp")
+	expect(t, m, "ctagent_namespaces", "", 2)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { f.e.Run(ctx) })
+	for i := range 50 {
+		if i%10 == 0 {
+			f.e.Discover()
+		}
+		f.tr.set(key(1, unix.AF_INET, unix.IPPROTO_UDP), uint64(i), 0)
+		f.scrape(t)
+	}
+	waitFor(t, func() bool { return f.e.hasBaseline(2) })
+	cancel()
+	wg.Wait()
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two", 2)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp", 1)
+}
