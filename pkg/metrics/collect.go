@@ -27,18 +27,25 @@ import (
 // sample is the data behind one netns label value: a namespace, or the
 // overflow of several.
 type sample struct {
-	inode   uint32
-	netns   string
-	st      *nsState // nil for the overflow
-	listed  bool     // the namespace source lists it: table gauges are exported
-	path    string
-	rank    int64                      // entries, to choose the namespaces kept under MaxNamespaces
-	entries map[famProto]int64         // nil: unknown (never dumped, or counters unreadable)
-	values  map[famProto]tracer.Values // counters
-	rec     *reconInfo                 // nil: never dumped
-	kstats  *tracer.KernelStats        // nil: not read
-	id      netns.Identity
-	ids     []string // identity label values
+	inode uint32
+	netns string
+	// st is nil for the overflow, and for a namespace Run does not track
+	// yet (its counters only).
+	st     *nsState
+	listed bool   // the namespace source lists it now
+	path   string // where the source's list opens it
+	// placed and folded are Run's placement (nsState.placed, .folded).
+	placed, folded bool
+	entries        map[famProto]int64         // nil: unknown (not dumped, not listed, or counters unreadable)
+	values         map[famProto]tracer.Values // counters
+	rec            *reconInfo                 // nil: not dumped, or not listed
+	kstats         *tracer.KernelStats        // nil: not read
+	id             netns.Identity
+	ids            []string // identity label values
+}
+
+func newSample(inode uint32) *sample {
+	return &sample{inode: inode, netns: strconv.FormatUint(uint64(inode), 10)}
 }
 
 // merge adds s into the overflow sample o.
@@ -92,8 +99,36 @@ func addKernelStats(a, b *tracer.KernelStats) {
 	a.MaxEntries = max(a.MaxEntries, b.MaxEntries)
 }
 
-// Collect reads the tracer's counters and the namespaces' kernel statistics
-// and sends every metric.
+// Collect sends every metric. It only reads: the tracer's counters, the
+// namespace source's list and identities (cached reads), the kernel
+// statistics of listed namespaces, and the exporter's state under
+// e.mu.RLock. Everything that changes that state is Run's: the namespace
+// bookkeeping (see refresh), overflow placement, the identities kept for
+// namespaces that left the source, expiry, discovery and the table dumps.
+// Scrapes change nothing but their own error counters and the statsBusy
+// guard of each namespace, which keeps a hung kernel statistics read from
+// starting another goroutine scrape after scrape.
+//
+// So a scrape shows Run's bookkeeping as of its last refresh (at most
+// RescanInterval old), combined with what it reads itself:
+//
+//   - A namespace Run does not track yet has its counters (created,
+//     destroyed, failures, lifetimes) at once, labelled with the identity
+//     the source has for it if the source lists it; its kernel statistics
+//     once Run tracks it, and its entry gauges once Run has dumped it. An
+//     expired namespace whose counters did not change since stays gone.
+//   - A namespace the source no longer lists loses its table gauges
+//     (entries, by-state, reconciliation and kernel statistics) at once;
+//     its counters keep the identity of Run's last refresh that listed it,
+//     until Run expires them at its first rescan after StaleAfter.
+//   - A namespace listed again after it left the source has no table
+//     gauges from its old dumps: they wait for Run to dump it again.
+//   - Under MaxNamespaces, the namespaces Run placed keep their place until
+//     it places them again (each refresh, and each baseline pass); others
+//     take the places left, by inode number, and the rest is folded into
+//     the overflow. ctagent_namespaces_folded_total counts Run's decisions,
+//     so one that a scrape folds for want of a place counts only once Run
+//     folds it too.
 func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	start := time.Now()
 	m := emitter{ch: ch, e: e}
@@ -103,72 +138,72 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		e.scrapeError(srcCounters, cerr)
 	}
 	byNS := groupCounters(c)
-	list := e.listNamespaces()
+	paths := map[uint32]string{}
+	for _, n := range e.src.Namespaces() {
+		if _, dup := paths[n.Inode]; !dup {
+			paths[n.Inode] = n.Path
+		}
+	}
 
-	e.mu.Lock()
-	unlisted := e.observe(e.now(), list, byNS, cerr == nil)
+	e.mu.RLock()
 	samples := make([]*sample, 0, len(e.ns))
-	needDump := false
 	for inode, st := range e.ns {
-		s := &sample{inode: inode, netns: strconv.FormatUint(uint64(inode), 10), st: st, listed: st.listed, path: st.path, rec: st.rec}
+		s := newSample(inode)
+		s.st, s.placed, s.folded, s.id = st, st.placed, st.folded, st.id
+		s.path, s.listed = paths[inode]
 		if n := byNS[inode]; n != nil {
 			s.values = n.byKey
 		}
-		if st.listed && st.base != nil && cerr == nil {
-			s.entries = st.base.entries(byNS[inode])
-			for k := range st.dumpedKeys {
-				if _, ok := s.entries[k]; !ok {
-					s.entries[k] = 0
-				}
+		// Table gauges: of a namespace listed now, and by Run since its
+		// last dump (one listed again after it left waits for a dump of
+		// its own).
+		if s.listed && st.listed {
+			s.rec = st.rec
+			if cerr == nil {
+				s.entries = st.tableEntries(byNS[inode])
 			}
-			s.rank = sumEntries(s.entries)
-		}
-		if st.needsDump() {
-			needDump = true
 		}
 		samples = append(samples, s)
 	}
-	kept, folded := e.fold(samples)
-	tracked := len(e.ns)
+	// Namespaces Run does not track yet: counters, or only listed.
+	for inode, n := range byNS {
+		_, listed := paths[inode]
+		if e.ns[inode] != nil {
+			continue
+		}
+		if a, ok := e.tombs[inode]; ok && a == n.activity && !listed {
+			continue // expired, and nothing new happened there
+		}
+		s := newSample(inode)
+		s.listed, s.values = listed, n.byKey
+		samples = append(samples, s)
+	}
+	for inode := range paths {
+		if e.ns[inode] == nil && byNS[inode] == nil {
+			s := newSample(inode)
+			s.listed = true
+			samples = append(samples, s)
+		}
+	}
 	reconDur, reconDone := e.reconDur, e.reconDone
-	e.mu.Unlock()
+	e.mu.RUnlock()
+	kept, folded := e.split(samples)
 
-	// Identities, outside e.mu. Only listed namespaces are looked up: the
-	// source knows them, so a lookup reads its cache, where an unknown
-	// inode can make a resolver rescan /proc in the scrape; finding a
-	// namespace is discovery's work, in Run. A namespace that left the
-	// source keeps the identity it had, so its counters keep their labels
-	// until they expire.
-	if len(e.idLabels)+len(e.podKeys) > 0 {
-		fresh := make([]bool, len(kept))
-		for i, s := range kept {
+	// Identities: only listed namespaces are looked up: the source knows
+	// them, so a lookup reads its cache, where an unknown inode can make a
+	// resolver rescan /proc in the scrape. One that left the source has
+	// the identity Run kept for it.
+	if e.hasIdentity() {
+		for _, s := range kept {
 			if s.listed {
-				s.id, fresh[i] = e.src.Lookup(s.inode)
+				if id, ok := e.src.Lookup(s.inode); ok {
+					s.id = id
+				}
 			}
 		}
-		e.mu.Lock()
-		for i, s := range kept {
-			if fresh[i] {
-				s.st.id = s.id
-			} else {
-				s.id = s.st.id
-			}
-		}
-		e.mu.Unlock()
 	}
 	for _, s := range kept {
 		s.ids = e.identityValues(&s.id)
-	}
-	// Discovery is Run's work, not the scrape's: these only wake it. They
-	// are a backstop, for namespaces that CountEvent and Discover did not
-	// announce (events lost or not counted, a listed namespace Run has not
-	// dumped yet); such a namespace has its entry gauges from the next
-	// scrape on.
-	for _, inode := range unlisted {
-		e.seek(inode)
-	}
-	if needDump {
-		e.wake()
 	}
 
 	if !e.noStats {
@@ -186,7 +221,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	e.collectGlobal(m, c, cerr == nil)
-	m.val(mNamespaces, float64(tracked))
+	m.val(mNamespaces, float64(len(samples)))
 	m.val(mNamespacesFolded, float64(len(folded)))
 	m.val(mNamespacesFoldedTotal, float64(e.foldedTotal.Load()))
 	if reconDone {
@@ -214,39 +249,45 @@ func (e *Exporter) identityValues(id *netns.Identity) []string {
 	return vs
 }
 
-// fold orders the samples and, beyond MaxNamespaces, splits off those with
-// the fewest entries (ties: higher inode first) to be folded into the
-// overflow. kept comes back ordered by inode. e.mu is held.
-func (e *Exporter) fold(samples []*sample) (kept, folded []*sample) {
-	slices.SortFunc(samples, func(a, b *sample) int {
-		if c := cmp.Compare(b.rank, a.rank); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.inode, b.inode)
-	})
-	kept = samples
-	if e.maxNS > 0 && len(samples) > e.maxNS {
-		kept, folded = samples[:e.maxNS], samples[e.maxNS:]
+// split divides the samples into those with series of their own and those
+// folded into the overflow, as Run last placed them (see place); samples
+// it has not placed take the places left under MaxNamespaces, by inode
+// number, and the rest is folded. It changes nothing: Collect calls it.
+// kept comes back ordered by inode.
+func (e *Exporter) split(samples []*sample) (kept, folded []*sample) {
+	slices.SortFunc(samples, func(a, b *sample) int { return cmp.Compare(a.inode, b.inode) })
+	if e.maxNS == 0 {
+		return samples, nil
 	}
-	for _, s := range kept {
-		s.st.folded = false
-	}
-	for _, s := range folded {
-		if !s.st.folded {
-			s.st.folded = true
-			e.foldedTotal.Add(1)
+	free := e.maxNS
+	for _, s := range samples {
+		if s.placed && !s.folded {
+			free--
 		}
 	}
-	slices.SortFunc(kept, func(a, b *sample) int { return cmp.Compare(a.inode, b.inode) })
+	for _, s := range samples {
+		switch {
+		case s.placed && s.folded:
+			folded = append(folded, s)
+		case s.placed:
+			kept = append(kept, s)
+		case free > 0:
+			free--
+			kept = append(kept, s)
+		default:
+			folded = append(folded, s)
+		}
+	}
 	return kept, folded
 }
 
-// readKernelStats reads the kernel statistics of every listed namespace,
-// at most cap(e.statsSlots) at a time, each within e.statsTO.
+// readKernelStats reads the kernel statistics of every listed namespace
+// that Run tracks (its nsState holds the statsBusy guard), at most
+// cap(e.statsSlots) at a time, each within e.statsTO.
 func (e *Exporter) readKernelStats(samples []*sample) {
 	var wg sync.WaitGroup
 	for _, s := range samples {
-		if s.listed {
+		if s.listed && s.st != nil {
 			wg.Go(func() { s.kstats = e.kernelStats(s) })
 		}
 	}

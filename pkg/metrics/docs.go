@@ -38,7 +38,8 @@ func Markdown() string {
 	w("## Cardinality\n\n")
 	w("Each namespace has its own series. With the namespace limit set, only the namespaces with the most " +
 		"entries (ties: lower inode first) keep theirs; the others are summed into `netns=\"overflow\"` and " +
-		"counted in `ctagent_namespaces_folded`. Summed counters of the overflow series can decrease when a " +
+		"counted in `ctagent_namespaces_folded`. Which ones keep theirs is decided at each namespace rescan " +
+		"and after each table dump, not by scrapes; a namespace that appeared since takes a free place, if any. Summed counters of the overflow series can decrease when a " +
 		"namespace moves in or out of it.\n\n")
 	w("Identity labels and pod labels add no series: a namespace has one value of each at a time, so it has " +
 		"as many series with all of them as with none. They add churn when a value changes while the namespace " +
@@ -48,7 +49,7 @@ func Markdown() string {
 		"what `pod` already says (`statefulset.kubernetes.io/pod-name`).\n\n")
 	w("A namespace that left the namespace source (it no longer exists) loses its table gauges "+
 		"(`ctagent_conntrack_entries*`, `ctagent_conntrack_kernel_*`, `ctagent_reconcile_*`) at once, and its counters "+
-		"once they have not changed for the stale period (default %s).\n\n", durationDoc(DefaultStaleAfter))
+		"at the first namespace rescan after they have not changed for the stale period (default %s).\n\n", durationDoc(DefaultStaleAfter))
 
 	w("## Entry counts\n\n")
 	w("`ctagent_conntrack_entries` costs no work per event: each namespace's table is dumped once "+

@@ -487,7 +487,7 @@ func TestEndToEndNetlink(t *testing.T) {
 		}
 		return nil
 	})
-	// d was last seen at the last scrape or rescan (every 200 ms) before.
+	// d was last seen at the last rescan (every 200 ms) before.
 	if d := time.Since(removed); d < 2*time.Second-250*time.Millisecond {
 		t.Errorf("d's series expired %v after it went, before StaleAfter", d)
 	}

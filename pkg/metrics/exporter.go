@@ -30,10 +30,11 @@ import (
 
 // Namespaces is the source of network namespaces: which exist now, where to
 // open them, and who owns them; a *netns.Resolver is one. Both methods are
-// called at scrape time and must be cheap (cached). A source that can
-// rescan on demand implements Refresher too. Identity labels come from
-// netns.Identity: netns_name from Name, container from ContainerID, and
-// pod, pod_namespace, comm and pod_label_* from the fields of those names.
+// called at scrape time and must be cheap (cached); Run calls them too. A
+// source that can rescan on demand implements Refresher too. Identity
+// labels come from netns.Identity: netns_name from Name, container from
+// ContainerID, and pod, pod_namespace, comm and pod_label_* from the fields
+// of those names.
 type Namespaces interface {
 	// Namespaces lists the network namespaces that exist now. A Path of ""
 	// means the exporter's own namespace.
@@ -88,20 +89,26 @@ type Options struct {
 	PodLabels []string
 	// MaxNamespaces caps the namespaces with series of their own; the rest
 	// (those with the fewest entries, then the highest inode numbers) are
-	// summed into netns="overflow". 0: no cap.
+	// summed into netns="overflow". 0: no cap. Run decides which namespaces
+	// keep their own series (see Exporter.Collect); scrapes show its last
+	// decision.
 	MaxNamespaces int
 	// StaleAfter is how long the series of a namespace stay after it left the
-	// namespace source and its counters stopped changing. 0: 5m.
+	// namespace source and its counters stopped changing; Run drops them at
+	// its first rescan after that. 0: 5m.
 	StaleAfter time.Duration
 	// ReconcileInterval is the period of the table dumps that correct the
 	// entry gauges. 0: 60s; negative: never (only the first dump of each
 	// namespace).
 	ReconcileInterval time.Duration
 	// RescanInterval is how often Run asks the namespace source for new
-	// namespaces to dump and reads the counters to expire stale ones, so
-	// memory stays bounded without scrapes. 0: 10s. New namespaces need not
-	// wait for it: see Exporter.Discover. It is also the least time between
-	// two discoveries asked for the same unlisted namespace.
+	// namespaces to dump and reads the counters to keep its bookkeeping:
+	// namespaces tracked, stale ones expired, overflow placement, identities
+	// kept for namespaces that leave the source. Scrapes only read that
+	// bookkeeping, so it is at most this old at a scrape. 0: 10s. New
+	// namespaces need not wait for it: see Exporter.Discover. It is also the
+	// least time between two discoveries asked for the same unlisted
+	// namespace.
 	RescanInterval time.Duration
 	// CounterPoll is how often Run reads the counters of a tracer that
 	// counts every namespace (Info.CountsUnwatched: the eBPF backends) to
@@ -142,7 +149,7 @@ type Exporter struct {
 	descs       []*prometheus.Desc
 	kick        chan struct{} // wakes Run for discovery: see discover
 	wantRefresh atomic.Bool   // the next discovery refreshes the source first
-	// known holds, for CountEvent to read without e.mu, the namespaces that
+	// known holds, for seek to read without e.mu, the namespaces that
 	// need no discovery: knownListed for those the source lists, the time
 	// (UnixNano) discovery was last asked for an unlisted one.
 	known       sync.Map // uint32 → int64
@@ -159,7 +166,9 @@ type Exporter struct {
 	readStats func(tracer.Namespace) (tracer.KernelStats, error)
 	procRoot  string
 
-	mu    sync.Mutex
+	// mu guards the bookkeeping below and in each nsState. Run's work
+	// takes it to write; Collect only reads, under RLock.
+	mu    sync.RWMutex
 	ns    map[uint32]*nsState
 	tombs map[uint32]uint64 // dropped namespaces: counter activity when dropped
 	// retired are the created, destroyed and failed counts of the
@@ -172,7 +181,7 @@ type Exporter struct {
 	reconDur   time.Duration
 	reconDone  bool
 	statsSlots chan struct{}
-	listSeq    atomic.Uint64 // numbers the namespace lists taken
+	listSeq    atomic.Uint64 // numbers the namespace lists refresh takes
 	appliedSeq uint64        // the newest list observed; e.mu
 }
 
@@ -291,7 +300,8 @@ const knownListed int64 = 0
 // gauges are there at the next scrape. It returns at once; requests made
 // while a discovery runs are served by one more. cmd/ctagent calls it when
 // the mount table shows a named namespace come or go; the exporter calls it
-// itself for counters of namespaces the source does not list.
+// itself for counters of namespaces the source does not list (Run's
+// counter poll and rescans).
 func (e *Exporter) Discover() {
 	e.wantRefresh.Store(true)
 	e.wake()
@@ -308,7 +318,7 @@ func (e *Exporter) wake() {
 // seek asks for discovery of a namespace that the source does not list,
 // at most once per rescan interval for each: one that stays unlisted (its
 // path cannot be found, or it is gone with events still queued) waits for
-// the rescans. Lock-free: CountEvent calls it for every event.
+// the rescans. Lock-free: it runs outside e.mu.
 func (e *Exporter) seek(inode uint32) {
 	now := time.Now().UnixNano()
 	if v, ok := e.known.Load(inode); ok {
@@ -328,7 +338,8 @@ type listing struct {
 	seq uint64
 }
 
-// listNamespaces takes the namespace source's list.
+// listNamespaces takes the namespace source's list, for refresh. Collect
+// reads the source's list without numbering it: it observes nothing.
 func (e *Exporter) listNamespaces() listing {
 	nss := e.src.Namespaces()
 	return listing{nss: nss, seq: e.listSeq.Add(1)}
@@ -361,11 +372,13 @@ func (e *Exporter) Start(ctx context.Context) error {
 // dump raced changes of its table (at most maxRacyPasses of them).
 var retryDelays = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second}
 
-// Run keeps the exporter up to date until ctx ends: it dumps new
-// namespaces as Discover or the rescan finds them, expires stale ones,
-// dumps again the namespaces whose last dump raced changes of their table,
-// and reconciles every namespace's entries with a table dump every
-// ReconcileInterval.
+// Run keeps the exporter up to date until ctx ends: it keeps the namespace
+// bookkeeping (see refresh) every RescanInterval and at each discovery,
+// dumps new namespaces as Discover or the rescan finds them, dumps again
+// the namespaces whose last dump raced changes of their table, and
+// reconciles every namespace's entries with a table dump every
+// ReconcileInterval. Everything that changes the exporter's state runs
+// here (and in Start); Collect only reads it.
 func (e *Exporter) Run(ctx context.Context) {
 	rescan := time.NewTicker(e.rescan)
 	defer rescan.Stop()
@@ -423,9 +436,9 @@ func (e *Exporter) Run(ctx context.Context) {
 	}
 }
 
-// discover refreshes the namespace source if Discover asked for it, takes
-// its list, and dumps the namespaces that wait for a dump; baselinePass
-// has the tracer count them first.
+// discover refreshes the namespace source if Discover asked for it, keeps
+// the bookkeeping with its list (refresh), and dumps the namespaces that
+// wait for a dump; baselinePass has the tracer count them first.
 func (e *Exporter) discover(ctx context.Context) {
 	if e.wantRefresh.Swap(false) {
 		if r, ok := e.src.(Refresher); ok {
@@ -433,12 +446,8 @@ func (e *Exporter) discover(ctx context.Context) {
 				e.log.Debug("refreshing the namespace source", zap.Error(err))
 			}
 		}
-		list := e.listNamespaces()
-		e.mu.Lock()
-		e.observeList(e.now(), list)
-		e.mu.Unlock()
-		e.unwatchUnlisted()
 	}
+	e.refresh()
 	e.baselineNew(ctx)
 }
 
@@ -452,8 +461,14 @@ func (e *Exporter) baselineNew(ctx context.Context) {
 	}
 }
 
-// refresh lists the namespaces, reads the counters and expires stale
-// namespaces.
+// refresh is the namespace bookkeeping, on Run's schedule (Start, every
+// RescanInterval, each discovery and reconciliation), never in Collect: it
+// takes the source's list and the counters, marks namespaces listed or
+// not, tracks unlisted ones whose counters move, expires stale ones (and
+// has the tracer forget them), places namespaces in or out of the overflow
+// (those that wait for their first dump are placed by the pass that dumps
+// them), keeps the identities of listed namespaces for when they leave the
+// source, and asks for discovery of unlisted namespaces with new counters.
 func (e *Exporter) refresh() {
 	list := e.listNamespaces()
 	c, err := e.tr.Counters()
@@ -465,10 +480,20 @@ func (e *Exporter) refresh() {
 	unlisted := e.observe(e.now(), list, byNS, err == nil)
 	var forget []uint32
 	if err == nil {
+		e.place(byNS, true)
 		// Only with counters read: their counts go to e.retired first.
 		forget, e.forget = e.forget, nil
 	}
+	var listed []uint32
+	if e.hasIdentity() {
+		for inode, st := range e.ns {
+			if st.listed {
+				listed = append(listed, inode)
+			}
+		}
+	}
 	e.mu.Unlock()
+	e.keepIdentities(listed)
 	for _, inode := range unlisted {
 		e.seek(inode)
 	}
@@ -532,6 +557,32 @@ func (e *Exporter) retire(inodes []uint32, byNS map[uint32]*nsCounters) {
 					e.retired[2] += f
 				}
 			}
+		}
+	}
+}
+
+// hasIdentity reports whether series carry identity or pod labels.
+func (e *Exporter) hasIdentity() bool { return len(e.idLabels)+len(e.podKeys) > 0 }
+
+// keepIdentities looks up the identities of listed namespaces, outside
+// e.mu, and keeps them in their nsState: a namespace that leaves the
+// source keeps the identity it had at the last refresh, so its counters
+// keep their labels until they expire. A failed lookup keeps the previous
+// one. Collect looks listed namespaces up itself (a cached read).
+func (e *Exporter) keepIdentities(inodes []uint32) {
+	if len(inodes) == 0 {
+		return
+	}
+	ids := make([]netns.Identity, len(inodes))
+	found := make([]bool, len(inodes))
+	for i, inode := range inodes {
+		ids[i], found[i] = e.src.Lookup(inode)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, inode := range inodes {
+		if st := e.ns[inode]; st != nil && st.listed && found[i] {
+			st.id = ids[i]
 		}
 	}
 }

@@ -251,6 +251,10 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	return f
 }
 
+// refresh does the namespace bookkeeping the way Run does at each rescan:
+// scrapes only read it.
+func (f *fixture) refresh() { f.e.refresh() }
+
 // scrape gathers and indexes the metrics: family name → label signature →
 // value (counter, gauge, or histogram sample count).
 func (f *fixture) scrape(t *testing.T) map[string]map[string]float64 {
@@ -401,12 +405,18 @@ func TestPodLabels(t *testing.T) {
 	if err := f.e.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	// Start's bookkeeping keeps the identities of the listed namespaces
+	// (one lookup each), for when they leave the source.
+	if f.ns.lookups != 4 {
+		t.Errorf("%d identity lookups at Start, want 4 (one per listed namespace)", f.ns.lookups)
+	}
+	lookups := f.ns.lookups
 	// Counters of a namespace the source does not list: Run's poll asks
-	// for discovery, still without identity lookups.
+	// for discovery, without identity lookups.
 	f.tr.set(key(99, unix.AF_INET, unix.IPPROTO_TCP), 100, 0)
 	f.e.pollCounters()
-	if f.ns.lookups != 0 {
-		t.Errorf("%d identity lookups before any scrape, want none (labels are added in Collect)", f.ns.lookups)
+	if n := f.ns.lookups - lookups; n != 0 {
+		t.Errorf("%d identity lookups for the counter poll, want none (labels are added in Collect)", n)
 	}
 
 	m := f.scrape(t)
@@ -416,7 +426,7 @@ func TestPodLabels(t *testing.T) {
 	expect(t, m, "ctagent_conntrack_entries", "netns=3,pod=,pod_label_app_kubernetes_io_name=,pod_label_team="+fp, 1)
 	expect(t, m, "ctagent_conntrack_entries_assured", "netns=1,pod=web-0,pod_label_app_kubernetes_io_name=web,pod_label_team=blue", 0)
 	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=overflow,pod=,pod_label_app_kubernetes_io_name=,pod_label_team=", tiny)
-	if n := f.ns.lookups; n != 3 {
+	if n := f.ns.lookups - lookups; n != 3 {
 		t.Errorf("%d identity lookups in one scrape, want 3 (one per namespace with series of its own)", n)
 	}
 	for name, series := range m {
@@ -500,7 +510,7 @@ func TestGoneNamespaceIsNoError(t *testing.T) {
 		}
 		expect(t, m, "ctagent_reconcile_errors_total", "", 0)
 		expect(t, m, "ctagent_scrape_errors_total", "source=kernel_stats", 0)
-		f.e.baselineNew(context.Background()) // what a scrape's kick starts
+		f.e.baselineNew(context.Background()) // what Run's rescan runs
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -717,8 +727,8 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp", 0)
 	expect(t, m, "ctagent_namespaces", "", 2)
 
-	// Namespace 2 is gone: its table gauges go at once, its counters stay
-	// for StaleAfter after their last change.
+	// Namespace 2 is gone: its table gauges go at once, before Run
+	// notices, its counters stay for StaleAfter after their last change.
 	f.ns.setList(1)
 	delete(f.ns.ids, 2) // the source forgets it: its series keep their labels
 	f.tr.set(k2, 3, 3)  // its entries are destroyed with it
@@ -731,16 +741,26 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two")
 	absent(t, m, "ctagent_reconcile_last_timestamp_seconds", "netns=2,netns_name=two")
 	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 3)
+	f.refresh() // Run's rescan sees it gone, and its last change
+	m = f.scrape(t)
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp")
+	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 3)
 
 	f.clock.advance(50 * time.Second)
+	f.refresh()
 	m = f.scrape(t)
 	expect(t, m, "ctagent_conntrack_destroyed_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 3)
 	expect(t, m, "ctagent_namespaces", "", 2)
 
 	f.clock.advance(20 * time.Second) // 70s since the last change
 	m = f.scrape(t)
+	if !hasNetns(m, "2") {
+		t.Error("a scrape expired namespace 2: expiry is Run's")
+	}
+	f.refresh()
+	m = f.scrape(t)
 	if hasNetns(m, "2") {
-		t.Error("namespace 2 still exported after StaleAfter")
+		t.Error("namespace 2 still exported after StaleAfter and a rescan")
 	}
 	expect(t, m, "ctagent_namespaces", "", 1)
 
@@ -750,10 +770,18 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	if hasNetns(m, "2") {
 		t.Error("namespace 2 back without a counter change")
 	}
+	f.refresh()
+	m = f.scrape(t)
+	if hasNetns(m, "2") {
+		t.Error("namespace 2 back without a counter change, after a rescan")
+	}
 
-	// A change (the inode was reused, or late events): it is back, its old
-	// identity forgotten.
+	// A change (the inode was reused, or late events): it is back at the
+	// next scrape, before Run tracks it again, its old identity forgotten.
 	f.tr.set(k2, 4, 3)
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=2,netns_name=,protocol=udp", 4)
+	f.refresh()
 	m = f.scrape(t)
 	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=2,netns_name=,protocol=udp", 4)
 
@@ -761,6 +789,7 @@ func TestStaleNamespacesExpire(t *testing.T) {
 	for i := range 3 {
 		f.clock.advance(50 * time.Second)
 		f.tr.set(k2, uint64(5+i), 3)
+		f.refresh()
 		m = f.scrape(t)
 		if _, ok := m["ctagent_conntrack_created_total"][canon("family=ipv4,netns=2,netns_name=,protocol=udp")]; !ok {
 			t.Fatal("an active namespace expired")
@@ -830,8 +859,14 @@ func TestOverflowFolding(t *testing.T) {
 	m = f.scrape(t)
 	expect(t, m, "ctagent_namespaces_folded_total", "", 3)
 
-	// Namespace 13 grows to 9 entries: it displaces 11.
+	// Namespace 13 grows to 9 entries: its entries count in the overflow
+	// at once, and it displaces 11 once Run places them again.
 	f.tr.set(key(13, unix.AF_INET, unix.IPPROTO_UDP), 19, 0)
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=11,pod=pod-11,protocol=udp", 3)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,pod=,protocol=udp", 13)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 3)
+	f.refresh()
 	m = f.scrape(t)
 	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=13,pod=pod-13,protocol=udp", 9)
 	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=11,pod=pod-11,protocol=udp")
@@ -923,6 +958,7 @@ func TestKernelStatsTimeout(t *testing.T) {
 		<-release
 		return tracer.KernelStats{}, nil
 	}
+	f.refresh() // kernel statistics are read for namespaces Run tracks
 	start := time.Now()
 	m := f.scrape(t)
 	if d := time.Since(start); d > time.Second {
@@ -1117,4 +1153,166 @@ func TestNamespaceListBookkeeping(t *testing.T) {
 		t.Errorf("namespace 1 under a new path: baseline %v, dump asked %v; want both", based, rebase)
 	}
 	expect(t, f.scrape(t), "ctagent_conntrack_entries", "family=ipv4,netns=1,protocol=udp", 1)
+}
+
+// bookkeeping renders everything Run's work keeps, for comparison: the
+// namespaces and their state, tombstones, the forget list, the fold
+// counter, list numbering, the discovery map and requests, and what the
+// tracer was told to forget.
+func (f *fixture) bookkeeping() string {
+	e := f.e
+	var b strings.Builder
+	e.mu.RLock()
+	for _, inode := range slices.Sorted(maps.Keys(e.ns)) {
+		st := e.ns[inode]
+		fmt.Fprintf(&b, "ns %d: listed=%v path=%q lastSeen=%v activity=%d base=%p rebase=%v racy=%d rec=%p dumping=%v gonePath=%q placed=%v folded=%v id=%+v dumpedKeys=%v\n",
+			inode, st.listed, st.path, st.lastSeen.UnixNano(), st.activity, st.base, st.rebase, st.racy, st.rec, st.dumping, st.gonePath,
+			st.placed, st.folded, st.id, st.dumpedKeys)
+	}
+	fmt.Fprintf(&b, "tombs %v forget %v appliedSeq %d reconDone %v\n", e.tombs, e.forget, e.appliedSeq, e.reconDone)
+	e.mu.RUnlock()
+	fmt.Fprintf(&b, "foldedTotal %d listSeq %d kick %d wantRefresh %v\n", e.foldedTotal.Load(), e.listSeq.Load(), len(e.kick), e.wantRefresh.Load())
+	var known []string
+	e.known.Range(func(k, v any) bool {
+		known = append(known, fmt.Sprintf("%d:%d", k, v))
+		return true
+	})
+	slices.Sort(known)
+	fmt.Fprintf(&b, "known %v\n", known)
+	f.tr.mu.Lock()
+	fmt.Fprintf(&b, "forgotten %v\n", f.tr.forgotten)
+	f.tr.mu.Unlock()
+	return b.String()
+}
+
+// Collect only reads: however many scrapes, with the clock past
+// StaleAfter, namespaces come and gone and counters moved, the exporter's
+// bookkeeping stays as Run left it, and nothing is asked of Run; scrapes
+// show what they read (counters of a namespace Run does not track yet,
+// table gauges gone with the namespace) on top of it. Only a refresh, as
+// Run does, expires, tracks, places and asks for discovery.
+func TestCollectOnlyReads(t *testing.T) {
+	f := newFixture(t, Options{StaleAfter: time.Minute, MaxNamespaces: 2, Labels: []string{"netns_name"}})
+	const big, mid, gone, small, fresh, unlisted = 1, 2, 3, 4, 5, 6
+	f.ns.setList(big, mid, gone, small)
+	for ns, n := range map[uint32]int{big: 3, mid: 2, gone: 1, small: 0} {
+		es := make([]tracer.Entry, n)
+		for i := range es {
+			es[i] = udpEntry(unix.AF_INET, 0)
+		}
+		f.tables.set(ns, es...)
+		f.ns.ids[ns] = netns.Identity{Name: fmt.Sprintf("ns%d", ns)}
+		f.tr.set(key(ns, unix.AF_INET, unix.IPPROTO_UDP), 1, 0)
+	}
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	m := f.scrape(t)
+	expect(t, m, "ctagent_namespaces_folded", "", 2)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 2)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,netns_name=,protocol=udp", 1)
+
+	// What a scrape used to book: gone leaves the source, fresh joins it,
+	// unlisted has counters only, small grows past everyone, and the
+	// clock passes StaleAfter.
+	f.ns.setList(big, mid, small, fresh)
+	f.ns.ids[fresh] = netns.Identity{Name: "fresh"}
+	f.tables.set(fresh, udpEntry(unix.AF_INET, 0))
+	f.tr.set(key(fresh, unix.AF_INET, unix.IPPROTO_UDP), 2, 0)
+	f.tr.set(key(unlisted, unix.AF_INET6, unix.IPPROTO_UDP), 7, 0)
+	f.tr.set(key(small, unix.AF_INET, unix.IPPROTO_UDP), 11, 0)
+	f.clock.advance(2 * time.Minute)
+	before := f.bookkeeping()
+	lookups := f.ns.lookups
+	for i := range 5 {
+		m = f.scrape(t)
+		if got := f.bookkeeping(); got != before {
+			t.Fatalf("scrape %d changed the bookkeeping:\nbefore:\n%s\nafter:\n%s", i+1, before, got)
+		}
+		expect(t, m, "ctagent_namespaces_folded_total", "", 2)
+	}
+	if n := f.ns.lookups - lookups; n != 5*2 {
+		t.Errorf("%d identity lookups in 5 scrapes, want 10 (big and mid, listed and kept)", n)
+	}
+	// Run's placement stands: big and mid keep their series, the rest is
+	// folded, small with its 10 new entries too.
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=1,netns_name=ns1,protocol=udp", 3)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=ns2,protocol=udp", 2)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,netns_name=,protocol=udp", 10) // small; gone left, fresh not dumped
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=overflow,netns_name=,protocol=udp", 1+11+2)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv6,netns=overflow,netns_name=,protocol=udp", 7)
+	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=overflow,netns_name=", small) // gone left, fresh not tracked
+	expect(t, m, "ctagent_namespaces", "", 6)
+	expect(t, m, "ctagent_namespaces_folded", "", 4)
+
+	// Run's rescan: gone expires (the tracer forgets it), fresh and
+	// unlisted are tracked, discovery is asked for unlisted, and small
+	// displaces mid.
+	f.refresh()
+	f.e.baselineNew(context.Background()) // fresh is dumped
+	f.e.mu.RLock()
+	_, tracked := f.e.ns[gone]
+	_, tomb := f.e.tombs[gone]
+	nFresh, nUnlisted := f.e.ns[fresh], f.e.ns[unlisted]
+	f.e.mu.RUnlock()
+	if tracked || !tomb {
+		t.Errorf("after a refresh: gone tracked %v, tombstone %v; want expired", tracked, tomb)
+	}
+	if nFresh == nil || nUnlisted == nil {
+		t.Errorf("after a refresh: fresh tracked %v, unlisted tracked %v; want both", nFresh != nil, nUnlisted != nil)
+	}
+	if !slices.Contains(f.tr.forgotten, gone) {
+		t.Errorf("tracer told to forget %v, want %d", f.tr.forgotten, gone)
+	}
+	if len(f.e.kick) != 1 {
+		t.Error("no discovery asked for the unlisted namespace")
+	}
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=4,netns_name=ns4,protocol=udp", 10)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=1,netns_name=ns1,protocol=udp", 3)
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=ns2,protocol=udp")
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=overflow,netns_name=,protocol=udp", 2+1) // mid, fresh
+	expect(t, m, "ctagent_namespaces", "", 5)
+	expect(t, m, "ctagent_namespaces_folded", "", 3)
+	expect(t, m, "ctagent_namespaces_folded_total", "", 2+3) // and now mid, unlisted, fresh
+}
+
+// Without a cap, a namespace the source lists before Run tracks it has
+// its own series at once (counters, identity), its kernel statistics once
+// Run tracks it; scrapes run concurrently with Run's work (for -race).
+func TestCollectBeforeRefresh(t *testing.T) {
+	f := newFixture(t, Options{Labels: []string{"netns_name"}, RescanInterval: time.Millisecond})
+	f.ns.setList(1)
+	f.tables.set(1)
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.ns.mu.Lock()
+	f.ns.list = append(f.ns.list, netns.Namespace{Inode: 2})
+	f.ns.ids[2] = netns.Identity{Name: "two"}
+	f.ns.mu.Unlock()
+	f.tables.set(2, udpEntry(unix.AF_INET, 0))
+	f.tr.set(key(2, unix.AF_INET, unix.IPPROTO_UDP), 1, 0)
+	m := f.scrape(t)
+	expect(t, m, "ctagent_conntrack_created_total", "family=ipv4,netns=2,netns_name=two,protocol=udp", 1)
+	absent(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two")
+	absent(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp")
+	expect(t, m, "ctagent_namespaces", "", 2)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { f.e.Run(ctx) })
+	for i := range 50 {
+		if i%10 == 0 {
+			f.e.Discover()
+		}
+		f.tr.set(key(1, unix.AF_INET, unix.IPPROTO_UDP), uint64(i), 0)
+		f.scrape(t)
+	}
+	waitFor(t, func() bool { return f.e.hasBaseline(2) })
+	cancel()
+	wg.Wait()
+	m = f.scrape(t)
+	expect(t, m, "ctagent_conntrack_kernel_entries", "netns=2,netns_name=two", 2)
+	expect(t, m, "ctagent_conntrack_entries", "family=ipv4,netns=2,netns_name=two,protocol=udp", 1)
 }

@@ -1,9 +1,11 @@
 package metrics
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -89,6 +91,23 @@ func (b *baseline) entries(c *nsCounters) map[famProto]int64 {
 	return out
 }
 
+// tableEntries returns the entries of a dumped namespace now that its
+// counters are c (see baseline.entries), with 0 for every family and
+// protocol a dump ever found; nil if it was never dumped. e.mu is held, to
+// read or write.
+func (st *nsState) tableEntries(c *nsCounters) map[famProto]int64 {
+	if st.base == nil {
+		return nil
+	}
+	out := st.base.entries(c)
+	for k := range st.dumpedKeys {
+		if _, ok := out[k]; !ok {
+			out[k] = 0
+		}
+	}
+	return out
+}
+
 func sumEntries(m map[famProto]int64) int64 {
 	var t int64
 	for _, v := range m {
@@ -157,7 +176,9 @@ func (r *reconInfo) merge(o *reconInfo) {
 	r.unreplied += o.unreplied
 }
 
-// nsState is what the exporter keeps of one namespace.
+// nsState is what the exporter keeps of one namespace. Run's work writes
+// it under e.mu; Collect reads it under e.mu.RLock, and writes only
+// statsBusy.
 type nsState struct {
 	inode    uint32
 	listed   bool      // in the namespace source's last list
@@ -174,15 +195,18 @@ type nsState struct {
 	// changes of the table: its baseline may be off by those changes.
 	racy     int
 	rec      *reconInfo
-	dumping  bool           // a dump is running
-	gonePath string         // a path that no longer opens the namespace: no dumps through it
-	folded   bool           // in the overflow series at the last scrape
-	id       netns.Identity // last identity the source knew
+	dumping  bool   // a dump is running
+	gonePath string // a path that no longer opens the namespace: no dumps through it
+	// placed: Run decided whether the namespace has series of its own
+	// under MaxNamespaces (see place); folded: it decided on the overflow.
+	placed, folded bool
+	id             netns.Identity // identity at the last refresh that listed it
 	// dumpedKeys are the families and protocols dumps ever found: their
 	// entry series stay, at 0, when the entries are gone.
 	dumpedKeys map[famProto]bool
 	// statsBusy is set while a kernel statistics read runs, so a hung read
-	// does not pile up goroutines scrape after scrape.
+	// does not pile up goroutines scrape after scrape. The one field a
+	// scrape writes: a guard of its own reads, not bookkeeping.
 	statsBusy atomic.Bool
 }
 
@@ -217,8 +241,8 @@ func (e *Exporter) observe(now time.Time, list listing, byNS map[uint32]*nsCount
 }
 
 // observeList updates the bookkeeping with the namespace source's list,
-// unless a newer list was observed already (Collect takes its list before
-// e.mu; a discovery may observe a fresher one meanwhile). e.mu is held.
+// unless a newer list was observed already (refresh takes its list before
+// e.mu; another refresh may observe a fresher one meanwhile). e.mu is held.
 func (e *Exporter) observeList(now time.Time, list listing) {
 	if list.seq < e.appliedSeq {
 		return
@@ -290,6 +314,49 @@ func (e *Exporter) observeCounters(now time.Time, byNS map[uint32]*nsCounters) (
 		}
 	}
 	return unlisted
+}
+
+// place decides, from the counters byNS, which namespaces keep series of
+// their own under MaxNamespaces (the most entries, then the lowest inode
+// numbers) and which are folded into the overflow, and counts each one
+// newly folded in ctagent_namespaces_folded_total. Collect shows the last
+// decision (see Exporter.Collect). skipNew leaves unplaced the namespaces
+// that wait for their first dump: the baseline pass that follows places
+// them with their entries, rather than fold them for having none yet.
+// e.mu is held.
+func (e *Exporter) place(byNS map[uint32]*nsCounters, skipNew bool) {
+	if e.maxNS == 0 {
+		return
+	}
+	type ranked struct {
+		st   *nsState
+		rank int64
+	}
+	rs := make([]ranked, 0, len(e.ns))
+	for _, st := range e.ns {
+		if skipNew && st.base == nil && st.needsDump() {
+			st.placed = false
+			continue
+		}
+		var rank int64
+		if st.listed {
+			rank = sumEntries(st.tableEntries(byNS[st.inode]))
+		}
+		rs = append(rs, ranked{st, rank})
+	}
+	slices.SortFunc(rs, func(a, b ranked) int {
+		if c := cmp.Compare(b.rank, a.rank); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.st.inode, b.st.inode)
+	})
+	for i, r := range rs {
+		fold := i >= e.maxNS
+		if fold && !r.st.folded {
+			e.foldedTotal.Add(1)
+		}
+		r.st.placed, r.st.folded = true, fold
+	}
 }
 
 // maxDumpTries bounds the dumps of one namespace in one baseline pass while
@@ -399,6 +466,13 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 			report(chunk[i].ns, r.err)
 		}
 	}
+	// The namespaces are placed again with the entries the dumps found,
+	// from the counters read after the last group.
+	if before != nil {
+		e.mu.Lock()
+		e.place(groupCounters(before), false)
+		e.mu.Unlock()
+	}
 	return n, len(errs), errors.Join(errs...)
 }
 
@@ -507,8 +581,8 @@ func sameEntries(a, b *nsCounters) bool {
 
 // rebasePending reports whether a listed namespace waits for another dump.
 func (e *Exporter) rebasePending() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.mu.RLock()
+	defer e.mu.RUnlock()
 	for _, st := range e.ns {
 		if st.listed && st.rebase && !st.pathGone() {
 			return true
