@@ -107,6 +107,11 @@ image-push: image-amd64 image-arm64 ## Push both images as one multi-arch image 
 	$(BUILDAH) manifest push --quiet --all $(IMAGE_PUSH_FLAGS) $(IMAGE):$(IMAGE_TAG) $(IMAGE_DEST)
 	@echo "pushed $(IMAGE):$(IMAGE_TAG) (linux/amd64, linux/arm64) to $(IMAGE_DEST)"
 
+.PHONY: image-check
+image-check: image-amd64 image-arm64 ## Build both images, load their archives and run the entrypoint from the image's root (version, check with the DaemonSet's args)
+	VERSION='$(VERSION)' REVISION='$(REVISION)' IMAGE_REVISION='$(IMAGE_REVISION)' IMAGE_REF='$(IMAGE):$(IMAGE_TAG)' \
+	  scripts/image-check.sh amd64=bin/ctagent-image-amd64.tar arm64=bin/ctagent-image-arm64.tar
+
 .PHONY: run
 run: deps build ## Install what is needed, build and run ctagent (as root) on :10371
 	$(BIN) $(ARGS)
@@ -149,4 +154,4 @@ bench: ## Benchmarks: host, and in-kernel overhead in the VM; ratios to a baseli
 	@awk -f scripts/benchratio.awk .cache/bench-host.txt .cache/bench-vm.txt
 
 .PHONY: ci
-ci: deps lint check-generate build-arm64 test fuzz vmtest ## Everything CI runs (the README's test command)
+ci: deps lint check-generate build-arm64 image-check test fuzz vmtest ## Everything CI runs (the README's test command)
