@@ -93,6 +93,10 @@ image-amd64 image-arm64: image-%:
 	$(BUILDAH) push --quiet $(IMAGE):$(IMAGE_TAG)-$* oci-archive:bin/ctagent-image-$*.tar:$(IMAGE):$(IMAGE_TAG)
 	@echo "bin/ctagent-image-$*.tar: $(IMAGE):$(IMAGE_TAG) linux/$*, $$(stat -c %s bin/ctagent-image-$*.tar) bytes"
 
+.PHONY: image-clean
+image-clean: ## Remove make image's buildah storage (each version adds its images) and archives
+	rm -rf .cache/containers bin/ctagent-image-*.tar
+
 # Where image-push sends the multi-arch image (any buildah destination,
 # e.g. oci-archive:FILE:NAME) and flags of `buildah manifest push` (e.g.
 # --tls-verify=false); `buildah login REGISTRY` first.
