@@ -28,7 +28,7 @@ VMTEST_KERNELS ?=
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
 deps: ## Install the Debian packages the build, tests and VM lab need
@@ -60,6 +60,61 @@ build: ## Build bin/ctagent
 .PHONY: build-arm64
 build-arm64: ## Cross-build bin/ctagent-arm64 (the arm64 BPF object is generated with the amd64 one)
 	CGO_ENABLED=0 GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)-arm64 ./cmd/ctagent
+
+# Container image (deploy/Dockerfile): the static binary of `build` or
+# `build-arm64` on an empty base, built by buildah from local files only (no
+# base image, no registry). Each architecture is tagged $(IMAGE):$(IMAGE_TAG)-ARCH
+# in buildah's storage and written to bin/ctagent-image-ARCH.tar, an OCI
+# archive whose image is named $(IMAGE):$(IMAGE_TAG), as
+# deploy/kubernetes/daemonset.yaml names it (deploy/README.md: load or push it).
+IMAGE          ?= ghcr.io/ctagent/ctagent
+IMAGE_TAG      ?= $(VERSION)
+IMAGE_ARCH     ?= amd64
+IMAGE_REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The image's timestamps (created, file times): the commit's, so the same
+# binary gives the same image ID.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# The repository's own storage: the vfs driver works on any filesystem and
+# inside containers, chroot isolation needs no OCI runtime (no RUN step).
+BUILDAH ?= buildah --root $(CURDIR)/.cache/containers/storage --runroot $(CURDIR)/.cache/containers/run --storage-driver vfs
+IMAGE_BIN_amd64 := $(BIN)
+IMAGE_BIN_arm64 := $(BIN)-arm64
+
+.PHONY: image image-amd64 image-arm64
+image: image-$(IMAGE_ARCH) ## Build the container image with buildah: bin/ctagent-image-amd64.tar (IMAGE_ARCH=arm64: the arm64 one)
+image-amd64: build
+image-arm64: build-arm64 ## Build the arm64 container image from the cross-built binary: bin/ctagent-image-arm64.tar
+image-amd64 image-arm64: image-%:
+	$(BUILDAH) build --quiet --isolation chroot --arch $* --timestamp $(SOURCE_DATE_EPOCH) \
+	  -f deploy/Dockerfile --build-arg BINARY=$(notdir $(IMAGE_BIN_$*)) \
+	  --build-arg VERSION=$(VERSION) --build-arg REVISION=$(IMAGE_REVISION) \
+	  -t $(IMAGE):$(IMAGE_TAG)-$* $(dir $(IMAGE_BIN_$*))
+	rm -f bin/ctagent-image-$*.tar
+	$(BUILDAH) push --quiet $(IMAGE):$(IMAGE_TAG)-$* oci-archive:bin/ctagent-image-$*.tar:$(IMAGE):$(IMAGE_TAG)
+	@echo "bin/ctagent-image-$*.tar: $(IMAGE):$(IMAGE_TAG) linux/$*, $$(stat -c %s bin/ctagent-image-$*.tar) bytes"
+
+.PHONY: image-clean
+image-clean: ## Remove make image's buildah storage (each version adds its images) and archives
+	rm -rf .cache/containers bin/ctagent-image-*.tar
+
+# Where image-push sends the multi-arch image (any buildah destination,
+# e.g. oci-archive:FILE:NAME) and flags of `buildah manifest push` (e.g.
+# --tls-verify=false); `buildah login REGISTRY` first.
+IMAGE_DEST       ?= docker://$(IMAGE):$(IMAGE_TAG)
+IMAGE_PUSH_FLAGS ?=
+
+.PHONY: image-push
+image-push: image-amd64 image-arm64 ## Push both images as one multi-arch image to IMAGE:IMAGE_TAG (IMAGE=registry.example.com/ctagent)
+	$(BUILDAH) manifest rm $(IMAGE):$(IMAGE_TAG) >/dev/null 2>&1 || true
+	$(BUILDAH) manifest create $(IMAGE):$(IMAGE_TAG) >/dev/null
+	for a in amd64 arm64; do $(BUILDAH) manifest add $(IMAGE):$(IMAGE_TAG) containers-storage:$(IMAGE):$(IMAGE_TAG)-$$a >/dev/null || exit 1; done
+	$(BUILDAH) manifest push --quiet --all $(IMAGE_PUSH_FLAGS) $(IMAGE):$(IMAGE_TAG) $(IMAGE_DEST)
+	@echo "pushed $(IMAGE):$(IMAGE_TAG) (linux/amd64, linux/arm64) to $(IMAGE_DEST)"
+
+.PHONY: image-check
+image-check: image-amd64 image-arm64 ## Build both images, load their archives and run the entrypoint from the image's root (version, check with the DaemonSet's args)
+	VERSION='$(VERSION)' REVISION='$(REVISION)' IMAGE_REVISION='$(IMAGE_REVISION)' IMAGE_REF='$(IMAGE):$(IMAGE_TAG)' \
+	  scripts/image-check.sh amd64=bin/ctagent-image-amd64.tar arm64=bin/ctagent-image-arm64.tar
 
 .PHONY: run
 run: deps build ## Install what is needed, build and run ctagent (as root) on :10371
@@ -103,4 +158,4 @@ bench: ## Benchmarks: host, and in-kernel overhead in the VM; ratios to a baseli
 	@awk -f scripts/benchratio.awk .cache/bench-host.txt .cache/bench-vm.txt
 
 .PHONY: ci
-ci: deps lint check-generate build-arm64 test fuzz vmtest ## Everything CI runs (the README's test command)
+ci: deps lint check-generate build-arm64 image-check test fuzz vmtest ## Everything CI runs (the README's test command)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh: install the Debian 12 packages ctagent's build and tests need
 # (clang/llvm for the BPF objects, libbpf headers, bpftool, the qemu kernel lab
-# for amd64 and arm64 guests, the network tools used by the tests).
+# for amd64 and arm64 guests, the network tools used by the tests, buildah for
+# the container image and qemu-user-static to run its arm64 binary).
 # Idempotent: when every package is already installed it only runs dpkg-query.
 # Run as root.
 set -euo pipefail
@@ -11,6 +12,7 @@ PACKAGES=(
 	qemu-system-x86 qemu-system-arm busybox-static cpio kmod xz-utils binutils debian-archive-keyring
 	conntrack nftables iproute2 iputils-ping traceroute
 	prometheus systemd make git
+	buildah qemu-user-static
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
