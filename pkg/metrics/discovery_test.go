@@ -148,23 +148,6 @@ func TestBaselineDumpRaces(t *testing.T) {
 	}
 }
 
-// refreshSource is a namespace source that, like a resolver, lists what it
-// found at its last Refresh; exists says what exists now.
-type refreshSource struct {
-	*labSource
-	exists    func() []*labnet.NS
-	refreshes atomic.Int32
-}
-
-func (s *refreshSource) Refresh() error {
-	nss := s.exists()
-	s.mu.Lock()
-	s.nss = nss
-	s.mu.Unlock()
-	s.refreshes.Add(1)
-	return nil
-}
-
 // settled reports whether the namespace has a baseline that no dump is
 // about to replace.
 func (e *Exporter) settled(inode uint32) bool {
