@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh: install the Debian 12 packages ctagent's build and tests need
 # (clang/llvm for the BPF objects, libbpf headers, bpftool, the qemu kernel lab
-# for amd64 and arm64 guests, the network tools used by the tests).
+# for amd64 and arm64 guests, the network tools, Prometheus and curl used by
+# the tests).
 # Idempotent: when every package is already installed it only runs dpkg-query.
 # Run as root.
 set -euo pipefail
@@ -9,7 +10,7 @@ set -euo pipefail
 PACKAGES=(
 	clang-19 llvm-19 libbpf-dev bpftool
 	qemu-system-x86 qemu-system-arm busybox-static cpio kmod xz-utils binutils debian-archive-keyring
-	conntrack nftables iproute2 iputils-ping traceroute
+	conntrack nftables iproute2 iputils-ping traceroute curl
 	prometheus systemd make git
 )
 
