@@ -395,11 +395,13 @@ basic_auth_users:
 }
 
 // Patterns of kernel addresses: x86-64 and arm64 kernels live at the top
-// of the address space (ffff8..., ffffffff8...), printed with or without 0x;
+// of the address space (ffff8..., ffffffff8...), printed with or without 0x
+// or in decimal (18446603336221196288 and up, as a JSON uint64 would be);
 // and any hex value wider than 32 bits written with 0x.
 var kernelAddress = []*regexp.Regexp{
 	regexp.MustCompile(`(?i)\b(0x)?ffff[0-9a-f]{12}\b`),
 	regexp.MustCompile(`(?i)\b0x[0-9a-f]{9,16}\b`),
+	regexp.MustCompile(`\b18446[0-9]{15}\b`),
 }
 
 // findKernelAddresses returns the kernel addresses in s, with some context.
@@ -415,14 +417,16 @@ func findKernelAddresses(s string) []string {
 }
 
 func TestFindKernelAddresses(t *testing.T) {
-	for _, s := range []string{"at ffffffff81a2b3c4 in", "ptr=0xffff888003a1b2c0", "addr 0x7ffc12345678", "FFFF800080123456"} {
+	for _, s := range []string{"at ffffffff81a2b3c4 in", "ptr=0xffff888003a1b2c0", "addr 0x7ffc12345678", "FFFF800080123456",
+		`"cookie":18446612686442471104`} {
 		if len(findKernelAddresses(s)) == 0 {
 			t.Errorf("%q: no kernel address found", s)
 		}
 	}
 	// What ctagent does serve: inodes, counts, container IDs, versions.
 	for _, s := range []string{`netns="4026532177"`, "ctagent_conntrack_limit 262144", "go_memstats_alloc_bytes 1.2345678e+07",
-		`container="7a917723e2bbf4a0cc1f6b15d2e1c0c4f2cbb1e9d6a4ffff0123456789abcdef"`, "0x1f", "revision=deadbeef"} {
+		`container="7a917723e2bbf4a0cc1f6b15d2e1c0c4f2cbb1e9d6a4ffff0123456789abcdef"`, "0x1f", "revision=deadbeef",
+		`"cookie":1844674407370955161`, "ctagent_conntrack_created_total 18446"} {
 		if got := findKernelAddresses(s); len(got) > 0 {
 			t.Errorf("%q: found %v", s, got)
 		}
