@@ -2,7 +2,7 @@
 # install-deps.sh: install the Debian 12 packages ctagent's build and tests need
 # (clang/llvm for the BPF objects, libbpf headers, bpftool, the qemu kernel lab
 # for amd64 and arm64 guests, the network tools, Prometheus and curl used by
-# the tests).
+# the tests, and a C compiler for the race detector).
 # Idempotent: when every package is already installed it only runs dpkg-query.
 # Run as root.
 set -euo pipefail
@@ -12,6 +12,7 @@ PACKAGES=(
 	qemu-system-x86 qemu-system-arm busybox-static cpio kmod xz-utils binutils debian-archive-keyring
 	conntrack nftables iproute2 iputils-ping traceroute curl
 	prometheus systemd make git
+	gcc libc6-dev # cgo, for go test -race
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
