@@ -27,7 +27,9 @@ func Main(m *testing.M, opts ...goleak.Option) {
 }
 
 // Run runs the tests of m and, when they pass, the leak checks; it returns
-// the exit code and reports leaks to w.
+// the exit code and reports leaks to w. An *os.File that nothing references
+// any more may be closed by the garbage collector before the count: that
+// leak goes unseen.
 func Run(m *testing.M, w io.Writer, opts ...goleak.Option) int {
 	// Descriptors that live as long as the process, opened on first use:
 	// the runtime's netpoller (an epoll descriptor and its wake-up
