@@ -128,10 +128,15 @@ lint: ## gofmt, go vet and staticcheck (pinned)
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# The host tests run under the race detector (it needs cgo: gcc and
+# libc6-dev, which scripts/install-deps.sh installs); TEST_RACE= runs them
+# without. The daemon binary the e2e tests build is not instrumented.
+TEST_RACE ?= -race
+
 .PHONY: test
-test: ## Host tests: unit, verifier load, netlink backend, metrics, e2e with Prometheus (root)
+test: ## Host tests, with -race: unit, verifier load, netlink backend, metrics, e2e with Prometheus (root)
 	@# -p 1: packages share the host's global nf_conntrack_max, which some tests lower briefly.
-	$(GO) test -p 1 -count=1 ./...
+	$(GO) test $(TEST_RACE) -p 1 -count=1 ./...
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target briefly

@@ -358,6 +358,13 @@ type prometheus struct {
 // loading deploy/prometheus/alerts.yml.
 func startPrometheus(t *testing.T, target string) *prometheus {
 	t.Helper()
+	return startPrometheusJob(t, target, "")
+}
+
+// startPrometheusJob is startPrometheus with more settings for the scrape
+// job (scheme, tls_config, basic_auth), YAML lines indented by four spaces.
+func startPrometheusJob(t *testing.T, target, job string) *prometheus {
+	t.Helper()
 	bin := requireTool(t, "prometheus", "prometheus")
 	dir := t.TempDir()
 	rules, err := filepath.Abs(filepath.Join(repoRoot, "deploy", "prometheus", "alerts.yml"))
@@ -374,7 +381,7 @@ scrape_configs:
   - job_name: ctagent
     static_configs:
       - targets: ["%s"]
-`, rules, target)
+%s`, rules, target, job)
 	cfgPath := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

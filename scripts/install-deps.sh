@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-deps.sh: install the Debian 12 packages ctagent's build and tests need
 # (clang/llvm for the BPF objects, libbpf headers, bpftool, the qemu kernel lab
-# for amd64 and arm64 guests, the network tools used by the tests, buildah for
-# the container image and qemu-user-static to run its arm64 binary).
+# for amd64 and arm64 guests, the network tools, Prometheus and curl used by
+# the tests, a C compiler for the race detector, buildah for the container
+# image and qemu-user-static to run its arm64 binary).
 # Idempotent: when every package is already installed it only runs dpkg-query.
 # Run as root.
 set -euo pipefail
@@ -10,9 +11,10 @@ set -euo pipefail
 PACKAGES=(
 	clang-19 llvm-19 libbpf-dev bpftool
 	qemu-system-x86 qemu-system-arm busybox-static cpio kmod xz-utils binutils debian-archive-keyring
-	conntrack nftables iproute2 iputils-ping traceroute
+	conntrack nftables iproute2 iputils-ping traceroute curl
 	prometheus systemd make git
 	buildah qemu-user-static
+	gcc libc6-dev # cgo, for go test -race
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
