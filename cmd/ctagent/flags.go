@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/validate/content"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/ctagent/ctagent/pkg/logging"
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
@@ -105,8 +106,8 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	flag("tracer.event-buffer", "Capacity of the in-process event queue; 0: the tracer's default (4096).").Default("0").IntVar(&t.EventBuffer)
 	flag("tracer.lifetime-entries", "Live entries, in all namespaces together, whose creation time the eBPF backends keep for ctagent_conntrack_lifetime_seconds (an LRU, preallocated, about 80 bytes each); 0: twice nf_conntrack_max (a per-namespace limit), between 65536 and 1048576.").Default("0").IntVar(&t.LifetimeEntries)
 	flag("tracer.netlink-buffer-size", "Receive buffer of each ctnetlink socket (netlink backend, e.g. 8MiB); 0: the tracer's default.").Default("0").SetValue(byteSize{&t.NetlinkBufferSize})
-	flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").EnumVar(&cfg.logLevel, "debug", "info", "warn", "error")
-	flag("log.format", "Output format of log messages: logfmt or json.").Default("logfmt").EnumVar(&cfg.logFormat, "logfmt", "json")
+	flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").EnumVar(&cfg.logLevel, logging.Levels...)
+	flag("log.format", "Output format of log messages: logfmt or json.").Default("logfmt").EnumVar(&cfg.logFormat, logging.Formats...)
 	flag("reconcile.interval", "How often the exported entry counts are reconciled with a dump of each conntrack table.").Default("1m").DurationVar(&m.ReconcileInterval)
 	flag("metrics.max-namespaces", `Most network namespaces with series of their own; the rest (the smallest tables) are summed into netns="overflow". 0: no limit.`).Default("1024").IntVar(&m.MaxNamespaces)
 	flag("metrics.kernel-stats", "Read each namespace's kernel conntrack statistics (conntrack -S) at scrape time. On by default.").Default("true").BoolVar(&kernelStats)

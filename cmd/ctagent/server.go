@@ -14,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
 	"go.uber.org/zap"
+
+	"github.com/ctagent/ctagent/pkg/logging"
 )
 
 // readiness is what /readyz reports: not ready, with the reason, until the
@@ -128,7 +130,7 @@ func startWebServer(cfg *config, h http.Handler, log *zap.Logger) (*webServer, e
 			zap.String("telemetry_path", cfg.telemetryPath), zap.Bool("web_config", *cfg.web.WebConfigFile != ""))
 	}
 	go func() {
-		err := web.ServeMultiple(s.lns, s.srv, cfg.web, newSlogLogger(log.Named("web")))
+		err := web.ServeMultiple(s.lns, s.srv, cfg.web, logging.Slog(log.Named("web")))
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
