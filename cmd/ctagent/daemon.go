@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/netns/kube"
+	"github.com/ctagent/ctagent/pkg/server"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -29,18 +31,17 @@ const podSyncTimeout = 30 * time.Second
 func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	log.Info("Starting ctagent", zap.String("version", Version), zap.String("revision", Revision))
 
-	ready := newReadiness("starting")
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	handler, err := newHandler(cfg, reg, ready, log)
-	if err != nil {
-		return err
-	}
-	srv, err := startWebServer(cfg, handler, log)
-	if err != nil {
+	srv := server.New(server.Config{
+		Web: cfg.web, Registry: reg, MetricsPath: cfg.telemetryPath, Logger: log,
+		Version:   fmt.Sprintf("%s (revision %s)", Version, Revision),
+		Readiness: "200 once the tracer is attached and the baseline is loaded",
+	})
+	if err := srv.Start(); err != nil {
 		return err
 	}
 
@@ -53,21 +54,21 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		shutdown(srv, t, &bg, log)
 	}()
 
-	ready.notReady("waiting for the Kubernetes pod list")
+	srv.NotReady("waiting for the Kubernetes pod list")
 	pods, stopPods, err := startPodSource(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer stopPods()
 
-	ready.notReady("scanning network namespaces")
+	srv.NotReady("scanning network namespaces")
 	resolver := newResolver(cfg, pods, log)
 	if err := resolver.Refresh(); err != nil {
 		log.Warn("Scanning network namespaces", zap.Error(err))
 	}
 	log.Info("Network namespaces found", zap.Int("count", len(resolver.Namespaces())))
 
-	ready.notReady("tracer not attached yet")
+	srv.NotReady("tracer not attached yet")
 	opts := tracerOptions(cfg, log)
 	opts.Namespaces = tracerNamespaces(resolver, cfg.netns.ProcRoot, log, nil)
 	t, err = tracer.Open(ctx, opts)
@@ -114,7 +115,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		}
 	})
 
-	ready.notReady("loading the metrics baseline (a table dump of every namespace)")
+	srv.NotReady("loading the metrics baseline (a table dump of every namespace)")
 	start := time.Now()
 	if err := exp.Start(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -126,13 +127,13 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		log.Info("Metrics baseline loaded", zap.Duration("took", time.Since(start)))
 	}
 	bg.Go(func() { exp.Run(ctx) })
-	ready.ready(func() error {
+	srv.Ready(func() error {
 		if !exp.Ready() {
 			return errors.New("metrics baseline not loaded yet: no namespace could be dumped")
 		}
 		return nil
 	})
-	log.Info("Ready", zap.String("address", srv.addr()))
+	log.Info("Ready", zap.String("address", srv.Addr()))
 
 	select {
 	case <-ctx.Done():
@@ -148,7 +149,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 // shutdown stops the HTTP server, closes the tracer (every BPF link and
 // netlink socket) and waits for the background goroutines, within
 // shutdownTimeout in all.
-func shutdown(srv *webServer, t tracer.Tracer, bg *sync.WaitGroup, log *zap.Logger) {
+func shutdown(srv *server.Server, t tracer.Tracer, bg *sync.WaitGroup, log *zap.Logger) {
 	deadline := time.Now().Add(shutdownTimeout)
 	log.Info("Stopping")
 	// Leave a second of the budget for the tracer and the goroutines.

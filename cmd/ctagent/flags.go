@@ -22,6 +22,7 @@ import (
 	"github.com/ctagent/ctagent/pkg/logging"
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/netns"
+	"github.com/ctagent/ctagent/pkg/server"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -160,7 +161,7 @@ func (c *config) validate() error {
 	if !strings.HasPrefix(c.telemetryPath, "/") {
 		return usageErrorf("--web.telemetry-path must start with /, got %q", c.telemetryPath)
 	}
-	if c.telemetryPath == "/healthz" || c.telemetryPath == "/readyz" {
+	if c.telemetryPath == server.HealthPath || c.telemetryPath == server.ReadyPath {
 		return usageErrorf("--web.telemetry-path: %s is the health endpoint", c.telemetryPath)
 	}
 	if err := web.Validate(*c.web.WebConfigFile); err != nil {

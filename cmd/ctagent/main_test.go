@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/pkg/netns"
@@ -207,51 +203,6 @@ func TestByteSize(t *testing.T) {
 	}
 }
 
-func TestHandler(t *testing.T) {
-	cfg, err := parseArgs(nil, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "ctagent_test", Help: "test"}))
-	ready := newReadiness("tracer not attached yet")
-	h, err := newHandler(cfg, reg, ready, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	get := func(path string) (int, string) {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		return rec.Code, rec.Body.String()
-	}
-	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "tracer not attached") {
-		t.Errorf("/readyz before: %d %q", code, body)
-	}
-	if code, _ := get("/healthz"); code != 200 {
-		t.Errorf("/healthz: %d", code)
-	}
-	if code, body := get("/"); code != 200 || !strings.Contains(body, "/metrics") {
-		t.Errorf("/: %d", code)
-	}
-	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "ctagent_test 0") {
-		t.Errorf("/metrics: %d %q", code, body)
-	}
-	baseline := false
-	ready.ready(func() error {
-		if !baseline {
-			return errors.New("baseline not loaded")
-		}
-		return nil
-	})
-	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "baseline") {
-		t.Errorf("/readyz check failing: %d %q", code, body)
-	}
-	baseline = true
-	if code, _ := get("/readyz"); code != 200 {
-		t.Errorf("/readyz after: %d", code)
-	}
-}
-
 func TestJSONEvent(t *testing.T) {
 	ev := tracer.Event{
 		Type: tracer.EventDestroyed, Time: time.Unix(1700000000, 0).UTC(), NetNS: 4026532281,
@@ -280,44 +231,5 @@ func TestJSONEvent(t *testing.T) {
 		if !strings.Contains(string(b), w) {
 			t.Errorf("missing %s in %s", w, b)
 		}
-	}
-}
-
-// Every --web.listen-address is served, and one that cannot be listened on
-// fails the start at once.
-func TestWebServerListenAddresses(t *testing.T) {
-	cfg, err := parseArgs([]string{"--web.listen-address=127.0.0.1:0", "--web.listen-address=[::1]:0"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hi") })
-	s, err := startWebServer(cfg, h, zap.NewNop())
-	if err != nil {
-		t.Skipf("skipped: no IPv6 loopback here: %v", err)
-	}
-	for _, ln := range s.lns {
-		resp, err := http.Get("http://" + ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != "hi" {
-			t.Errorf("%s: %q", ln.Addr(), body)
-		}
-	}
-	if len(s.lns) != 2 {
-		t.Errorf("%d listeners, want 2", len(s.lns))
-	}
-
-	*cfg.web.WebListenAddresses = []string{"127.0.0.1:0", s.addr()}
-	if _, err := startWebServer(cfg, h, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "address already in use") {
-		t.Errorf("second server on %s: %v", s.addr(), err)
-	}
-	if err := s.Shutdown(context.Background()); err != nil {
-		t.Error(err)
-	}
-	if err := <-s.Done(); err != nil {
-		t.Errorf("Done after Shutdown: %v", err)
 	}
 }
