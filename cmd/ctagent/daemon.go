@@ -79,7 +79,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		return err
 	}
 	info := t.Info()
-	logBackend(log, cfg.tracer.Backend, info)
+	info.Log(log, cfg.tracer.Backend)
 	if info.Backend != tracer.BackendNetlink {
 		// The netlink backend refreshes the resolver at every rescan
 		// through opts.Namespaces; the eBPF backends never ask.

@@ -78,7 +78,7 @@ func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logg
 		return err
 	}
 	defer closeTracer(t, log)
-	logBackend(log, cfg.tracer.Backend, t.Info())
+	t.Info().Log(log, cfg.tracer.Backend)
 
 	w := bufio.NewWriterSize(stdout, 64<<10)
 	defer w.Flush()
