@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -200,36 +195,5 @@ func TestByteSize(t *testing.T) {
 	n := 4 << 20
 	if s := (byteSize{&n}).String(); s != "4MiB" {
 		t.Errorf("String: %s", s)
-	}
-}
-
-func TestJSONEvent(t *testing.T) {
-	ev := tracer.Event{
-		Type: tracer.EventDestroyed, Time: time.Unix(1700000000, 0).UTC(), NetNS: 4026532281,
-		Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP,
-		Original: tracer.Tuple{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), SrcPort: 40000, DstPort: 80},
-		Reply:    tracer.Tuple{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.1"), SrcPort: 80, DstPort: 40000},
-		Status:   1<<1 | 1<<2 | 1<<3, TCPState: 7, Lifetime: 1500 * time.Millisecond, LifetimeKnown: true,
-	}
-	b, err := json.Marshal(toJSONEvent(ev, netns.Identity{Name: "blue", Comm: "nginx", PID: 42}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `{"time":"2023-11-14T22:13:20Z","type":"destroyed","netns":4026532281,"netns_name":"blue","pid":42,"comm":"nginx",` +
-		`"family":"ipv4","protocol":"tcp","original":{"src":"10.0.0.1","dst":"10.0.0.2","sport":40000,"dport":80},` +
-		`"reply":{"src":"10.0.0.2","dst":"10.0.0.1","sport":80,"dport":40000},"status":["SEEN_REPLY","ASSURED","CONFIRMED"],` +
-		`"tcp_state":"TIME_WAIT","lifetime_seconds":1.5}`
-	if string(b) != want {
-		t.Errorf("got  %s\nwant %s", b, want)
-	}
-
-	icmp := tracer.Event{Type: tracer.EventFailed, Family: unix.AF_INET6, Protocol: unix.IPPROTO_ICMPV6,
-		Original: tracer.Tuple{Src: netip.MustParseAddr("::1"), Dst: netip.MustParseAddr("::2"), SrcPort: 7, DstPort: 128 << 8},
-		Reason:   tracer.ReasonExists, Error: -17}
-	b, _ = json.Marshal(toJSONEvent(icmp, netns.Identity{}))
-	for _, w := range []string{`"icmp_id":7,"icmp_type":128,"icmp_code":0`, `"reason":"exists","error":-17`, `"family":"ipv6"`} {
-		if !strings.Contains(string(b), w) {
-			t.Errorf("missing %s in %s", w, b)
-		}
 	}
 }
