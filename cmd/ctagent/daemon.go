@@ -22,9 +22,6 @@ import (
 // longer before SIGKILL.
 const shutdownTimeout = 5 * time.Second
 
-// podSyncTimeout bounds the wait for the first pod list at start.
-const podSyncTimeout = 30 * time.Second
-
 // runDaemon serves metrics until ctx is done. The HTTP server starts first,
 // so /healthz answers and /readyz explains the wait while the tracer
 // attaches and the baseline loads.
@@ -171,35 +168,11 @@ func shutdown(srv *server.Server, t tracer.Tracer, bg *sync.WaitGroup, log *zap.
 	log.Info("Stopped")
 }
 
-// startPodSource starts the pod informer when ctagent runs in a Kubernetes
-// cluster (or --kubernetes.kubeconfig is set, or a test set cfg.kubeClient);
-// outside one pods are not named and the source is nil.
+// startPodSource starts naming pods when ctagent runs in a Kubernetes
+// cluster (or --kubernetes.kubeconfig is set, or a test set cfg.kube.Client);
+// outside one the source is nil.
 func startPodSource(ctx context.Context, cfg *config, log *zap.Logger) (netns.PodSource, func(), error) {
-	client := cfg.kubeClient
-	if client == nil {
-		var err error
-		if client, err = kube.NewClient(cfg.kubeconfig); err != nil {
-			return nil, nil, err
-		}
-	}
-	if client == nil {
-		log.Debug("Not in a Kubernetes cluster and no --kubernetes.kubeconfig: pods are not named")
-		return nil, func() {}, nil
-	}
-	node := kube.NodeName(cfg.nodeName)
-	inf, err := kube.NewPodInformer(client, node, cfg.metrics.PodLabels, log.Named("kube"))
-	if err != nil {
-		return nil, nil, err
-	}
-	pctx, cancel := context.WithCancel(ctx)
-	inf.Start(pctx)
-	wctx, wcancel := context.WithTimeout(pctx, podSyncTimeout)
-	defer wcancel()
-	if inf.WaitForSync(wctx) {
-		log.Info("Watching the pods of this node", zap.String("node", node))
-	} else if ctx.Err() == nil {
-		log.Warn("Pod list not synced yet; pods are named once it is", zap.String("node", node),
-			zap.Duration("waited", podSyncTimeout))
-	}
-	return inf, cancel, nil
+	kc := cfg.kube
+	kc.PodLabels, kc.Logger = cfg.metrics.PodLabels, log
+	return kube.Start(ctx, kc)
 }

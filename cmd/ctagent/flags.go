@@ -17,11 +17,11 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 	"k8s.io/apimachinery/pkg/api/validate/content"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/ctagent/ctagent/pkg/logging"
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/netns"
+	"github.com/ctagent/ctagent/pkg/netns/kube"
 	"github.com/ctagent/ctagent/pkg/server"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
@@ -54,12 +54,9 @@ type config struct {
 	metrics metrics.Options // without Tracer, Namespaces, Logger and the version
 	netns   netns.Options   // without Logger and Pods
 
-	kubeconfig string
-	nodeName   string
-	// kubeClient is set only by tests (there is no flag): the pod informer
-	// then uses it, e.g. client-go's fake clientset, instead of a client
-	// built from --kubernetes.kubeconfig or the in-cluster service account.
-	kubeClient kubernetes.Interface
+	// kube is without PodLabels and Logger. Only tests set its Client
+	// (there is no flag), e.g. to client-go's fake clientset.
+	kube kube.Config
 
 	eventsNetns string // events: only this namespace (name or inode)
 }
@@ -117,8 +114,8 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	flag("netns.rescan-interval", "How often /proc and the netns directories are rescanned for network namespaces.").Default("10s").DurationVar(&m.RescanInterval)
 	flag("netns.proc-root", "The host's procfs (e.g. /host/proc in a container without hostPID).").Default("/proc").StringVar(&cfg.netns.ProcRoot)
 	flag("netns.dirs", "Comma-separated directories of named network namespaces.").Default("/var/run/netns,/run/netns").StringVar(&netnsDirs)
-	flag("kubernetes.kubeconfig", "Kubeconfig file; empty: the in-cluster service account, or no pod names outside a cluster.").StringVar(&cfg.kubeconfig)
-	flag("kubernetes.node-name", "Name of this node, to watch only its pods.").Envar("NODE_NAME").StringVar(&cfg.nodeName)
+	flag("kubernetes.kubeconfig", "Kubeconfig file; empty: the in-cluster service account, or no pod names outside a cluster.").StringVar(&cfg.kube.Kubeconfig)
+	flag("kubernetes.node-name", "Name of this node, to watch only its pods.").Envar(kube.NodeNameEnv).StringVar(&cfg.kube.NodeName)
 	flag("kubernetes.pod-labels", "Comma-separated pod label keys; each becomes the label pod_label_<key> on per-namespace series (characters other than letters, digits and _ become _: app.kubernetes.io/name gives pod_label_app_kubernetes_io_name; keys that give the same label are refused) and is shown by the events command. A key adds a label to every per-namespace series, not more series: choose keys with few values (app, team).").StringVar(&podLabels)
 	flag("events.netns", "events: only print events of this network namespace (a name in --netns.dirs or an inode number).").StringVar(&cfg.eventsNetns)
 	nameFlagErrors(app)
@@ -213,8 +210,8 @@ func (c *config) validate() error {
 	if _, err := metrics.PodLabelNames(c.metrics.PodLabels); err != nil {
 		return usageErrorf("--kubernetes.pod-labels: %v", err)
 	}
-	if c.kubeconfig != "" {
-		if _, err := os.Stat(c.kubeconfig); err != nil {
+	if c.kube.Kubeconfig != "" {
+		if _, err := os.Stat(c.kube.Kubeconfig); err != nil {
 			return usageErrorf("--kubernetes.kubeconfig: %v", err)
 		}
 	}

@@ -27,8 +27,8 @@ func TestParseArgsDefaults(t *testing.T) {
 		cfg.tracer.MaxNamespaces != 1024 || cfg.tracer.RescanInterval != 10*time.Second || cfg.netns.ProcRoot != "/proc" {
 		t.Errorf("defaults: %+v", cfg)
 	}
-	if cfg.nodeName != "node-a" {
-		t.Errorf("node name %q, want $NODE_NAME", cfg.nodeName)
+	if cfg.kube.NodeName != "node-a" {
+		t.Errorf("node name %q, want $NODE_NAME", cfg.kube.NodeName)
 	}
 	if !slices.Equal(cfg.metrics.Labels, metricLabels) {
 		t.Errorf("labels %v", cfg.metrics.Labels)

@@ -122,7 +122,7 @@ func TestDaemonNamesPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.kubeClient = client
+	cfg.kube.Client = client
 	d := startInProcess(t, func(ctx context.Context, logs io.Writer) error {
 		log, err := logging.New(logs, cfg.logLevel, cfg.logFormat)
 		if err != nil {
