@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -30,7 +31,7 @@ func TestParseArgsDefaults(t *testing.T) {
 	if cfg.kube.NodeName != "node-a" {
 		t.Errorf("node name %q, want $NODE_NAME", cfg.kube.NodeName)
 	}
-	if !slices.Equal(cfg.metrics.Labels, metricLabels) {
+	if !slices.Equal(cfg.metrics.Labels, metrics.IdentityLabels) {
 		t.Errorf("labels %v", cfg.metrics.Labels)
 	}
 }
@@ -176,24 +177,5 @@ func TestExitCode(t *testing.T) {
 		if !strings.HasPrefix(buf.String(), tc.msg) || (tc.msg == "" && buf.Len() > 0) {
 			t.Errorf("%v: printed %q", tc.err, buf.String())
 		}
-	}
-}
-
-func TestByteSize(t *testing.T) {
-	for in, want := range map[string]int{"0": 0, "4096": 4096, "4KiB": 4096, "4KB": 4096, "8MiB": 8 << 20, "1GiB": 1 << 30, "1TiB": 1 << 40} {
-		var n int
-		if err := (byteSize{&n}).Set(in); err != nil || n != want {
-			t.Errorf("%q: %d, %v; want %d", in, n, err, want)
-		}
-	}
-	for _, in := range []string{"", "MiB", "-1", "2TiB", "4PiB", "12 apples", "lots"} {
-		var n int
-		if err := (byteSize{&n}).Set(in); err == nil {
-			t.Errorf("%q: no error", in)
-		}
-	}
-	n := 4 << 20
-	if s := (byteSize{&n}).String(); s != "4MiB" {
-		t.Errorf("String: %s", s)
 	}
 }
