@@ -38,7 +38,7 @@ type Config struct {
 	// listen addresses, systemd socket activation, and the web config file
 	// (TLS, basic auth).
 	Web *web.FlagConfig
-	// Registry is served at MetricsPath, with the handler's own metrics
+	// Registry (required) is served at MetricsPath, with the handler's own metrics
 	// (promhttp_metric_handler_*) registered in it.
 	Registry    *prometheus.Registry
 	MetricsPath string
