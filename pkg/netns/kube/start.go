@@ -18,7 +18,7 @@ type Config struct {
 	// Client, if not nil, is used instead of one from NewClient(Kubeconfig),
 	// e.g. client-go's fake clientset in tests.
 	Client     kubernetes.Interface
-	Kubeconfig string
+	Kubeconfig string // a kubeconfig file; "": the in-cluster service account
 	// NodeName is this node's name; empty: $NODE_NAME (see NodeName).
 	NodeName string
 	// PodLabels are the label keys the pods keep (see NewPodInformer).
