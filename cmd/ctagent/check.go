@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ctagent/ctagent/pkg/tracer"
+	"github.com/ctagent/ctagent/pkg/tracer/ebpftracer"
 )
 
 // errCheckFailed: check found no backend that attaches.
@@ -23,7 +24,7 @@ func runCheck(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logge
 	}
 	p("version", "%s (revision %s)", Version, Revision)
 	p("flags", "ok")
-	if src, err := btfSource(cfg); err != nil {
+	if src, err := ebpftracer.BTFSource(cfg.tracer.BTFPath); err != nil {
 		p("btf", "not available: %v (the eBPF backends cannot run)", err)
 	} else {
 		p("btf", "%s", src)
@@ -60,7 +61,7 @@ func runCheck(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logge
 			p("hook", "%s not used for %s: %s: %s", h.Hook, h.Group, h.State, h.Detail)
 		}
 	}
-	for _, b := range refusedOrder(info.Refused) {
+	for _, b := range info.RefusedBackends() {
 		p("refused", "%s: %s", b, info.Refused[b])
 	}
 	p("kernel", "%s", info.Kernel)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/netns/kube"
+	"github.com/ctagent/ctagent/pkg/server"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -20,27 +22,23 @@ import (
 // longer before SIGKILL.
 const shutdownTimeout = 5 * time.Second
 
-// podSyncTimeout bounds the wait for the first pod list at start.
-const podSyncTimeout = 30 * time.Second
-
 // runDaemon serves metrics until ctx is done. The HTTP server starts first,
 // so /healthz answers and /readyz explains the wait while the tracer
 // attaches and the baseline loads.
 func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	log.Info("Starting ctagent", zap.String("version", Version), zap.String("revision", Revision))
 
-	ready := newReadiness("starting")
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	handler, err := newHandler(cfg, reg, ready, log)
-	if err != nil {
-		return err
-	}
-	srv, err := startWebServer(cfg, handler, log)
-	if err != nil {
+	srv := server.New(server.Config{
+		Web: cfg.web, Registry: reg, MetricsPath: cfg.telemetryPath, Logger: log,
+		Version:   fmt.Sprintf("%s (revision %s)", Version, Revision),
+		Readiness: "200 once the tracer is attached and the baseline is loaded",
+	})
+	if err := srv.Start(); err != nil {
 		return err
 	}
 
@@ -53,21 +51,21 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		shutdown(srv, t, &bg, log)
 	}()
 
-	ready.notReady("waiting for the Kubernetes pod list")
+	srv.NotReady("waiting for the Kubernetes pod list")
 	pods, stopPods, err := startPodSource(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer stopPods()
 
-	ready.notReady("scanning network namespaces")
+	srv.NotReady("scanning network namespaces")
 	resolver := newResolver(cfg, pods, log)
 	if err := resolver.Refresh(); err != nil {
 		log.Warn("Scanning network namespaces", zap.Error(err))
 	}
 	log.Info("Network namespaces found", zap.Int("count", len(resolver.Namespaces())))
 
-	ready.notReady("tracer not attached yet")
+	srv.NotReady("tracer not attached yet")
 	opts := tracerOptions(cfg, log)
 	// In-kernel aggregation only: the metrics come from the counters, so no
 	// event has to reach Go (ctagent events turns the stream on).
@@ -82,7 +80,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		return err
 	}
 	info := t.Info()
-	logBackend(log, cfg.tracer.Backend, info)
+	info.Log(log, cfg.tracer.Backend)
 	bg.Go(func() { resolver.Run(ctx, cfg.metrics.RescanInterval) })
 
 	mopts := cfg.metrics
@@ -105,7 +103,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		}
 	})
 
-	ready.notReady("loading the metrics baseline (a table dump of every namespace)")
+	srv.NotReady("loading the metrics baseline (a table dump of every namespace)")
 	start := time.Now()
 	if err := exp.Start(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -117,13 +115,13 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		log.Info("Metrics baseline loaded", zap.Duration("took", time.Since(start)))
 	}
 	bg.Go(func() { exp.Run(ctx) })
-	ready.ready(func() error {
+	srv.Ready(func() error {
 		if !exp.Ready() {
 			return errors.New("metrics baseline not loaded yet: no namespace could be dumped")
 		}
 		return nil
 	})
-	log.Info("Ready", zap.String("address", srv.addr()))
+	log.Info("Ready", zap.String("address", srv.Addr()))
 
 	select {
 	case <-ctx.Done():
@@ -139,7 +137,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 // shutdown stops the HTTP server, closes the tracer (every BPF link and
 // netlink socket) and waits for the background goroutines, within
 // shutdownTimeout in all.
-func shutdown(srv *webServer, t tracer.Tracer, bg *sync.WaitGroup, log *zap.Logger) {
+func shutdown(srv *server.Server, t tracer.Tracer, bg *sync.WaitGroup, log *zap.Logger) {
 	deadline := time.Now().Add(shutdownTimeout)
 	log.Info("Stopping")
 	// Leave a second of the budget for the tracer and the goroutines.
@@ -161,35 +159,11 @@ func shutdown(srv *webServer, t tracer.Tracer, bg *sync.WaitGroup, log *zap.Logg
 	log.Info("Stopped")
 }
 
-// startPodSource starts the pod informer when ctagent runs in a Kubernetes
-// cluster (or --kubernetes.kubeconfig is set, or a test set cfg.kubeClient);
-// outside one pods are not named and the source is nil.
+// startPodSource starts naming pods when ctagent runs in a Kubernetes
+// cluster (or --kubernetes.kubeconfig is set, or a test set cfg.kube.Client);
+// outside one the source is nil.
 func startPodSource(ctx context.Context, cfg *config, log *zap.Logger) (netns.PodSource, func(), error) {
-	client := cfg.kubeClient
-	if client == nil {
-		var err error
-		if client, err = kube.NewClient(cfg.kubeconfig); err != nil {
-			return nil, nil, err
-		}
-	}
-	if client == nil {
-		log.Debug("Not in a Kubernetes cluster and no --kubernetes.kubeconfig: pods are not named")
-		return nil, func() {}, nil
-	}
-	node := kube.NodeName(cfg.nodeName)
-	inf, err := kube.NewPodInformer(client, node, cfg.metrics.PodLabels, log.Named("kube"))
-	if err != nil {
-		return nil, nil, err
-	}
-	pctx, cancel := context.WithCancel(ctx)
-	inf.Start(pctx)
-	wctx, wcancel := context.WithTimeout(pctx, podSyncTimeout)
-	defer wcancel()
-	if inf.WaitForSync(wctx) {
-		log.Info("Watching the pods of this node", zap.String("node", node))
-	} else if ctx.Err() == nil {
-		log.Warn("Pod list not synced yet; pods are named once it is", zap.String("node", node),
-			zap.Duration("waited", podSyncTimeout))
-	}
-	return inf, cancel, nil
+	kc := cfg.kube
+	kc.PodLabels, kc.Logger = cfg.metrics.PodLabels, log
+	return kube.Start(ctx, kc)
 }

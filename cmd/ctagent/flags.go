@@ -10,18 +10,20 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/ctagent/ctagent/pkg/tracer/ebpftracer"
-
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/alecthomas/units"
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 	"k8s.io/apimachinery/pkg/api/validate/content"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/ctagent/ctagent/internal/cliflag"
+	"github.com/ctagent/ctagent/pkg/logging"
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/netns"
+	"github.com/ctagent/ctagent/pkg/netns/kube"
+	"github.com/ctagent/ctagent/pkg/server"
 	"github.com/ctagent/ctagent/pkg/tracer"
+	"github.com/ctagent/ctagent/pkg/tracer/ebpftracer"
 )
 
 // defaultListenAddress is the port of ctagent. The exporter range 9100-9999
@@ -31,12 +33,6 @@ import (
 // 10248-10260), and lies clear of the runs that page hands out one by one
 // (10001-, 10100-, 10200-). See deploy/README.md.
 const defaultListenAddress = ":10371"
-
-// metricLabels are the label names that --metrics.labels accepts, and its
-// default. Each is a property of the namespace, so none adds series beyond
-// one per namespace; comm (of the namespace's lowest PID) can change over
-// its life.
-var metricLabels = metrics.IdentityLabels
 
 // config holds every flag of run, check and events. The flags that
 // configure a package are bound to the fields of its Options.
@@ -52,12 +48,9 @@ type config struct {
 	metrics metrics.Options // without Tracer, Namespaces, Logger and the version
 	netns   netns.Options   // without Logger and Pods
 
-	kubeconfig string
-	nodeName   string
-	// kubeClient is set only by tests (there is no flag): the pod informer
-	// then uses it, e.g. client-go's fake clientset, instead of a client
-	// built from --kubernetes.kubeconfig or the in-cluster service account.
-	kubeClient kubernetes.Interface
+	// kube is without PodLabels and Logger. Only tests set its Client
+	// (there is no flag), e.g. to client-go's fake clientset.
+	kube kube.Config
 
 	eventsNetns string // events: only this namespace (name or inode)
 }
@@ -89,7 +82,6 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	app.Command("events", "Print conntrack events as JSON lines, one object per event, with the network namespace that owns each entry, until interrupted.")
 	app.Command("version", "Print the version and exit.")
 
-	var labels, podLabels, netnsDirs string
 	var configCheck, kernelStats bool
 	t, m := &cfg.tracer, &cfg.metrics
 	flag := app.Flag
@@ -98,30 +90,29 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&cfg.telemetryPath)
 	flag("tracer.backend", "Tracer backend: auto, fentry, kprobe or netlink. auto tries them in this order.").Default("auto").StringVar((*string)(&t.Backend))
 	flag("btf.path", "Kernel BTF file (raw BTF or an ELF file with a .BTF section) for kernels without /sys/kernel/btf/vmlinux.").StringVar(&t.BTFPath)
-	flag("tracer.ringbuf-size", "eBPF ring buffer size, a power-of-two multiple of the page size (e.g. 4MiB); 0: the tracer's default (4MiB).").Default("0").SetValue(byteSize{&t.RingBufferSize})
+	flag("tracer.ringbuf-size", "eBPF ring buffer size, a power-of-two multiple of the page size (e.g. 4MiB); 0: the tracer's default (4MiB).").Default("0").SetValue(cliflag.Bytes(&t.RingBufferSize))
 	flag("tracer.perf-buffer", "Use a perf event array instead of the ring buffer even where ring buffers exist.").BoolVar(&t.ForcePerfBuffer)
 	flag("tracer.bpf-stats", "Have the kernel account the run count and run time of the eBPF programs while ctagent runs (ctagent_bpf_program_run_*; costs a clock read per program run). On by default.").Default("true").BoolVar(&t.BPFStats)
-	flag("tracer.perf-buffer-size", "Perf event buffer size per CPU (e.g. 256KiB); 0: the tracer's default.").Default("0").SetValue(byteSize{&t.PerfBufferSize})
+	flag("tracer.perf-buffer-size", "Perf event buffer size per CPU (e.g. 256KiB); 0: the tracer's default.").Default("0").SetValue(cliflag.Bytes(&t.PerfBufferSize))
 	flag("tracer.event-buffer", "Capacity of the in-process event queue; 0: the tracer's default (4096).").Default("0").IntVar(&t.EventBuffer)
 	flag("tracer.lifetime-entries", "Live entries, in all namespaces together, whose creation time the eBPF backends keep for ctagent_conntrack_lifetime_seconds (an LRU, preallocated, about 80 bytes each); 0: twice nf_conntrack_max (a per-namespace limit), between 65536 and 1048576.").Default("0").IntVar(&t.LifetimeEntries)
-	flag("tracer.netlink-buffer-size", "Receive buffer of each ctnetlink socket (netlink backend, e.g. 8MiB); 0: the tracer's default.").Default("0").SetValue(byteSize{&t.NetlinkBufferSize})
-	flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").EnumVar(&cfg.logLevel, "debug", "info", "warn", "error")
-	flag("log.format", "Output format of log messages: logfmt or json.").Default("logfmt").EnumVar(&cfg.logFormat, "logfmt", "json")
+	flag("tracer.netlink-buffer-size", "Receive buffer of each ctnetlink socket (netlink backend, e.g. 8MiB); 0: the tracer's default.").Default("0").SetValue(cliflag.Bytes(&t.NetlinkBufferSize))
+	flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").EnumVar(&cfg.logLevel, logging.Levels...)
+	flag("log.format", "Output format of log messages: logfmt or json.").Default("logfmt").EnumVar(&cfg.logFormat, logging.Formats...)
 	flag("reconcile.interval", "How often the exported entry counts are reconciled with a dump of each conntrack table.").Default("1m").DurationVar(&m.ReconcileInterval)
 	flag("metrics.max-namespaces", `Most network namespaces with series of their own; the rest (the smallest tables) are summed into netns="overflow". 0: no limit.`).Default("1024").IntVar(&m.MaxNamespaces)
 	flag("metrics.kernel-stats", "Read each namespace's kernel conntrack statistics (conntrack -S) at scrape time. On by default.").Default("true").BoolVar(&kernelStats)
 	flag("metrics.stale-after", "Drop the series of a network namespace this long after it disappeared.").Default("5m").DurationVar(&m.StaleAfter)
-	flag("metrics.labels", "Comma-separated identity labels on per-namespace series, from: "+strings.Join(metricLabels, ",")+". The netns label (the inode) is always there.").Default(strings.Join(metricLabels, ",")).StringVar(&labels)
+	flag("metrics.labels", "Comma-separated identity labels on per-namespace series, from: "+strings.Join(metrics.IdentityLabels, ",")+". The netns label (the inode) is always there.").Default(strings.Join(metrics.IdentityLabels, ",")).SetValue(cliflag.List(&m.Labels))
 	flag("netns.rescan-interval", "How often /proc and the netns directories are rescanned for network namespaces.").Default("10s").DurationVar(&m.RescanInterval)
 	flag("netns.proc-root", "The host's procfs (e.g. /host/proc in a container without hostPID).").Default("/proc").StringVar(&cfg.netns.ProcRoot)
-	flag("netns.dirs", "Comma-separated directories of named network namespaces.").Default("/var/run/netns,/run/netns").StringVar(&netnsDirs)
-	flag("kubernetes.kubeconfig", "Kubeconfig file; empty: the in-cluster service account, or no pod names outside a cluster.").StringVar(&cfg.kubeconfig)
-	flag("kubernetes.node-name", "Name of this node, to watch only its pods.").Envar("NODE_NAME").StringVar(&cfg.nodeName)
-	flag("kubernetes.pod-labels", "Comma-separated pod label keys; each becomes the label pod_label_<key> on per-namespace series (characters other than letters, digits and _ become _: app.kubernetes.io/name gives pod_label_app_kubernetes_io_name; keys that give the same label are refused) and is shown by the events command. A key adds a label to every per-namespace series, not more series: choose keys with few values (app, team).").StringVar(&podLabels)
+	flag("netns.dirs", "Comma-separated directories of named network namespaces.").Default("/var/run/netns,/run/netns").SetValue(cliflag.List(&cfg.netns.NetnsDirs))
+	flag("kubernetes.kubeconfig", "Kubeconfig file; empty: the in-cluster service account, or no pod names outside a cluster.").StringVar(&cfg.kube.Kubeconfig)
+	flag("kubernetes.node-name", "Name of this node, to watch only its pods.").Envar(kube.NodeNameEnv).StringVar(&cfg.kube.NodeName)
+	flag("kubernetes.pod-labels", "Comma-separated pod label keys; each becomes the label pod_label_<key> on per-namespace series (characters other than letters, digits and _ become _: app.kubernetes.io/name gives pod_label_app_kubernetes_io_name; keys that give the same label are refused) and is shown by the events command. A key adds a label to every per-namespace series, not more series: choose keys with few values (app, team).").SetValue(cliflag.List(&m.PodLabels))
 	flag("events.netns", "events: only print events of this network namespace (a name in --netns.dirs or an inode number).").StringVar(&cfg.eventsNetns)
-	nameFlagErrors(app)
 
-	command, err := app.Parse(boolValues(app, args))
+	command, err := cliflag.Parse(app, args)
 	switch {
 	case shown:
 		return nil, errShown
@@ -138,7 +129,6 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	if t.Backend, err = tracer.ParseBackend(string(t.Backend)); err != nil {
 		return nil, usageErrorf("--tracer.backend: %v", err)
 	}
-	m.Labels, m.PodLabels, cfg.netns.NetnsDirs = splitList(labels), splitList(podLabels), splitList(netnsDirs)
 	m.DisableKernelStats = !kernelStats
 	t.MaxNamespaces = m.MaxNamespaces
 	if err := cfg.validate(); err != nil {
@@ -159,7 +149,7 @@ func (c *config) validate() error {
 	if !strings.HasPrefix(c.telemetryPath, "/") {
 		return usageErrorf("--web.telemetry-path must start with /, got %q", c.telemetryPath)
 	}
-	if c.telemetryPath == "/healthz" || c.telemetryPath == "/readyz" {
+	if c.telemetryPath == server.HealthPath || c.telemetryPath == server.ReadyPath {
 		return usageErrorf("--web.telemetry-path: %s is the health endpoint", c.telemetryPath)
 	}
 	if err := web.Validate(*c.web.WebConfigFile); err != nil {
@@ -196,8 +186,8 @@ func (c *config) validate() error {
 		return usageErrorf("--netns.rescan-interval must be positive, got %s", m.RescanInterval)
 	}
 	for _, l := range c.metrics.Labels {
-		if !slices.Contains(metricLabels, l) {
-			return usageErrorf("--metrics.labels: unknown label %q (want some of %s)", l, strings.Join(metricLabels, ","))
+		if !slices.Contains(metrics.IdentityLabels, l) {
+			return usageErrorf("--metrics.labels: unknown label %q (want some of %s)", l, strings.Join(metrics.IdentityLabels, ","))
 		}
 	}
 	if c.netns.ProcRoot == "" {
@@ -211,8 +201,8 @@ func (c *config) validate() error {
 	if _, err := metrics.PodLabelNames(c.metrics.PodLabels); err != nil {
 		return usageErrorf("--kubernetes.pod-labels: %v", err)
 	}
-	if c.kubeconfig != "" {
-		if _, err := os.Stat(c.kubeconfig); err != nil {
+	if c.kube.Kubeconfig != "" {
+		if _, err := os.Stat(c.kube.Kubeconfig); err != nil {
 			return usageErrorf("--kubernetes.kubeconfig: %v", err)
 		}
 	}
@@ -220,86 +210,4 @@ func (c *config) validate() error {
 		return usageErrorf("--events.netns only applies to the events command")
 	}
 	return nil
-}
-
-// splitList splits a comma-separated flag value, without empty or repeated
-// items. These flags stay comma-separated rather than repeatable (kingpin's
-// Strings), as they always were.
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" && !slices.Contains(out, f) {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-// byteSize sets an int in bytes. It parses what kingpin's Bytes() does
-// (units.Base2Bytes: 4KiB, 8MiB, 1GB) and a plain number of bytes, which
-// units refuses and these flags have always taken.
-type byteSize struct{ n *int }
-
-func (b byteSize) String() string { return units.Base2Bytes(*b.n).String() }
-
-func (b byteSize) Set(s string) error {
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		n64, perr := units.ParseBase2Bytes(s)
-		n, err = int64(n64), perr
-	}
-	if err == nil && (n < 0 || n > 1<<40) {
-		err = fmt.Errorf("%s is not between 0 and 1TiB", s)
-	}
-	*b.n = int(n)
-	return err
-}
-
-// nameFlagErrors makes a bad flag value name its flag: kingpin returns the
-// value's own error ("time: invalid duration ..."), which names none.
-func nameFlagErrors(app *kingpin.Application) {
-	for _, f := range app.Model().Flags {
-		app.GetFlag(f.Name).SetValue(namedValue{f.Value, f.Name})
-	}
-}
-
-// namedValue prefixes the errors of a flag value with the flag's name. It
-// keeps the bool and repeatable kinds that kingpin asks its values for.
-type namedValue struct {
-	kingpin.Value
-	name string
-}
-
-func (v namedValue) Set(s string) error {
-	if err := v.Value.Set(s); err != nil {
-		return fmt.Errorf("invalid value %q for flag --%s: %w", s, v.name, err)
-	}
-	return nil
-}
-
-func (v namedValue) IsBoolFlag() bool {
-	b, ok := v.Value.(interface{ IsBoolFlag() bool })
-	return ok && b.IsBoolFlag()
-}
-
-func (v namedValue) IsCumulative() bool {
-	c, ok := v.Value.(interface{ IsCumulative() bool })
-	return ok && c.IsCumulative()
-}
-
-// boolValues turns --flag=true and --flag=false of a boolean flag into
-// kingpin's --flag and --no-flag: kingpin's boolean flags take no value, and
-// ctagent's docs and deployments use --tracer.bpf-stats=false.
-func boolValues(app *kingpin.Application, args []string) []string {
-	out := slices.Clone(args)
-	for i, a := range out {
-		name, val, ok := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		f := app.GetFlag(name)
-		b, err := strconv.ParseBool(val)
-		if !ok || !strings.HasPrefix(a, "--") || f == nil || !f.Model().IsBoolFlag() || err != nil {
-			continue
-		}
-		out[i] = "--" + map[bool]string{true: "", false: "no-"}[b] + name
-	}
-	return out
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+
+	"github.com/ctagent/ctagent/pkg/logging"
 )
 
 func main() {
@@ -64,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_, err := fmt.Fprintln(stdout, versionString())
 		return err
 	}
-	log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+	log, err := logging.New(stderr, cfg.logLevel, cfg.logFormat)
 	if err != nil {
 		return &usageError{err} // validated by parseArgs; unreachable
 	}

@@ -3,12 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
-	"net/http/httptest"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,11 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
-
-	"github.com/ctagent/ctagent/pkg/netns"
+	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -36,10 +28,10 @@ func TestParseArgsDefaults(t *testing.T) {
 		cfg.tracer.MaxNamespaces != 1024 || cfg.metrics.RescanInterval != 10*time.Second || cfg.netns.ProcRoot != "/proc" {
 		t.Errorf("defaults: %+v", cfg)
 	}
-	if cfg.nodeName != "node-a" {
-		t.Errorf("node name %q, want $NODE_NAME", cfg.nodeName)
+	if cfg.kube.NodeName != "node-a" {
+		t.Errorf("node name %q, want $NODE_NAME", cfg.kube.NodeName)
 	}
-	if !slices.Equal(cfg.metrics.Labels, metricLabels) {
+	if !slices.Equal(cfg.metrics.Labels, metrics.IdentityLabels) {
 		t.Errorf("labels %v", cfg.metrics.Labels)
 	}
 }
@@ -185,179 +177,5 @@ func TestExitCode(t *testing.T) {
 		if !strings.HasPrefix(buf.String(), tc.msg) || (tc.msg == "" && buf.Len() > 0) {
 			t.Errorf("%v: printed %q", tc.err, buf.String())
 		}
-	}
-}
-
-func TestByteSize(t *testing.T) {
-	for in, want := range map[string]int{"0": 0, "4096": 4096, "4KiB": 4096, "4KB": 4096, "8MiB": 8 << 20, "1GiB": 1 << 30, "1TiB": 1 << 40} {
-		var n int
-		if err := (byteSize{&n}).Set(in); err != nil || n != want {
-			t.Errorf("%q: %d, %v; want %d", in, n, err, want)
-		}
-	}
-	for _, in := range []string{"", "MiB", "-1", "2TiB", "4PiB", "12 apples", "lots"} {
-		var n int
-		if err := (byteSize{&n}).Set(in); err == nil {
-			t.Errorf("%q: no error", in)
-		}
-	}
-	n := 4 << 20
-	if s := (byteSize{&n}).String(); s != "4MiB" {
-		t.Errorf("String: %s", s)
-	}
-}
-
-// The logfmt and JSON shapes that log pipelines parse: keys of the
-// Prometheus exporters, ts first, values quoted only when needed, one line
-// per entry; slog records (exporter-toolkit) reach the same output.
-func TestLogfmt(t *testing.T) {
-	var buf bytes.Buffer
-	log, err := newLogger(&buf, "debug", "logfmt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	log.Info("Tracer attached", zap.String("backend", "netlink"), zap.String("why", `said "no" = twice`),
-		zap.Int("n", 3), zap.Strings("hooks", []string{"a", "b"}), zap.String("empty", ""),
-		zap.Ints("ints", []int{1, 2}), zap.Duration("took", 1500*time.Millisecond), zap.Error(errors.New("no such file")))
-	line := buf.String()
-	if !strings.HasPrefix(line, "ts=") {
-		t.Errorf("ts is not first: %s", line)
-	}
-	for _, want := range []string{` level=info `, ` msg="Tracer attached" `, ` backend=netlink `, ` why="said \"no\" = twice" `,
-		` n=3 `, ` hooks=a,b `, ` empty= `, ` ints=1,2 `, ` took=1.5s `, ` error="no such file"`, ` caller=ctagent/main_test.go:`} {
-		if !strings.Contains(line, want) {
-			t.Errorf("missing %s in %s", want, line)
-		}
-	}
-	if strings.Count(line, "\n") != 1 || !strings.HasSuffix(line, "\n") {
-		t.Errorf("not one line: %q", line)
-	}
-
-	buf.Reset()
-	log, _ = newLogger(&buf, "warn", "json")
-	log.Info("hidden")
-	newSlogLogger(log).Info("hidden too")
-	newSlogLogger(log).Warn("from slog", "address", "127.0.0.1:1", "http2", false)
-	var m map[string]any
-	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
-		t.Fatalf("%v: %s", err, buf.String())
-	}
-	if m["msg"] != "from slog" || m["address"] != "127.0.0.1:1" || m["level"] != "warn" || m["http2"] != false || m["ts"] == nil {
-		t.Errorf("json: %v", m)
-	}
-}
-
-func TestHandler(t *testing.T) {
-	cfg, err := parseArgs(nil, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "ctagent_test", Help: "test"}))
-	ready := newReadiness("tracer not attached yet")
-	h, err := newHandler(cfg, reg, ready, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	get := func(path string) (int, string) {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-		return rec.Code, rec.Body.String()
-	}
-	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "tracer not attached") {
-		t.Errorf("/readyz before: %d %q", code, body)
-	}
-	if code, _ := get("/healthz"); code != 200 {
-		t.Errorf("/healthz: %d", code)
-	}
-	if code, body := get("/"); code != 200 || !strings.Contains(body, "/metrics") {
-		t.Errorf("/: %d", code)
-	}
-	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "ctagent_test 0") {
-		t.Errorf("/metrics: %d %q", code, body)
-	}
-	baseline := false
-	ready.ready(func() error {
-		if !baseline {
-			return errors.New("baseline not loaded")
-		}
-		return nil
-	})
-	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "baseline") {
-		t.Errorf("/readyz check failing: %d %q", code, body)
-	}
-	baseline = true
-	if code, _ := get("/readyz"); code != 200 {
-		t.Errorf("/readyz after: %d", code)
-	}
-}
-
-func TestJSONEvent(t *testing.T) {
-	ev := tracer.Event{
-		Type: tracer.EventDestroyed, Time: time.Unix(1700000000, 0).UTC(), NetNS: 4026532281,
-		Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP,
-		Original: tracer.Tuple{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), SrcPort: 40000, DstPort: 80},
-		Reply:    tracer.Tuple{Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.1"), SrcPort: 80, DstPort: 40000},
-		Status:   1<<1 | 1<<2 | 1<<3, TCPState: 7, Lifetime: 1500 * time.Millisecond, LifetimeKnown: true,
-	}
-	b, err := json.Marshal(toJSONEvent(ev, netns.Identity{Name: "blue", Comm: "nginx", PID: 42}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `{"time":"2023-11-14T22:13:20Z","type":"destroyed","netns":4026532281,"netns_name":"blue","pid":42,"comm":"nginx",` +
-		`"family":"ipv4","protocol":"tcp","original":{"src":"10.0.0.1","dst":"10.0.0.2","sport":40000,"dport":80},` +
-		`"reply":{"src":"10.0.0.2","dst":"10.0.0.1","sport":80,"dport":40000},"status":["SEEN_REPLY","ASSURED","CONFIRMED"],` +
-		`"tcp_state":"TIME_WAIT","lifetime_seconds":1.5}`
-	if string(b) != want {
-		t.Errorf("got  %s\nwant %s", b, want)
-	}
-
-	icmp := tracer.Event{Type: tracer.EventFailed, Family: unix.AF_INET6, Protocol: unix.IPPROTO_ICMPV6,
-		Original: tracer.Tuple{Src: netip.MustParseAddr("::1"), Dst: netip.MustParseAddr("::2"), SrcPort: 7, DstPort: 128 << 8},
-		Reason:   tracer.ReasonExists, Error: -17}
-	b, _ = json.Marshal(toJSONEvent(icmp, netns.Identity{}))
-	for _, w := range []string{`"icmp_id":7,"icmp_type":128,"icmp_code":0`, `"reason":"exists","error":-17`, `"family":"ipv6"`} {
-		if !strings.Contains(string(b), w) {
-			t.Errorf("missing %s in %s", w, b)
-		}
-	}
-}
-
-// Every --web.listen-address is served, and one that cannot be listened on
-// fails the start at once.
-func TestWebServerListenAddresses(t *testing.T) {
-	cfg, err := parseArgs([]string{"--web.listen-address=127.0.0.1:0", "--web.listen-address=[::1]:0"}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hi") })
-	s, err := startWebServer(cfg, h, zap.NewNop())
-	if err != nil {
-		t.Skipf("skipped: no IPv6 loopback here: %v", err)
-	}
-	for _, ln := range s.lns {
-		resp, err := http.Get("http://" + ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != "hi" {
-			t.Errorf("%s: %q", ln.Addr(), body)
-		}
-	}
-	if len(s.lns) != 2 {
-		t.Errorf("%d listeners, want 2", len(s.lns))
-	}
-
-	*cfg.web.WebListenAddresses = []string{"127.0.0.1:0", s.addr()}
-	if _, err := startWebServer(cfg, h, zap.NewNop()); err == nil || !strings.Contains(err.Error(), "address already in use") {
-		t.Errorf("second server on %s: %v", s.addr(), err)
-	}
-	if err := s.Shutdown(context.Background()); err != nil {
-		t.Error(err)
-	}
-	if err := <-s.Done(); err != nil {
-		t.Errorf("Done after Shutdown: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/pkg/logging"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -35,7 +36,7 @@ func TestDaemonFindsNewNamespacesAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := startInProcess(t, func(ctx context.Context, logs io.Writer) error {
-		log, err := newLogger(logs, cfg.logLevel, cfg.logFormat)
+		log, err := logging.New(logs, cfg.logLevel, cfg.logFormat)
 		if err != nil {
 			return err
 		}

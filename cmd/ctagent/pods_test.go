@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/pkg/logging"
 )
 
 // owner is what a test namespace belongs to, and what the scrape must say
@@ -121,9 +122,9 @@ func TestDaemonNamesPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.kubeClient = client
+	cfg.kube.Client = client
 	d := startInProcess(t, func(ctx context.Context, logs io.Writer) error {
-		log, err := newLogger(logs, cfg.logLevel, cfg.logFormat)
+		log, err := logging.New(logs, cfg.logLevel, cfg.logFormat)
 		if err != nil {
 			return err
 		}

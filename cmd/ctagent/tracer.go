@@ -1,12 +1,7 @@
 package main
 
 import (
-	"cmp"
 	"context"
-	"fmt"
-	"maps"
-	"os"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -66,56 +61,6 @@ func tracerOptions(cfg *config, log *zap.Logger) tracer.Options {
 	opts := cfg.tracer
 	opts.Logger = log.Named("tracer")
 	return opts
-}
-
-// logBackend logs, once, which backend runs, what it attached and why the
-// backends before it were refused.
-func logBackend(log *zap.Logger, requested tracer.Backend, info tracer.Info) {
-	fields := []zap.Field{
-		zap.String("backend", string(info.Backend)),
-		zap.String("requested", string(requested)),
-		zap.Strings("hooks", info.Hooks),
-		zap.String("kernel", info.Kernel),
-	}
-	if info.Backend != tracer.BackendNetlink {
-		fields = append(fields, zap.Bool("ring_buffer", info.RingBuffer))
-	}
-	for _, b := range refusedOrder(info.Refused) {
-		fields = append(fields, zap.String("refused_"+string(b), info.Refused[b]))
-	}
-	msg := "Tracer attached"
-	if len(info.Refused) > 0 {
-		msg = "Tracer attached on a fallback backend"
-	}
-	log.Info(msg, fields...)
-}
-
-// refusedOrder lists the refused backends in the order auto tries them,
-// then any other by name.
-func refusedOrder(refused map[tracer.Backend]string) []tracer.Backend {
-	rank := func(b tracer.Backend) int {
-		i := slices.Index([]tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe, tracer.BackendNetlink}, b)
-		return cmp.Or(i+1, 4)
-	}
-	return slices.SortedFunc(maps.Keys(refused), func(a, b tracer.Backend) int {
-		return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(a, b))
-	})
-}
-
-// kernelBTF is where the running kernel exposes its BTF.
-const kernelBTF = "/sys/kernel/btf/vmlinux"
-
-// btfSource describes the BTF the eBPF backends will use, for logs and check.
-func btfSource(cfg *config) (string, error) {
-	path := cfg.tracer.BTFPath
-	if path == "" {
-		path = kernelBTF
-	}
-	st, err := os.Stat(path)
-	if err != nil {
-		return path, err
-	}
-	return fmt.Sprintf("%s (%d bytes)", path, st.Size()), nil
 }
 
 // closeTracer closes t and logs a failure.

@@ -40,3 +40,36 @@ func ProtocolName(p uint8) string {
 	}
 	return "other:" + strconv.Itoa(int(p))
 }
+
+// tcpStateNames are enum tcp_conntrack (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
+var tcpStateNames = []string{"NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT",
+	"CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"}
+
+// TCPStateName names a TCP conntrack state (Event.TCPState) as the kernel
+// does: "ESTABLISHED", "TIME_WAIT", ..., or the number if unknown.
+func TCPStateName(s uint8) string {
+	if int(s) < len(tcpStateNames) {
+		return tcpStateNames[s]
+	}
+	return strconv.Itoa(int(s))
+}
+
+// statusBits are enum ip_conntrack_status (include/uapi/linux/netfilter/nf_conntrack_common.h).
+var statusBits = []string{"EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED", "SRC_NAT", "DST_NAT",
+	"SEQ_ADJUST", "SRC_NAT_DONE", "DST_NAT_DONE", "DYING", "FIXED_TIMEOUT", "TEMPLATE",
+	"NAT_CLASH", "HELPER", "OFFLOAD", "HW_OFFLOAD"}
+
+// StatusNames names the IPS_* bits set in s (Event.Status), without the
+// IPS_ prefix, lowest bit first; unknown bits come last, as one hex number.
+func StatusNames(s uint32) []string {
+	var out []string
+	for i, n := range statusBits {
+		if s&(1<<i) != 0 {
+			out = append(out, n)
+		}
+	}
+	if rest := s &^ (1<<len(statusBits) - 1); rest != 0 {
+		out = append(out, "0x"+strconv.FormatUint(uint64(rest), 16))
+	}
+	return out
+}

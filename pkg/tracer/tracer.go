@@ -57,7 +57,7 @@ func Open(ctx context.Context, opts Options) (Tracer, error) {
 	}
 	order := []Backend{opts.Backend}
 	if opts.Backend == BackendAuto {
-		order = []Backend{BackendFentry, BackendKprobe, BackendNetlink}
+		order = autoOrder
 	}
 	refused, reasons := map[Backend]string{}, map[Backend]string{}
 	var errs []error

@@ -152,8 +152,8 @@ func readConntrackMax() uint64 {
 func collectionOptions(opts tracer.Options) (ebpf.CollectionOptions, error) {
 	var co ebpf.CollectionOptions
 	if opts.BTFPath == "" {
-		if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-			return co, fmt.Errorf("%w: /sys/kernel/btf/vmlinux: %v (give a BTF file with --btf.path)", tracer.ErrNoBTF, err)
+		if _, err := os.Stat(KernelBTF); err != nil {
+			return co, fmt.Errorf("%w: %s: %v (give a BTF file with --btf.path)", tracer.ErrNoBTF, KernelBTF, err)
 		}
 		return co, nil // vmlinux and all module BTF, found by cilium/ebpf
 	}

@@ -1,4 +1,9 @@
-package main
+// Package logging builds ctagent's logger: zap, in the format of the
+// Prometheus exporters (keys ts, level, caller, msg; logfmt or JSON), so
+// that log pipelines that parse node_exporter's output parse ctagent's, and
+// gives the libraries that log with slog (exporter-toolkit's web server)
+// the same output.
+package logging
 
 import (
 	"io"
@@ -11,14 +16,19 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// newLogger builds the process logger. Both formats use the keys of the
-// Prometheus exporters (ts, level, caller, msg), so log pipelines that parse
-// node_exporter's output parse ours. logfmt is github.com/jsternberg/zap-logfmt:
+// Levels and Formats are the values New accepts, for flags.
+var (
+	Levels  = []string{"debug", "info", "warn", "error"}
+	Formats = []string{"logfmt", "json"}
+)
+
+// New builds a logger that writes to w messages of level and above, in
+// format "logfmt" or "json". logfmt is github.com/jsternberg/zap-logfmt:
 // zap's console encoder writes tab-separated columns and the fields as one
 // JSON object, which logfmt parsers cannot read. zap-logfmt writes lists as
 // a,b and cannot write nested objects (zap then logs a "<key>Error" field);
 // ctagent logs none.
-func newLogger(w io.Writer, level, format string) (*zap.Logger, error) {
+func New(w io.Writer, level, format string) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, err
@@ -43,8 +53,8 @@ func newLogger(w io.Writer, level, format string) (*zap.Logger, error) {
 	return zap.New(zapcore.NewCore(enc, ws, lvl), zap.AddCaller(), zap.ErrorOutput(ws)), nil
 }
 
-// newSlogLogger gives the libraries that log with slog (exporter-toolkit's
-// web server) the core of l, without stack traces, like l itself.
-func newSlogLogger(l *zap.Logger) *slog.Logger {
+// Slog gives the libraries that log with slog the core of l, without stack
+// traces, like l itself.
+func Slog(l *zap.Logger) *slog.Logger {
 	return slog.New(zapslog.NewHandler(l.Core(), zapslog.AddStacktraceAt(math.MaxInt)))
 }
