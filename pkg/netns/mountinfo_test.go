@@ -1,10 +1,16 @@
 package netns
 
 import (
-	"fmt"
-	"reflect"
+	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+
+	"github.com/ctagent/ctagent/internal/labnet"
 )
 
 // Lines from a host after "ip netns add blue" and from a pod's view.
@@ -18,117 +24,126 @@ const sampleMountinfo = `22 27 0:21 / /proc rw,relatime - proc proc rw
 700 27 0:50 / /var/lib/my\134dir rw master:3 propagate_from:2 unbindable - ext4 /dev/my\040disk rw
 `
 
-func TestParseMountinfo(t *testing.T) {
-	mounts, err := parseMountinfo(strings.NewReader(sampleMountinfo))
+// The network namespaces of a mount table, by their unescaped mount
+// points; other nsfs mounts and other filesystems are none, with or
+// without the library's filter.
+func TestNetnsMountpoints(t *testing.T) {
+	want := map[string]uint32{"/run/netns/blue": 4026532281, "/run/netns/cni-6a1b 2": 4026532350}
+	for name, filter := range map[string]mountinfo.FilterFunc{"nsfs": mountinfo.FSTypeFilter("nsfs"), "none": nil} {
+		mounts, err := mountinfo.GetMountsFromReader(strings.NewReader(sampleMountinfo), filter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := netnsMountpoints(mounts); !maps.Equal(got, want) {
+			t.Errorf("filter %s: got %v, want %v", name, got, want)
+		}
+		if filter == nil {
+			// What the names rely on: the library unescapes paths.
+			if m := mounts[7]; m.Mountpoint != `/var/lib/my\dir` || m.Source != "/dev/my disk" || m.Root != "/" {
+				t.Errorf("escaped line read as %+v", m)
+			}
+		}
+	}
+	if got := netnsMountpoints(nil); got == nil || len(got) != 0 {
+		t.Errorf("no mounts: got %#v, want an empty map", got)
+	}
+}
+
+// A table that is not one is an error (scanNetnsDirs then checks the
+// filesystem of each name instead).
+func TestNetnsMountpointsBrokenTable(t *testing.T) {
+	for _, table := range []string{
+		"22 27 0:21 / /proc rw - proc proc rw\nbroken\n",
+		"1 2 3:4 / /mnt rw shared:1 ext4 x y", // no separator
+		"1 2 34 / /mnt rw - ext4 /dev/x rw",   // device
+	} {
+		if m, err := mountinfo.GetMountsFromReader(strings.NewReader(table), nil); err == nil {
+			t.Errorf("%q read as %+v, want an error", table, m)
+		}
+	}
+}
+
+func TestNetNsInode(t *testing.T) {
+	for _, c := range []struct {
+		fsType, root string
+		want         uint32
+		ok           bool
+	}{
+		{"nsfs", "net:[4026532281]", 4026532281, true},
+		{"nsfs", "net:[0]", 0, true},
+		{"nsfs", "mnt:[4026532351]", 0, false},
+		{"nsfs", "net:[", 0, false},
+		{"nsfs", "net:[12", 0, false},
+		{"nsfs", "net:[x]", 0, false},
+		{"nsfs", "net:[-1]", 0, false},
+		{"nsfs", "net:[99999999999]", 0, false},
+		{"tmpfs", "net:[12]", 0, false},
+	} {
+		ino, ok := netNsInode(&mountinfo.Info{FSType: c.fsType, Root: c.root})
+		if ino != c.want || ok != c.ok {
+			t.Errorf("%s %q: got %d, %v, want %d, %v", c.fsType, c.root, ino, ok, c.want, c.ok)
+		}
+	}
+}
+
+// netnsBindMounts reads this kernel's mount table: names with a space and a
+// backslash (escaped there as \040 and \134) are found under their own
+// paths.
+func TestNetnsBindMounts(t *testing.T) {
+	labnet.Require(t)
+	dir := t.TempDir()
+	ns := "/proc/thread-self/ns/net"
+	var st unix.Stat_t
+	if err := unix.Stat(ns, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint32{}
+	for _, name := range []string{"blue", "with space", `back\slash`, "tab\tname"} {
+		target := filepath.Join(dir, name)
+		if err := os.WriteFile(target, nil, 0o444); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount(ns, target, "", unix.MS_BIND, ""); err != nil {
+			t.Fatalf("bind %s on %q: %v", ns, target, err)
+		}
+		t.Cleanup(func() { _ = unix.Unmount(target, unix.MNT_DETACH) })
+		want[realPath(target)] = uint32(st.Ino)
+	}
+	got, err := netnsBindMounts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mounts) != 8 {
-		t.Fatalf("got %d mounts, want 8", len(mounts))
-	}
-	want := mount{
-		id: 633, parent: 612, major: 0, minor: 4,
-		root: "net:[4026532281]", mountPoint: "/run/netns/blue", options: "rw",
-		optional: []string{"shared:233"}, fsType: "nsfs", source: "nsfs", superOptions: "rw",
-	}
-	if !reflect.DeepEqual(mounts[4], want) {
-		t.Errorf("got %+v\nwant %+v", mounts[4], want)
-	}
-	want = mount{
-		id: 700, parent: 27, major: 0, minor: 50, root: "/", mountPoint: `/var/lib/my\dir`, options: "rw",
-		optional: []string{"master:3", "propagate_from:2", "unbindable"}, fsType: "ext4", source: "/dev/my disk", superOptions: "rw",
-	}
-	if !reflect.DeepEqual(mounts[7], want) {
-		t.Errorf("got %+v\nwant %+v", mounts[7], want)
-	}
-
-	var got []string
-	for _, m := range mounts {
-		if ino, ok := m.netNsInode(); ok {
-			got = append(got, fmt.Sprintf("%s=%d", m.mountPoint, ino))
-		}
-	}
-	wantNs := []string{"/run/netns/blue=4026532281", "/run/netns/cni-6a1b 2=4026532350"}
-	if !reflect.DeepEqual(got, wantNs) {
-		t.Errorf("netns bind mounts: got %q, want %q", got, wantNs)
-	}
-}
-
-func TestParseMountinfoLineErrors(t *testing.T) {
-	for _, line := range []string{
-		"",
-		"1 2 3:4 / /mnt rw",                   // too short
-		"x 2 3:4 / /mnt rw - ext4 /dev/x rw",  // mount ID
-		"1 y 3:4 / /mnt rw - ext4 /dev/x rw",  // parent ID
-		"1 2 34 / /mnt rw - ext4 /dev/x rw",   // device
-		"1 2 a:4 / /mnt rw - ext4 /dev/x rw",  // major
-		"1 2 3:b / /mnt rw - ext4 /dev/x rw",  // minor
-		"1 2 3:4 / /mnt rw shared:1 ext4 x y", // no separator
-		"1 2 3:4 / /mnt rw shared:1 -",        // no fs type
-	} {
-		if m, err := parseMountinfoLine(line); err == nil {
-			t.Errorf("parseMountinfoLine(%q) = %+v, want an error", line, m)
-		}
-	}
-	if _, err := parseMountinfo(strings.NewReader("22 27 0:21 / /proc rw - proc proc rw\nbroken\n")); err == nil ||
-		!strings.Contains(err.Error(), "line 2") {
-		t.Errorf("parseMountinfo error %v, want one about line 2", err)
-	}
-}
-
-func TestUnescapeOctal(t *testing.T) {
-	for in, want := range map[string]string{
-		`plain`:            "plain",
-		`a\040b`:           "a b",
-		`tab\011nl\012`:    "tab\tnl\n",
-		`back\134slash`:    `back\slash`,
-		`trailing\`:        `trailing\`,
-		`short\04`:         `short\04`,
-		`not\999octal`:     `not\999octal`,
-		`too\777big`:       `too\777big`,
-		`\040\040\040`:     "   ",
-		`\\040`:            `\ `,
-		"utf8 \u00e9\\040": "utf8 \u00e9 ",
-	} {
-		if got := unescapeOctal(in); got != want {
-			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
+	for point, ino := range want {
+		if got[point] != ino {
+			t.Errorf("%q: got inode %d, want %d (all: %v)", point, got[point], ino, got)
 		}
 	}
 }
 
-func FuzzParseMountinfo(f *testing.F) {
-	for _, l := range strings.Split(sampleMountinfo, "\n") {
+// Any mount table is read or rejected, never a panic, and only network
+// namespace mounts come out.
+func FuzzNetnsMountpoints(f *testing.F) {
+	for l := range strings.SplitSeq(sampleMountinfo, "\n") {
 		f.Add(l)
 	}
 	f.Add(sampleMountinfo)
 	f.Add("1 2 3:4 net:[ /x rw - nsfs nsfs rw")
 	f.Add("1 2 3:4 net:[99999999999] /x rw - nsfs nsfs rw")
 	f.Add("1 2 3:4 / /x rw -")
-	f.Add("1 2 3:4 / /x rw - t")
-	f.Add(`1 2 3:4 \ \0 \01 - \134 \040`)
+	f.Add(`1 2 3:4 net:[1] \0 \01 - nsfs \040 rw`)
 	f.Fuzz(func(t *testing.T, data string) {
-		_, _ = parseMountinfo(strings.NewReader(data))
-		m, err := parseMountinfoLine(data)
+		mounts, err := mountinfo.GetMountsFromReader(strings.NewReader(data), nil)
 		if err != nil {
 			return
 		}
-		m.netNsInode()
-		// What parses must survive a round trip through the kernel's format.
-		again, err := parseMountinfoLine(formatMount(m))
-		if err != nil {
-			t.Fatalf("reparsing %q: %v", formatMount(m), err)
+		got := netnsMountpoints(mounts)
+		if len(got) > len(mounts) {
+			t.Fatalf("%d network namespaces out of %d mounts", len(got), len(mounts))
 		}
-		if !reflect.DeepEqual(m, again) {
-			t.Errorf("round trip of %q:\n got %+v\nwant %+v", data, again, m)
+		for point := range got {
+			if !strings.Contains(data, "nsfs") || !strings.Contains(data, "net:[") {
+				t.Fatalf("%q taken for a network namespace in %q", point, data)
+			}
 		}
 	})
-}
-
-func formatMount(m mount) string {
-	esc := strings.NewReplacer(`\`, `\134`, " ", `\040`, "\t", `\011`, "\n", `\012`).Replace
-	f := []string{fmt.Sprint(m.id), fmt.Sprint(m.parent), fmt.Sprintf("%d:%d", m.major, m.minor),
-		esc(m.root), esc(m.mountPoint), m.options}
-	f = append(f, m.optional...)
-	f = append(f, "-", esc(m.fsType), esc(m.source), m.superOptions)
-	return strings.Join(f, " ")
 }

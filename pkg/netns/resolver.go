@@ -424,13 +424,13 @@ func (r *Resolver) scanNetnsDirs() (map[uint32][]nsName, error) {
 	// Only nsfs bind mounts are namespaces: a name whose mount is gone (or
 	// was made in another mount namespace without propagation to ours) is a
 	// plain file. Our own mountinfo, not ProcRoot's: these are our paths.
-	mounts, err := nsfsMountpoints("/proc/self/mountinfo")
+	mounts, err := netnsBindMounts()
 	if err != nil {
 		r.log.Debug("Cannot read mountinfo; checking the filesystem type of each name instead", zap.Error(err))
 	}
 	for _, c := range candidates {
 		if mounts != nil {
-			if !mounts[filepath.Join(c.real, c.name)] {
+			if _, ok := mounts[filepath.Join(c.real, c.name)]; !ok {
 				continue
 			}
 		} else if !isNsfs(filepath.Join(c.real, c.name)) {
@@ -450,26 +450,6 @@ func (r *Resolver) scanNetnsDirs() (map[uint32][]nsName, error) {
 		slices.SortFunc(n, func(a, b nsName) int { return strings.Compare(a.name, b.name) })
 	}
 	return names, errors.Join(errs...)
-}
-
-// nsfsMountpoints returns the mount points of network namespace bind mounts.
-func nsfsMountpoints(mountinfo string) (map[string]bool, error) {
-	f, err := os.Open(mountinfo)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	mounts, err := parseMountinfo(f)
-	if err != nil {
-		return nil, err
-	}
-	points := make(map[string]bool)
-	for _, m := range mounts {
-		if _, ok := m.netNsInode(); ok {
-			points[m.mountPoint] = true
-		}
-	}
-	return points, nil
 }
 
 func isNsfs(path string) bool {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 
 	"go.uber.org/zap"
@@ -13,7 +12,7 @@ import (
 )
 
 // mountinfoPath is the mount table WatchNamed watches: ctagent's own, the
-// one scanNetnsDirs checks names against.
+// one netnsBindMounts reads and scanNetnsDirs checks names against.
 const mountinfoPath = "/proc/self/mountinfo"
 
 // WatchNamed calls changed whenever a named network namespace appears in
@@ -94,22 +93,12 @@ func (r *Resolver) netnsMounts() (map[string]uint32, error) {
 	for _, d := range r.netnsDirs {
 		dirs[realPath(d)] = true
 	}
-	f, err := os.Open(mountinfoPath)
+	mounts, err := netnsBindMounts()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	mounts, err := parseMountinfo(f)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", mountinfoPath, err)
-	}
-	out := map[string]uint32{}
-	for _, m := range mounts {
-		if ino, ok := m.netNsInode(); ok && dirs[filepath.Dir(m.mountPoint)] {
-			out[m.mountPoint] = ino
-		}
-	}
-	return out, nil
+	maps.DeleteFunc(mounts, func(point string, _ uint32) bool { return !dirs[filepath.Dir(point)] })
+	return mounts, nil
 }
 
 // realPath resolves the symlinks of p, and of its longest part that exists

@@ -37,7 +37,8 @@ func ParseBackend(s string) (Backend, error) {
 // EventType says what happened to an entry.
 type EventType uint8
 
-// Event types; the values match enum ct_event_type in bpf/conntrack.h.
+// Event types; the values match enum ct_event_type in bpf/conntrack.h
+// (ebpftracer's TestEnumsMatchC checks it).
 const (
 	EventCreated   EventType = 1 // confirmed into the hash table
 	EventDestroyed EventType = 2 // a confirmed entry was removed
@@ -56,7 +57,8 @@ func (t EventType) String() string {
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
 
-// FailReason says why an insert failed; the values match enum ct_fail_reason.
+// FailReason says why an insert failed; the values match enum ct_fail_reason
+// (ebpftracer's TestEnumsMatchC checks it).
 type FailReason uint8
 
 // Failure reasons.
@@ -159,7 +161,9 @@ type Counters map[Key]Values
 // LostReason names why events or counter updates were lost.
 type LostReason string
 
-// Reasons for lost events.
+// Reasons for lost events. The kernel's (the first four) are enum
+// ct_lost_reason, named in lower case without the CT_LOST_ prefix
+// (ebpftracer's TestEnumsMatchC checks it).
 const (
 	LostRingbufFull   LostReason = "ringbuf_full"    // kernel: ring buffer had no room
 	LostPerfFull      LostReason = "perf_full"       // kernel: perf buffer had no room

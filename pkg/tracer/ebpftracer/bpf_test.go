@@ -4,43 +4,141 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
+	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/ctagent/ctagent/pkg/tracer"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/internal/labnet"
 )
 
-// TestEventLayout pins the decoder's offsets to the generated struct.
+// TestEventLayout: the generated structs that decodeEvent reads in place
+// have the size and member offsets of the C structs in the embedded
+// object's BTF.
 func TestEventLayout(t *testing.T) {
-	var ev conntrackCtEvent
-	if got := int(unsafe.Sizeof(ev)); got != eventSize {
-		t.Fatalf("sizeof(struct ct_event) = %d, decoder assumes %d", got, eventSize)
+	spec, err := loadConntrack()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := int(unsafe.Sizeof(conntrackCtTuple{})); got != tupleSize {
-		t.Fatalf("sizeof(struct ct_tuple) = %d, decoder assumes %d", got, tupleSize)
-	}
-	offsets := map[string][2]uintptr{
-		"netns":    {unsafe.Offsetof(ev.Netns), 24},
-		"zone":     {unsafe.Offsetof(ev.Zone), 40},
-		"type":     {unsafe.Offsetof(ev.Type), 42},
-		"flags":    {unsafe.Offsetof(ev.Flags), 47},
-		"original": {unsafe.Offsetof(ev.Original), 48},
-		"reply":    {unsafe.Offsetof(ev.Reply), 48 + tupleSize},
-	}
-	for name, o := range offsets {
-		if o[0] != o[1] {
-			t.Errorf("offset of %s = %d, decoder assumes %d", name, o[0], o[1])
+	for name, goType := range map[string]reflect.Type{
+		"ct_event": reflect.TypeFor[conntrackCtEvent](),
+		"ct_tuple": reflect.TypeFor[conntrackCtTuple](),
+	} {
+		var st *btf.Struct
+		if err := spec.Types.TypeByName(name, &st); err != nil {
+			t.Fatal(err)
+		}
+		if goType.Size() != uintptr(st.Size) {
+			t.Errorf("sizeof(struct %s) = %d, the Go type has %d", name, st.Size, goType.Size())
+		}
+		var fields []reflect.StructField
+		for i := range goType.NumField() {
+			if f := goType.Field(i); f.Name != "_" {
+				fields = append(fields, f)
+			}
+		}
+		if len(fields) != len(st.Members) {
+			t.Fatalf("struct %s has %d members, the Go type %d", name, len(st.Members), len(fields))
+		}
+		for i, m := range st.Members {
+			if off := m.Offset.Bytes(); fields[i].Offset != uintptr(off) {
+				t.Errorf("%s.%s at %d, Go field %s at %d", name, m.Name, off, fields[i].Name, fields[i].Offset)
+			}
 		}
 	}
+}
+
+// TestEnumsMatchC: every value of the C enums ct_event_type, ct_fail_reason
+// and ct_lost_reason (from the embedded object's BTF) converts to the root
+// package's constant of the same number and name, and the root has no
+// constant more: a value added in C fails here until both sides have it.
+func TestEnumsMatchC(t *testing.T) {
+	spec, err := loadConntrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// check compares the values of enum name, less the one named max,
+	// with the root's constants: convert returns the root constant for a
+	// C value and whether there is one; its String is the C name, lower
+	// case, without prefix.
+	check := func(name, prefix, max string, root int, convert func(uint64) (fmt.Stringer, uint64, bool)) {
+		t.Helper()
+		var enum *btf.Enum
+		if err := spec.Types.TypeByName(name, &enum); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, v := range enum.Values {
+			if v.Name == max {
+				if v.Value != uint64(root) {
+					t.Errorf("%s = %d, the root package has %d values", max, v.Value, root)
+				}
+				continue
+			}
+			n++
+			got, num, ok := convert(v.Value)
+			want := strings.ToLower(strings.TrimPrefix(v.Name, prefix))
+			switch {
+			case !ok:
+				t.Errorf("%s (%d) converts to nothing", v.Name, v.Value)
+			case num != v.Value || got.String() != want:
+				t.Errorf("%s (%d) converts to %s (%d), want %s (%d)", v.Name, v.Value, got, num, want, v.Value)
+			}
+		}
+		if n != root {
+			t.Errorf("enum %s has %d values, the root package %d", name, n, root)
+		}
+	}
+	rootTypes := []tracer.EventType{tracer.EventCreated, tracer.EventDestroyed, tracer.EventFailed}
+	check("ct_event_type", "CT_EVENT_", "", len(rootTypes), func(v uint64) (fmt.Stringer, uint64, bool) {
+		if v >= uint64(len(eventTypes)) || eventTypes[v] == 0 {
+			return nil, 0, false
+		}
+		return eventTypes[v], uint64(eventTypes[v]), true
+	})
+	check("ct_fail_reason", "CT_FAIL_", "CT_FAIL_MAX", tracer.NumFailReasons, func(v uint64) (fmt.Stringer, uint64, bool) {
+		if v >= uint64(len(failReasons)) {
+			return nil, 0, false
+		}
+		return failReasons[v], uint64(failReasons[v]), true
+	})
+	// LostReason is a string; its number is its index in the lost map.
+	rootLost := []tracer.LostReason{tracer.LostRingbufFull, tracer.LostPerfFull, tracer.LostCountersFull, tracer.LostInflightMiss}
+	check("ct_lost_reason", "CT_LOST_", "CT_LOST_MAX", len(rootLost), func(v uint64) (fmt.Stringer, uint64, bool) {
+		if v >= uint64(len(lostReasons)) || lostReasons[v] == "" {
+			return nil, 0, false
+		}
+		return stringer(lostReasons[v]), v, true
+	})
+	for _, r := range rootLost {
+		if !slices.Contains(lostReasons[:], r) {
+			t.Errorf("lost reason %s has no enum ct_lost_reason value", r)
+		}
+	}
+}
+
+type stringer string
+
+func (s stringer) String() string { return string(s) }
+
+// rawEvent is e as the kernel writes it.
+func rawEvent(t testing.TB, e conntrackCtEvent) []byte {
+	raw, err := binary.Append(nil, binary.NativeEndian, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }
 
 // TestDecodeEvent encodes events with the generated Go type, the same layout
@@ -49,17 +147,14 @@ func TestDecodeEvent(t *testing.T) {
 	raw := conntrackCtEvent{
 		TimestampNs: 5e9, LifetimeNs: 1500e6, Cookie: 0xffff8880deadbeef,
 		Netns: 4026531840, Mark: 7, Status: 0x18e, Error: 0, Zone: 3,
-		Type: 2, Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP, TcpState: 3, Flags: 1,
+		Type: uint8(conntrackCtEventTypeCT_EVENT_DESTROYED), Family: unix.AF_INET6, Protocol: unix.IPPROTO_TCP, TcpState: 3,
+		Flags: uint8(conntrackCtEventFlagCT_FLAG_LIFETIME_KNOWN),
 	}
 	src := netip.MustParseAddr("fd00::1").As16()
 	dst := netip.MustParseAddr("fd00::2").As16()
 	raw.Original = conntrackCtTuple{SrcAddr: src, DstAddr: dst, SrcPort: 40000, DstPort: 80}
 	raw.Reply = conntrackCtTuple{SrcAddr: dst, DstAddr: src, SrcPort: 80, DstPort: 40000}
-	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.LittleEndian, raw); err != nil {
-		t.Fatal(err)
-	}
-	ev, err := decodeEvent(buf.Bytes(), time.Second)
+	ev, err := decodeEvent(rawEvent(t, raw), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +164,7 @@ func TestDecodeEvent(t *testing.T) {
 	if ev.Time != time.Unix(6, 0) {
 		t.Errorf("time = %v, want 6s after the epoch", ev.Time)
 	}
-	if ev.NetNS != 4026531840 || ev.Zone != 3 || ev.Mark != 7 || ev.TCPState != 3 {
+	if ev.NetNS != 4026531840 || ev.Zone != 3 || ev.Mark != 7 || ev.TCPState != 3 || ev.Status != 0x18e || ev.Cookie != 0xffff8880deadbeef {
 		t.Errorf("scalars: %+v", ev)
 	}
 	want := tracer.Tuple{Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"), SrcPort: 40000, DstPort: 80}
@@ -81,12 +176,10 @@ func TestDecodeEvent(t *testing.T) {
 	}
 
 	// IPv4 and ICMP: 4-byte addresses, id and type/code.
-	raw.Family, raw.Protocol, raw.Type, raw.Flags = unix.AF_INET, unix.IPPROTO_ICMP, 1, 0
+	raw.Family, raw.Protocol, raw.Type, raw.Flags = unix.AF_INET, unix.IPPROTO_ICMP, uint8(conntrackCtEventTypeCT_EVENT_CREATED), 0
 	raw.Original = conntrackCtTuple{SrcPort: 0x1234, DstPort: 8 << 8}
 	copy(raw.Original.SrcAddr[:], []byte{10, 0, 0, 1})
-	buf.Reset()
-	binary.Write(&buf, binary.LittleEndian, raw)
-	ev, err = decodeEvent(buf.Bytes(), 0)
+	ev, err = decodeEvent(rawEvent(t, raw), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,21 +192,44 @@ func TestDecodeEvent(t *testing.T) {
 	if ev.LifetimeKnown || ev.Lifetime != 0 {
 		t.Errorf("created event has a lifetime: %+v", ev)
 	}
+
+	// A failed insert, in a record that is longer (perf pads samples) and
+	// not aligned.
+	raw.Type, raw.Reason, raw.Error = uint8(conntrackCtEventTypeCT_EVENT_FAILED), uint8(conntrackCtFailReasonCT_FAIL_EXISTS), -int32(unix.EEXIST)
+	padded := append([]byte{0}, rawEvent(t, raw)...)
+	padded = append(padded, 0, 0, 0, 0)
+	ev, err = decodeEvent(padded[1:], 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Type != tracer.EventFailed || ev.Reason != tracer.ReasonExists || ev.Error != -int32(unix.EEXIST) || ev.Original.Src.String() != "10.0.0.1" {
+		t.Errorf("failed event: %+v", ev)
+	}
 }
 
 // TestDecodeEventRejectsGarbage: short records and unknown enums are errors.
 func TestDecodeEventRejectsGarbage(t *testing.T) {
-	if _, err := decodeEvent(make([]byte, eventSize-1), 0); err == nil {
+	good := conntrackCtEvent{Type: uint8(conntrackCtEventTypeCT_EVENT_CREATED)}
+	if _, err := decodeEvent(rawEvent(t, good), 0); err != nil {
+		t.Fatalf("a good record was rejected: %v", err)
+	}
+	if _, err := decodeEvent(rawEvent(t, good)[:eventSize-1], 0); err == nil {
 		t.Error("short record accepted")
 	}
-	bad := make([]byte, eventSize)
-	bad[42] = 9
-	if _, err := decodeEvent(bad, 0); err == nil {
-		t.Error("unknown type accepted")
+	if _, err := decodeEvent(nil, 0); err == nil {
+		t.Error("empty record accepted")
 	}
-	bad[42], bad[43] = 1, 200
-	if _, err := decodeEvent(bad, 0); err == nil {
-		t.Error("unknown reason accepted")
+	for _, typ := range []uint8{0, uint8(len(eventTypes)), 255} {
+		if _, err := decodeEvent(rawEvent(t, conntrackCtEvent{Type: typ}), 0); err == nil {
+			t.Errorf("unknown type %d accepted", typ)
+		}
+	}
+	for _, reason := range []uint8{uint8(conntrackCtFailReasonCT_FAIL_MAX), 200} {
+		bad := good
+		bad.Reason = reason
+		if _, err := decodeEvent(rawEvent(t, bad), 0); err == nil {
+			t.Errorf("unknown reason %d accepted", reason)
+		}
 	}
 }
 
@@ -121,10 +237,14 @@ func TestDecodeEventRejectsGarbage(t *testing.T) {
 func FuzzDecodeEvent(f *testing.F) {
 	f.Add(make([]byte, eventSize))
 	f.Add([]byte{1, 2, 3})
+	f.Add(rawEvent(f, conntrackCtEvent{Type: uint8(conntrackCtEventTypeCT_EVENT_CREATED), Family: unix.AF_INET}))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		ev, err := decodeEvent(raw, 0)
-		if err == nil && (ev.Type < tracer.EventCreated || ev.Type > tracer.EventFailed) {
-			t.Fatalf("accepted type %d", ev.Type)
+		if err != nil {
+			return
+		}
+		if len(raw) < eventSize || ev.Type < tracer.EventCreated || ev.Type > tracer.EventFailed || int(ev.Reason) >= tracer.NumFailReasons {
+			t.Fatalf("accepted %d bytes: type %d, reason %d", len(raw), ev.Type, ev.Reason)
 		}
 	})
 }

@@ -567,13 +567,12 @@ func valuesFromKernel(c conntrackCtCounterValue) tracer.Values {
 		DestroyedNoStart: c.DestroyedNoStart,
 		LifetimeSum:      time.Duration(c.LifetimeSumNs),
 	}
-	copy(v.Failed[:], c.Failed[:])
-	copy(v.LifetimeBuckets[:], c.LifetimeBuckets[:])
+	for kr, r := range failReasons {
+		v.Failed[r] = c.Failed[kr]
+	}
+	v.LifetimeBuckets = c.LifetimeBuckets
 	return v
 }
-
-// kernelLostReasons follows enum ct_lost_reason.
-var kernelLostReasons = [...]tracer.LostReason{tracer.LostRingbufFull, tracer.LostPerfFull, tracer.LostCountersFull, tracer.LostInflightMiss}
 
 func (t *bpfTracer) Lost() (map[tracer.LostReason]uint64, error) {
 	out := map[tracer.LostReason]uint64{
@@ -581,9 +580,9 @@ func (t *bpfTracer) Lost() (map[tracer.LostReason]uint64, error) {
 		tracer.LostDecodeError: t.lostU[1].Load(),
 		tracer.LostChannelFull: t.lostU[2].Load(),
 	}
-	for i, reason := range kernelLostReasons {
+	for kr, reason := range lostReasons {
 		var perCPU []uint64
-		if err := t.coll.Maps["lost"].Lookup(uint32(i), &perCPU); err != nil {
+		if err := t.coll.Maps["lost"].Lookup(uint32(kr), &perCPU); err != nil {
 			return out, fmt.Errorf("read lost[%s]: %w", reason, err)
 		}
 		var sum uint64
