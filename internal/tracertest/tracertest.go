@@ -6,6 +6,7 @@ package tracertest
 import (
 	"slices"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/ctagent/ctagent/internal/labnet"
@@ -57,4 +58,21 @@ func (l *EventLog) Matching(ns uint32, keep func(tracer.Event) bool) []tracer.Ev
 		}
 	}
 	return out
+}
+
+// CreatedIn sums the created counters of namespace inode; a counter read
+// error fails t.
+func CreatedIn(t testing.TB, tr tracer.Tracer, inode uint32) uint64 {
+	t.Helper()
+	c, err := tr.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for k, v := range c {
+		if k.NetNS == inode {
+			n += v.Created
+		}
+	}
+	return n
 }

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/internal/tracertest"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -21,22 +22,6 @@ func (e *Exporter) hasBaseline(inode uint32) bool {
 	defer e.mu.Unlock()
 	st := e.ns[inode]
 	return st != nil && st.base != nil
-}
-
-// createdIn sums the created counters of a namespace.
-func createdIn(t *testing.T, tr tracer.Tracer, inode uint32) uint64 {
-	t.Helper()
-	c, err := tr.Counters()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n uint64
-	for k, v := range c {
-		if k.NetNS == inode {
-			n += v.Created
-		}
-	}
-	return n
 }
 
 // sumSeries sums the series of name of a namespace.
@@ -94,7 +79,7 @@ func TestBaselineDumpRaces(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if !labnet.WaitFor(10*time.Second, func() bool { return createdIn(t, tr, n.Inode) == made }) {
+				if !labnet.WaitFor(10*time.Second, func() bool { return tracertest.CreatedIn(t, tr, n.Inode) == made }) {
 					t.Errorf("the tracer did not count insert %d", made)
 				}
 			}

@@ -30,19 +30,7 @@ func TestNetlinkForget(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	created := func(ns uint32) uint64 {
-		c, err := tr.Counters()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var n uint64
-		for k, v := range c {
-			if k.NetNS == ns {
-				n += v.Created
-			}
-		}
-		return n
-	}
+	created := func(ns uint32) uint64 { return tracertest.CreatedIn(t, tr, ns) }
 	if !labnet.WaitFor(10*time.Second, func() bool { return created(a.Inode) == 1 && created(b.Inode) == 1 }) {
 		t.Fatalf("created: a %d, b %d; want 1 each", created(a.Inode), created(b.Inode))
 	}
@@ -107,19 +95,7 @@ func TestNetlinkWatch(t *testing.T) {
 		defer nt.mu.Unlock()
 		return nt.listeners[n.Inode] != nil
 	}
-	created := func(ns uint32) uint64 {
-		c, err := tr.Counters()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var n uint64
-		for k, v := range c {
-			if k.NetNS == ns {
-				n += v.Created
-			}
-		}
-		return n
-	}
+	created := func(ns uint32) uint64 { return tracertest.CreatedIn(t, tr, ns) }
 	insert := func(port uint16) {
 		t.Helper()
 		if err := b.CTInsert(labnet.InsertArgs("udp", netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port), netip.MustParseAddrPort("192.0.2.2:53"))...); err != nil {
