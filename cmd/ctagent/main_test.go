@@ -143,6 +143,44 @@ func TestParseArgsUsageErrors(t *testing.T) {
 	}
 }
 
+// A --btf.path that cannot be this kernel's BTF is exit status 2 and one
+// line naming the flag, the file and what is wrong, for run and check.
+func TestBadBTFPathExit2(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := map[string]string{
+		filepath.Join(dir, "missing"): "open " + filepath.Join(dir, "missing") + ": no such file or directory",
+		write("empty", nil):           "empty file, not BTF",
+		// The magic of BTF written by a big-endian kernel (s390x).
+		write("big-endian", append([]byte{0xeb, 0x9f, 1, 0, 0, 0, 0, 24}, make([]byte, 16)...)): "big-endian BTF, from a kernel of another architecture",
+	}
+	if raw, err := os.ReadFile("/sys/kernel/btf/vmlinux"); err == nil {
+		cases[write("vmlinux-half", raw[:len(raw)/2])] = "truncated: the BTF header says"
+	}
+	if _, err := os.Stat("/bin/true"); err == nil {
+		cases["/bin/true"] = "an ELF file without a .BTF section"
+	}
+	for path, want := range cases {
+		for _, cmd := range []string{"run", "check"} {
+			var stderr bytes.Buffer
+			err := run(context.Background(), []string{cmd, "--btf.path=" + path}, io.Discard, &stderr)
+			if code := exitCode(err, &stderr); code != exitUsage {
+				t.Errorf("%s %s: exit %d, want %d (%v)", cmd, path, code, exitUsage, err)
+			}
+			line, _, _ := strings.Cut(stderr.String(), "\n")
+			if prefix := "ctagent: --btf.path: btf " + path + ": "; !strings.HasPrefix(line, prefix) || !strings.Contains(line, want) {
+				t.Errorf("%s %s: stderr %q, want %q ... %q", cmd, path, stderr.String(), prefix, want)
+			}
+		}
+	}
+}
+
 // Two pod label keys that make the same metric label name: exit status 2,
 // and the message names both keys and the label.
 func TestPodLabelCollisionExit2(t *testing.T) {

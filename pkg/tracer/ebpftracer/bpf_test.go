@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -381,6 +382,31 @@ func TestBackendFailover(t *testing.T) {
 	}
 	if err := tr.Close(); err != nil {
 		t.Errorf("second close: %v", err)
+	}
+}
+
+// TestBadBTFFallsBack: with --btf.path at a missing, empty, cut or foreign
+// BTF file, auto mode refuses fentry and kprobe as no_btf, says which file
+// and what is wrong with it, and runs on netlink.
+func TestBadBTFFallsBack(t *testing.T) {
+	labnet.Require(t)
+	for path, want := range badBTFFiles(t) {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendAuto, BTFPath: path, Logger: zaptest.NewLogger(t)})
+			if err != nil {
+				t.Fatalf("auto: %v", err)
+			}
+			defer tr.Close()
+			info := tr.Info()
+			if info.Backend != tracer.BackendNetlink {
+				t.Fatalf("auto chose %s, want netlink", info.Backend)
+			}
+			for _, b := range []tracer.Backend{tracer.BackendFentry, tracer.BackendKprobe} {
+				if info.RefusedReason[b] != "no_btf" || !strings.Contains(info.Refused[b], "btf "+path+": ") || !strings.Contains(info.Refused[b], want) {
+					t.Errorf("%s refused as %q: %s; want no_btf and %q", b, info.RefusedReason[b], info.Refused[b], want)
+				}
+			}
+		})
 	}
 }
 

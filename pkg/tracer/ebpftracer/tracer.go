@@ -159,7 +159,8 @@ func collectionOptions(opts tracer.Options) (ebpf.CollectionOptions, error) {
 	}
 	kernel, err := LoadBTF(opts.BTFPath)
 	if err != nil {
-		return co, err
+		// Refused as no_btf: a BTF file that cannot be used is none.
+		return co, fmt.Errorf("%w: %w", tracer.ErrNoBTF, err)
 	}
 	co.Programs.KernelTypes = kernel
 	// nf_conntrack is usually a module: its types are in the module BTF.
@@ -167,22 +168,6 @@ func collectionOptions(opts tracer.Options) (ebpf.CollectionOptions, error) {
 		co.Programs.ExtraRelocationTargets = []*btf.Spec{mod}
 	}
 	return co, nil
-}
-
-// LoadBTF parses a vmlinux BTF file (raw BTF or an ELF with a .BTF section)
-// and says clearly what is wrong with an unusable one.
-func LoadBTF(path string) (*btf.Spec, error) {
-	spec, err := btf.LoadSpec(path)
-	if err != nil {
-		return nil, fmt.Errorf("btf %s: %w", path, err)
-	}
-	return spec, nil
-}
-
-// ValidateBTF checks that path is a readable BTF file; for flag validation.
-func ValidateBTF(path string) error {
-	_, err := LoadBTF(path)
-	return err
 }
 
 // loadCollection loads (without attaching) the programs and maps of backend
