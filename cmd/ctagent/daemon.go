@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/ctagent/ctagent/pkg/api"
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/netns/kube"
@@ -38,6 +39,12 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		Version:   fmt.Sprintf("%s (revision %s)", Version, Revision),
 		Readiness: "200 once the tracer is attached and the baseline is loaded",
 	})
+	// The API is mounted now (the server takes handlers before Start) and
+	// answers 503 until the exporter and the tracer run.
+	apiH := api.NewHandler(log.Named("api"))
+	for _, r := range apiH.Routes() {
+		srv.Handle(r.Path, r.Handler, server.Link{Text: r.Path, Description: r.Description})
+	}
 	if err := srv.Start(); err != nil {
 		return err
 	}
@@ -91,6 +98,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		return err
 	}
 	reg.MustRegister(exp)
+	apiH.SetSource(api.Source{Stats: exp, Namespaces: resolver, Table: t})
 	// A named namespace (ip netns add, a CNI plugin) is found when its
 	// mount appears, not at the next rescan: the netlink backend listens
 	// in it and the exporter dumps it right away, before it has any event

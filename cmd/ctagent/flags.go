@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/alecthomas/units"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/validate/content"
 
 	"github.com/ctagent/ctagent/internal/cliflag"
+	"github.com/ctagent/ctagent/pkg/api"
 	"github.com/ctagent/ctagent/pkg/logging"
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/netns"
@@ -37,7 +39,7 @@ const defaultListenAddress = ":10371"
 // config holds every flag of run, check and events. The flags that
 // configure a package are bound to the fields of its Options.
 type config struct {
-	command string // "run", "check", "events", "version"
+	command string // "run", "check", "events", "version", "list", "top"
 
 	web           *web.FlagConfig // --web.listen-address (repeatable), --web.systemd-socket, --web.config.file
 	telemetryPath string
@@ -53,6 +55,19 @@ type config struct {
 	kube kube.Config
 
 	eventsNetns string // events: only this namespace (name or inode)
+
+	client clientConfig // list and top
+}
+
+// clientConfig holds the flags of the list and top commands, which talk to
+// a running daemon.
+type clientConfig struct {
+	server   string
+	filter   api.Filter // list
+	output   string     // list: text or json
+	once     bool       // top
+	sort     string     // top
+	interval time.Duration
 }
 
 // usageError is a bad command line; main exits with status 2.
@@ -81,6 +96,21 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	app.Command("check", "Validate the flags and the kernel BTF, report which tracer backend would attach, and exit (0: a backend attaches, 1: none does).")
 	app.Command("events", "Print conntrack events as JSON lines, one object per event, with the network namespace that owns each entry, until interrupted.")
 	app.Command("version", "Print the version and exit.")
+	cc := &cfg.client
+	list := app.Command("list", "Print the conntrack entries of every network namespace (or of those selected) with their owner, from a running daemon's API, as conntrack -L does (or as JSON lines).")
+	top := app.Command("top", "Show the network namespaces with the fullest conntrack tables, from a running daemon's API.")
+	for _, c := range []*kingpin.CmdClause{list, top} {
+		c.Flag("server", "URL of the ctagent daemon (its --web.listen-address).").Default(api.DefaultServer).StringVar(&cc.server)
+	}
+	list.Flag("netns", "Only this network namespace: an inode number or a name in --netns.dirs.").StringVar(&cc.filter.NetNS)
+	list.Flag("pod", "Only the namespace of this pod: name or pod_namespace/name.").StringVar(&cc.filter.Pod)
+	list.Flag("proto", "Only these protocols (tcp, udp, icmp, icmpv6, sctp, ...); repeatable or comma-separated.").SetValue(cliflag.List(&cc.filter.Protocols))
+	list.Flag("state", "Only TCP entries in this state (e.g. ESTABLISHED, TIME_WAIT).").StringVar(&cc.filter.State)
+	list.Flag("unreplied", "Only entries that saw no reply ([UNREPLIED]).").BoolVar(&cc.filter.Unreplied)
+	list.Flag("output", "Output format: text (like conntrack -L, then the owner) or json (JSON lines).").Short('o').Default("text").EnumVar(&cc.output, "text", "json")
+	top.Flag("once", "Print the table once and exit, instead of refreshing it.").BoolVar(&cc.once)
+	top.Flag("sort", "Sort by: "+strings.Join(api.TopSorts, ", ")+" (descending).").Default("entries").EnumVar(&cc.sort, api.TopSorts...)
+	top.Flag("interval", "Refresh interval without --once.").Default("2s").DurationVar(&cc.interval)
 
 	var configCheck, kernelStats bool
 	t, m := &cfg.tracer, &cfg.metrics
@@ -205,6 +235,18 @@ func (c *config) validate() error {
 		if _, err := os.Stat(c.kube.Kubeconfig); err != nil {
 			return usageErrorf("--kubernetes.kubeconfig: %v", err)
 		}
+	}
+	if c.command == "list" {
+		c.client.filter.State = strings.ToUpper(c.client.filter.State)
+		if err := c.client.filter.Check(); err != nil {
+			return usageErrorf("--%v", err)
+		}
+	}
+	if c.command == "top" && c.client.interval <= 0 {
+		return usageErrorf("--interval must be positive, got %s", c.client.interval)
+	}
+	if strings.HasPrefix(c.telemetryPath, api.PathPrefix) {
+		return usageErrorf("--web.telemetry-path: %s is the API's", api.PathPrefix)
 	}
 	if c.eventsNetns != "" && c.command != "events" {
 		return usageErrorf("--events.netns only applies to the events command")

@@ -62,9 +62,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.command == "version" {
+	switch cfg.command {
+	case "version":
 		_, err := fmt.Fprintln(stdout, versionString())
 		return err
+	case "list": // clients of the daemon: no logger, errors in one line
+		return runList(ctx, cfg, stdout)
+	case "top":
+		return runTop(ctx, cfg, stdout)
 	}
 	log, err := logging.New(stderr, cfg.logLevel, cfg.logFormat)
 	if err != nil {

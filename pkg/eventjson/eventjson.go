@@ -140,3 +140,59 @@ func (w *Writer) Write(ev Event) error { return w.enc.Encode(ev) }
 
 // Flush writes out what is buffered.
 func (w *Writer) Flush() error { return w.buf.Flush() }
+
+// Entry is one conntrack table entry and the owner of its namespace: one
+// line of the daemon's /api/v1/entries and of "ctagent list --output json".
+type Entry struct {
+	NetNS        uint32   `json:"netns"`
+	NetNSName    string   `json:"netns_name,omitempty"`
+	Host         bool     `json:"host_netns,omitempty"`
+	Pod          string   `json:"pod,omitempty"`
+	PodNamespace string   `json:"pod_namespace,omitempty"`
+	Container    string   `json:"container,omitempty"`
+	PID          int      `json:"pid,omitempty"`
+	Comm         string   `json:"comm,omitempty"`
+	ID           uint32   `json:"id,omitempty"` // the kernel's CTA_ID
+	Family       string   `json:"family"`
+	Protocol     string   `json:"protocol"`
+	Original     Tuple    `json:"original"`
+	Reply        *Tuple   `json:"reply,omitempty"`
+	TCPState     string   `json:"tcp_state,omitempty"`
+	Status       []string `json:"status,omitempty"`
+	Timeout      int64    `json:"timeout_seconds"` // time left
+	Zone         uint16   `json:"zone,omitempty"`
+	Mark         uint32   `json:"mark,omitempty"`
+}
+
+// NewEntry is the JSON form of e, of namespace inode whose owner is id.
+func NewEntry(inode uint32, e tracer.Entry, id netns.Identity) Entry {
+	j := Entry{
+		NetNS:        inode,
+		NetNSName:    id.Name,
+		Host:         id.Host,
+		Pod:          id.Pod,
+		PodNamespace: id.PodNamespace,
+		Container:    id.ContainerID,
+		PID:          id.PID,
+		Comm:         id.Comm,
+		ID:           e.ID,
+		Family:       tracer.FamilyName(e.Family),
+		Protocol:     tracer.ProtocolName(e.Protocol),
+		Original:     newTuple(e.Original, e.Protocol),
+		Status:       tracer.StatusNames(e.Status),
+		Timeout:      int64(e.Timeout / time.Second),
+		Zone:         e.Zone,
+		Mark:         e.Mark,
+	}
+	if e.Reply.Src.IsValid() {
+		rt := newTuple(e.Reply, e.Protocol)
+		j.Reply = &rt
+	}
+	if e.Protocol == unix.IPPROTO_TCP {
+		j.TCPState = tracer.TCPStateName(e.TCPState)
+	}
+	return j
+}
+
+// WriteEntry adds e to the buffer, writing it out when the buffer is full.
+func (w *Writer) WriteEntry(e Entry) error { return w.enc.Encode(e) }

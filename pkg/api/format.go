@@ -1,0 +1,193 @@
+package api
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/ctagent/ctagent/pkg/eventjson"
+)
+
+// FormatEntry is e as conntrack -L -o extended prints it, then the owner:
+//
+//	ipv4     2 tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=40000 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=40000 [ASSURED] mark=0 zone=0 netns=4026532571 netns_name=blue
+//
+// The owner fields are key=value tokens (netns, netns_name, host_netns,
+// pod, container, comm), values quoted when they hold a space.
+func FormatEntry(e eventjson.Entry) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-8s %d %-8s %d %d", e.Family, familyNumber(e.Family), e.Protocol, protocolNumberOr(e.Protocol), e.Timeout)
+	if e.TCPState != "" {
+		b.WriteString(" " + e.TCPState)
+	}
+	status := func(s string) bool { return slices.Contains(e.Status, s) }
+	writeTuple(&b, e.Original)
+	if !status("SEEN_REPLY") {
+		b.WriteString(" [UNREPLIED]")
+	}
+	if e.Reply != nil {
+		writeTuple(&b, *e.Reply)
+	}
+	if status("ASSURED") {
+		b.WriteString(" [ASSURED]")
+	}
+	fmt.Fprintf(&b, " mark=%d zone=%d", e.Mark, e.Zone)
+	fmt.Fprintf(&b, " netns=%d", e.NetNS)
+	kv := func(k, v string) {
+		if v != "" {
+			if strings.ContainsAny(v, " \t\"=") || !utf8.ValidString(v) {
+				v = strconv.Quote(v)
+			}
+			b.WriteString(" " + k + "=" + v)
+		}
+	}
+	kv("netns_name", e.NetNSName)
+	if e.Host {
+		kv("host_netns", "true")
+	}
+	pod := e.Pod
+	if pod != "" && e.PodNamespace != "" {
+		pod = e.PodNamespace + "/" + pod
+	}
+	kv("pod", pod)
+	kv("container", shortID(e.Container))
+	kv("comm", e.Comm)
+	return b.String()
+}
+
+func writeTuple(b *strings.Builder, t eventjson.Tuple) {
+	fmt.Fprintf(b, " src=%s dst=%s", t.Src, t.Dst)
+	if t.ICMPType != nil {
+		fmt.Fprintf(b, " type=%d code=%d id=%d", *t.ICMPType, *t.ICMPCode, *t.ICMPID)
+		return
+	}
+	if t.SrcPort|t.DstPort != 0 {
+		fmt.Fprintf(b, " sport=%d dport=%d", t.SrcPort, t.DstPort)
+	}
+}
+
+func familyNumber(f string) int {
+	switch f {
+	case "ipv4":
+		return 2
+	case "ipv6":
+		return 10
+	}
+	n, _ := strconv.Atoi(strings.TrimPrefix(f, "other:"))
+	return n
+}
+
+func protocolNumberOr(p string) int {
+	n, _ := protocolNumber(strings.TrimPrefix(p, "other:"))
+	return int(n)
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// TopSorts are the columns WriteTop sorts by.
+var TopSorts = []string{"entries", "created", "destroyed", "failed"}
+
+// WriteTop writes the namespaces as a table that fits 80 columns, sorted by
+// the column by (one of TopSorts, descending; then by inode).
+func WriteTop(w io.Writer, r *NamespacesResponse, by string) error {
+	nss := slices.Clone(r.Namespaces)
+	key := func(n Namespace) uint64 {
+		switch by {
+		case "created":
+			return n.Created
+		case "destroyed":
+			return n.Destroyed
+		case "failed":
+			return n.Failed
+		}
+		if n.Entries == nil {
+			return 0
+		}
+		return uint64(max(*n.Entries, 0))
+	}
+	slices.SortStableFunc(nss, func(a, b Namespace) int {
+		return cmp.Or(cmp.Compare(key(b), key(a)), cmp.Compare(a.NetNS, b.NetNS))
+	})
+	var b strings.Builder
+	limit := "?"
+	if r.Limit > 0 {
+		limit = strconv.FormatUint(r.Limit, 10)
+	}
+	fmt.Fprintf(&b, "%d network namespaces, table limit %s entries each, sorted by %s\n", len(nss), limit, by)
+	const row = "%-10s %-20s %7s %5s %8s %8s %9s %6s\n"
+	fmt.Fprintf(&b, row, "NETNS", "OWNER", "ENTRIES", "FILL", "LIMIT", "CREATED", "DESTROYED", "FAILED")
+	for _, n := range nss {
+		entries, fill := "-", "-"
+		if n.Entries != nil {
+			entries = count(uint64(max(*n.Entries, 0)), 7)
+		}
+		if n.FillRatio != nil {
+			fill = strconv.FormatFloat(*n.FillRatio*100, 'f', 1, 64) + "%"
+			if *n.FillRatio >= 0.9995 {
+				fill = strconv.FormatFloat(*n.FillRatio*100, 'f', 0, 64) + "%"
+			}
+		}
+		fmt.Fprintf(&b, row, strconv.FormatUint(uint64(n.NetNS), 10), clip(Owner(n), 20), entries, fill,
+			count(n.Limit, 8), count(n.Created, 8), count(n.Destroyed, 9), count(n.Failed, 6))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// Owner names who owns a namespace in one word: pod_namespace/pod, the
+// netns name, "host", or the command of its process.
+func Owner(n Namespace) string {
+	switch {
+	case n.Pod != "" && n.PodNamespace != "":
+		return n.PodNamespace + "/" + n.Pod
+	case n.Pod != "":
+		return n.Pod
+	case n.NetNSName != "":
+		return n.NetNSName
+	case n.Host:
+		return "host"
+	case n.Comm != "":
+		return n.Comm
+	case !n.Listed:
+		return "(gone)"
+	}
+	return "-"
+}
+
+// clip shortens s to width runes, ending in "…" when cut.
+func clip(s string, width int) string {
+	s = strings.ToValidUTF8(s, "?")
+	if utf8.RuneCountInString(s) <= width {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:width-1]) + "…"
+}
+
+// count prints n in at most width characters: 1234567, else 1.2M, 34G.
+func count(n uint64, width int) string {
+	s := strconv.FormatUint(n, 10)
+	if len(s) <= width {
+		return s
+	}
+	f := float64(n)
+	for _, u := range []string{"k", "M", "G", "T", "P", "E"} {
+		f /= 1000
+		if s = strconv.FormatFloat(f, 'f', 1, 64) + u; len(s) <= width {
+			return s
+		}
+		if s = strconv.FormatFloat(f, 'f', 0, 64) + u; len(s) <= width {
+			return s
+		}
+	}
+	return s
+}
