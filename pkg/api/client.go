@@ -53,9 +53,9 @@ func (c *Client) get(ctx context.Context, path string, q url.Values) (*http.Resp
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("no ctagent daemon answers at %s (is it running? --server sets its address): %w", c.base, err)
+			return nil, fmt.Errorf("no ctagent daemon answers at %s (is it running? --server sets its address): %w", c.base.Redacted(), err)
 		}
-		return nil, fmt.Errorf("ctagent daemon at %s: %w", c.base, err)
+		return nil, fmt.Errorf("ctagent daemon at %s: %w", c.base.Redacted(), err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
