@@ -600,6 +600,15 @@ func TestWebConfigBasicAuth(t *testing.T) {
 	if code := get("prometheus", "s3cret"); code != http.StatusOK {
 		t.Errorf("right password: %d, want 200", code)
 	}
+	// The API too, and its clients take the credentials in --server.
+	d.waitLog("Ready", 30*time.Second)
+	host := strings.TrimPrefix(d.url(""), "http://")
+	if r := runCLI(t, 10*time.Second, "top", "--once", "--server", "http://"+host); r.code != 1 || !strings.Contains(r.stderr, "401 Unauthorized") {
+		t.Errorf("top without credentials: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := runCLI(t, 10*time.Second, "top", "--once", "--server", "http://prometheus:s3cret@"+host); r.code != 0 || !strings.Contains(r.stdout, "NETNS") {
+		t.Errorf("top with credentials: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
 
 	// A web config that does not parse is a usage error.
 	bad := filepath.Join(t.TempDir(), "bad.yml")
