@@ -52,8 +52,12 @@ const enum ct_event_flag *unused_event_flag __attribute__((unused));
 /* Set from Go (spec.Variables) before load. */
 volatile const struct ct_config ct_cfg = {
 	.use_ringbuf = 1,
-	.emit_events = 1,
 };
+
+/* Set from Go, before load and at any time after: 1 while nobody consumes
+ * events, so that no record is written (the counters still count). One
+ * load from the global data map per event. */
+volatile __u8 events_off;
 
 #define NF_DROP 0
 #define NF_ACCEPT 1
@@ -317,7 +321,7 @@ static __always_inline void account(struct ct_event *e)
 static __always_inline void submit(void *ctx, struct ct_event *e)
 {
 	account(e);
-	if (!ct_cfg.emit_events || (selftest_netns && e->netns == selftest_netns))
+	if (events_off || (selftest_netns && e->netns == selftest_netns))
 		return;
 	if (ct_cfg.use_ringbuf) {
 		if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))

@@ -105,8 +105,7 @@ struct ct_counter_value {
 /* Runtime configuration, set from Go before load. */
 struct ct_config {
 	__u8 use_ringbuf; /* 1: ring buffer, 0: perf event array */
-	__u8 emit_events; /* 0: counters only, no event stream */
-	__u8 pad[6];
+	__u8 pad[7];
 };
 
 #endif /* CTAGENT_CONNTRACK_H */

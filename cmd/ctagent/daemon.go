@@ -75,7 +75,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	srv.NotReady("tracer not attached yet")
 	opts := tracerOptions(cfg, log)
 	// In-kernel aggregation only: the metrics come from the counters, so no
-	// event has to reach Go (ctagent events turns the stream on).
+	// event has to reach Go until a client of /api/v1/events listens.
 	opts.DisableEvents = true
 	// The exporter tells the tracer which namespaces to observe (Watch,
 	// Unwatch), following the resolver.
@@ -98,7 +98,13 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		return err
 	}
 	reg.MustRegister(exp)
-	apiH.SetSource(api.Source{Stats: exp, Namespaces: resolver, Table: t})
+	// The event stream stays off until an API client listens.
+	hub, err := api.NewEventHub(t, log.Named("api"))
+	if err != nil {
+		return err
+	}
+	bg.Go(func() { hub.Run(ctx) })
+	apiH.SetSource(api.Source{Stats: exp, Namespaces: resolver, Table: t, Events: hub})
 	// A named namespace (ip netns add, a CNI plugin) is found when its
 	// mount appears, not at the next rescan: the netlink backend listens
 	// in it and the exporter dumps it right away, before it has any event

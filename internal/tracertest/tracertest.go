@@ -4,6 +4,7 @@
 package tracertest
 
 import (
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -75,4 +76,62 @@ func CreatedIn(t testing.TB, tr tracer.Tracer, inode uint32) uint64 {
 		}
 	}
 	return n
+}
+
+// CheckEventSwitch proves Tracer.SetEvents on tr, opened with
+// DisableEvents and counting namespace n: entries made while the stream is
+// off are counted and never streamed, those made while it is on are
+// streamed, and off again stops the stream while counting goes on.
+func CheckEventSwitch(t *testing.T, tr tracer.Tracer, n *labnet.NS) {
+	t.Helper()
+	log := CollectEvents(tr)
+	streamed := func() int { return len(log.Matching(n.Inode, func(tracer.Event) bool { return true })) }
+	destroyed := func() uint64 {
+		c, err := tr.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d uint64
+		for k, v := range c {
+			if k.NetNS == n.Inode {
+				d += v.Destroyed
+			}
+		}
+		return d
+	}
+	insert := func(from, count int) {
+		t.Helper()
+		for i := range count {
+			src := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(from+i))
+			if err := n.CTInsert(labnet.InsertArgs("udp", src, netip.MustParseAddrPort("192.0.2.2:53"))...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	insert(1000, 3)
+	if !labnet.WaitFor(10*time.Second, func() bool { return CreatedIn(t, tr, n.Inode) == 3 }) {
+		t.Fatalf("stream off: created %d, want 3 (counting must not stop)", CreatedIn(t, tr, n.Inode))
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := streamed(); got != 0 {
+		t.Fatalf("stream off: %d events streamed, want 0", got)
+	}
+	if err := tr.SetEvents(true); err != nil {
+		t.Fatal(err)
+	}
+	insert(2000, 2)
+	if !log.WaitFor(10*time.Second, func([]tracer.Event) bool { return streamed() == 2 }) {
+		t.Fatalf("stream on: %d events streamed, want 2", streamed())
+	}
+	if err := tr.SetEvents(false); err != nil {
+		t.Fatal(err)
+	}
+	n.CTFlush()
+	if !labnet.WaitFor(10*time.Second, func() bool { return destroyed() == 5 }) {
+		t.Fatalf("stream off again: destroyed %d, want 5", destroyed())
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := streamed(); got != 2 {
+		t.Errorf("stream off again: %d events streamed, want still 2", got)
+	}
 }

@@ -90,7 +90,19 @@ func (c *Client) Namespaces(ctx context.Context) (*NamespacesResponse, error) {
 // newline, valid until fn returns) as it arrives. An error of fn ends the
 // stream and is returned.
 func (c *Client) Entries(ctx context.Context, f Filter, fn func(line []byte) error) error {
-	resp, err := c.get(ctx, EntriesPath, f.Values())
+	return c.lines(ctx, EntriesPath, f.Values(), fn)
+}
+
+// Events streams /api/v1/events until ctx ends or the daemon goes away:
+// fn gets each line as Entries does. The last line is {"dropped": N} when
+// the daemon dropped events this client was too slow for.
+func (c *Client) Events(ctx context.Context, f EventFilter, fn func(line []byte) error) error {
+	return c.lines(ctx, EventsPath, f.Values(), fn)
+}
+
+// lines streams the JSON lines of path.
+func (c *Client) lines(ctx context.Context, path string, q url.Values, fn func(line []byte) error) error {
+	resp, err := c.get(ctx, path, q)
 	if err != nil {
 		return err
 	}
@@ -106,7 +118,7 @@ func (c *Client) Entries(ctx context.Context, f Filter, fn func(line []byte) err
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%s: %w", EntriesPath, err)
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
 }

@@ -34,6 +34,8 @@ type Source struct {
 	Namespaces metrics.Namespaces
 	// Table dumps a namespace's table (the tracer).
 	Table tracer.Table
+	// Events streams the tracer's events to clients; nil: no event stream.
+	Events *EventHub
 }
 
 // Handler serves the API. The daemon mounts it before its tracer runs:
@@ -228,6 +230,7 @@ func (h *Handler) Routes() []Route {
 	return []Route{
 		{NamespacesPath, http.HandlerFunc(h.ServeNamespaces), "API: per-namespace table health (JSON)"},
 		{EntriesPath, http.HandlerFunc(h.ServeEntries), "API: conntrack entries with their owner (JSON lines)"},
+		{EventsPath, http.HandlerFunc(h.ServeEvents), "API: live conntrack events with their owner (JSON lines)"},
 	}
 }
 

@@ -76,6 +76,9 @@ func (f *fakeTracer) Forget(inode uint32) error {
 	return nil
 }
 
+// SetEvents does nothing: the fake has no event stream.
+func (f *fakeTracer) SetEvents(bool) error { return nil }
+
 // Watch counts every namespace, like the eBPF backends.
 func (f *fakeTracer) Watch(tracer.Namespace) error { return nil }
 

@@ -238,9 +238,15 @@ type Tracer interface {
 	// Info says which backend runs and what it attached.
 	Info() Info
 	// Events is the event stream; closed by Close. Events that do not fit
-	// are counted as LostChannelFull, never blocking the reader. With
-	// Options.DisableEvents nothing is sent on it.
+	// are counted as LostChannelFull, never blocking the reader. While the
+	// stream is off (Options.DisableEvents, SetEvents) nothing is sent on
+	// it.
 	Events() <-chan Event
+	// SetEvents turns the event stream on or off at any time. Off, no
+	// event reaches user space (the eBPF programs write no record; the
+	// netlink backend sends none on the channel); the counters count
+	// either way. A daemon keeps it off while no client listens.
+	SetEvents(on bool) error
 	// Counters reads the counters (in-kernel maps for eBPF).
 	Counters() (Counters, error)
 	// Lost returns every lost-event counter by reason.
@@ -306,7 +312,7 @@ type Options struct {
 	RingBufferSize  int    // bytes, a power of two multiple of the page size; 0: 4 MiB
 	PerfBufferSize  int    // bytes per CPU; 0: 256 KiB
 	ForcePerfBuffer bool   // use the perf event array even where ring buffers exist
-	DisableEvents   bool   // counters only, no event stream
+	DisableEvents   bool   // start with the event stream off (counters only); SetEvents turns it on
 	EventBuffer     int    // capacity of the Events channel; 0: 4096
 	// BPFStats turns on the kernel's run time and run count accounting of
 	// BPF programs (Programs) while the tracer is open; it costs a clock

@@ -377,3 +377,28 @@ func TestVMPerfBuffer(t *testing.T) {
 		t.Errorf("lost: %v", lost)
 	}
 }
+
+// TestVMEventSwitch: opened with DisableEvents (as the daemon runs), the
+// programs write no record while the stream is off and count every entry;
+// SetEvents turns the records on and off at run time (the events_off
+// variable), on the ring buffer and on the perf buffer.
+func TestVMEventSwitch(t *testing.T) {
+	labnet.RequireVM(t, "ip", "conntrack")
+	for _, perf := range []bool{false, true} {
+		name := map[bool]string{false: "ringbuf", true: "perf"}[perf]
+		t.Run(name, func(t *testing.T) {
+			tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendAuto, DisableEvents: true, ForcePerfBuffer: perf, Logger: zaptest.NewLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			if info := tr.Info(); info.Backend == tracer.BackendNetlink || info.RingBuffer == perf {
+				t.Fatalf("info = %+v, want an eBPF backend on the %s", info, name)
+			}
+			tracertest.CheckEventSwitch(t, tr, labnet.New(t))
+			if lost, _ := tr.Lost(); lost[tracer.LostRingbufFull]+lost[tracer.LostPerfFull]+lost[tracer.LostPerfSamples] != 0 {
+				t.Errorf("lost: %v", lost)
+			}
+		})
+	}
+}

@@ -16,8 +16,7 @@ import (
 type conntrackCtConfig struct {
 	_          structs.HostLayout
 	UseRingbuf uint8
-	EmitEvents uint8
-	Pad        [6]uint8
+	Pad        [7]uint8
 }
 
 type conntrackCtCounterKey struct {
@@ -148,6 +147,7 @@ const (
 	conntrackProgKretprobeCheckInsert  = "kretprobe_check_insert"
 	conntrackProgKretprobeConfirm      = "kretprobe_confirm"
 	conntrackVarCtCfg                  = "ct_cfg"
+	conntrackVarEventsOff              = "events_off"
 	conntrackVarSelftestNetns          = "selftest_netns"
 	conntrackVarUnusedEvent            = "unused_event"
 	conntrackVarUnusedEventFlag        = "unused_event_flag"
@@ -237,6 +237,7 @@ type conntrackMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type conntrackVariableSpecs struct {
 	CtCfg            *ebpf.VariableSpec `ebpf:"ct_cfg"`
+	EventsOff        *ebpf.VariableSpec `ebpf:"events_off"`
 	SelftestNetns    *ebpf.VariableSpec `ebpf:"selftest_netns"`
 	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedEventFlag  *ebpf.VariableSpec `ebpf:"unused_event_flag"`
@@ -294,6 +295,7 @@ func (m *conntrackMaps) Close() error {
 // It can be passed to loadConntrackObjects or ebpf.CollectionSpec.LoadAndAssign.
 type conntrackVariables struct {
 	CtCfg            *ebpf.Variable `ebpf:"ct_cfg"`
+	EventsOff        *ebpf.Variable `ebpf:"events_off"`
 	SelftestNetns    *ebpf.Variable `ebpf:"selftest_netns"`
 	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
 	UnusedEventFlag  *ebpf.Variable `ebpf:"unused_event_flag"`

@@ -81,7 +81,7 @@ func loadSpec(opts tracer.Options, b tracer.Backend, ringbufOK bool, plan [][]*p
 		}
 	}
 	useRingbuf := ringbufOK && !opts.ForcePerfBuffer
-	cfg := conntrackCtConfig{EmitEvents: 1}
+	var cfg conntrackCtConfig
 	if useRingbuf {
 		cfg.UseRingbuf = 1
 		size := opts.RingBufferSize
@@ -98,7 +98,10 @@ func loadSpec(opts tracer.Options, b tracer.Backend, ringbufOK bool, plan [][]*p
 		spec.Maps["events"] = &ebpf.MapSpec{Name: "events", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
 	}
 	if opts.DisableEvents {
-		cfg.EmitEvents = 0
+		// Off from the first event on; SetEvents turns the stream on.
+		if err := spec.Variables["events_off"].Set(uint8(1)); err != nil {
+			return nil, fmt.Errorf("set events_off: %w", err)
+		}
 	}
 	spec.Maps["starts"].MaxEntries = uint32(opts.LifetimeEntries)
 	if opts.LifetimeEntries == 0 {
@@ -412,10 +415,6 @@ func (t *bpfTracer) startReader(opts tracer.Options) (err error) {
 	t.events = make(chan tracer.Event, size)
 	t.boot = bootOffset()
 	t.salt = rand.Uint64()
-	if opts.DisableEvents {
-		close(t.done)
-		return nil
-	}
 	defer func() {
 		if err != nil {
 			close(t.done) // no readLoop to close it
@@ -508,6 +507,23 @@ func bootOffset() time.Duration {
 }
 
 func (t *bpfTracer) Info() tracer.Info { return t.info }
+
+// SetEvents sets the programs' events_off variable: off, they write no
+// record to the ring (or perf) buffer.
+func (t *bpfTracer) SetEvents(on bool) error {
+	v := t.coll.Variables["events_off"]
+	if v == nil {
+		return errors.New("variable events_off not in the BPF object")
+	}
+	var off uint8
+	if !on {
+		off = 1
+	}
+	if err := v.Set(off); err != nil {
+		return fmt.Errorf("set events_off: %w", err)
+	}
+	return nil
+}
 
 // Watch returns nil: the programs count every namespace.
 func (t *bpfTracer) Watch(tracer.Namespace) error { return nil }

@@ -141,3 +141,17 @@ func TestNetlinkWatch(t *testing.T) {
 	}
 	checkNoFDLeak(t, before)
 }
+
+// TestNetlinkSetEvents: SetEvents turns the event channel on and off; the
+// listeners count either way.
+func TestNetlinkSetEvents(t *testing.T) {
+	labnet.Require(t, "ip", "conntrack")
+	n := labnet.New(t)
+	tr, err := tracer.Open(t.Context(), tracer.Options{Backend: tracer.BackendNetlink, DisableEvents: true, Logger: zaptest.NewLogger(t),
+		Namespaces: func() ([]tracer.Namespace, error) { return []tracer.Namespace{tracertest.Namespace(n)}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	tracertest.CheckEventSwitch(t, tr, n)
+}

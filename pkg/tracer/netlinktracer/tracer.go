@@ -97,6 +97,7 @@ type netlinkTracer struct {
 	counters map[tracer.Key]*tracer.Values
 
 	lostChannelFull, lostNoBufs, lostDecode atomic.Uint64
+	eventsOff                               atomic.Bool // see SetEvents
 
 	stop      chan struct{} // closed by Close: listeners stop retrying
 	closeOnce sync.Once
@@ -132,6 +133,7 @@ func open(ctx context.Context, opts tracer.Options) (tracer.Tracer, error) {
 		counters:  map[tracer.Key]*tracer.Values{},
 		stop:      make(chan struct{}),
 	}
+	t.eventsOff.Store(opts.DisableEvents)
 	nss, err := t.namespaces()
 	if err != nil {
 		return nil, fmt.Errorf("list network namespaces: %w", err)
@@ -450,7 +452,7 @@ func (l *nlListener) handle(msg ctnetlink.Message, now time.Time) {
 		delete(l.suspects, m.ID)
 	}
 	l.t.account(&ev)
-	if l.t.opts.DisableEvents {
+	if l.t.eventsOff.Load() {
 		return
 	}
 	select {
@@ -552,6 +554,13 @@ func (t *netlinkTracer) Info() tracer.Info {
 }
 
 func (t *netlinkTracer) Events() <-chan tracer.Event { return t.events }
+
+// SetEvents turns sending events on the channel on or off; the listeners
+// count either way.
+func (t *netlinkTracer) SetEvents(on bool) error {
+	t.eventsOff.Store(!on)
+	return nil
+}
 
 // Counters returns the counters. The failure counters (Key{NetNS: inode},
 // Family and Protocol 0) are refreshed from the kernel's statistics of
