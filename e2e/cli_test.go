@@ -85,7 +85,7 @@ func TestHelp(t *testing.T) {
 			t.Errorf("--help does not list --%s", flag)
 		}
 	}
-	for _, cmd := range []string{"\nrun*\n", "\ncheck\n", "\nevents\n", "\nversion\n"} {
+	for _, cmd := range []string{"\nrun*\n", "\ncheck\n", "\nevents [<flags>]\n", "\nversion\n"} {
 		if !strings.Contains(r.stdout, cmd) {
 			t.Errorf("--help does not list the command %q:\n%s", cmd, r.stdout)
 		}

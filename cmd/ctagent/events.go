@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -10,12 +11,14 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ctagent/ctagent/pkg/api"
 	"github.com/ctagent/ctagent/pkg/eventjson"
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
-// runEvents streams the tracer's events as JSON lines until ctx is done.
+// runEvents streams the tracer's events as JSON lines (or as text lines,
+// --output text) until ctx is done.
 func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logger) error {
 	pods, stopPods, err := startPodSource(ctx, cfg, log)
 	if err != nil {
@@ -48,7 +51,7 @@ func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logg
 	defer following.Wait()
 	defer stopFollowing()
 
-	out := eventjson.NewWriter(stdout)
+	out := newEventWriter(stdout, cfg.eventsOutput)
 	defer out.Flush()
 	events := t.Events()
 	for {
@@ -75,6 +78,30 @@ func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logg
 		}
 	}
 }
+
+// eventWriter writes events buffered; the caller flushes when idle.
+type eventWriter interface {
+	Write(eventjson.Event) error
+	Flush() error
+}
+
+// newEventWriter returns the writer of the --output format.
+func newEventWriter(w io.Writer, format string) eventWriter {
+	if format == "text" {
+		return &textEventWriter{bufio.NewWriterSize(w, 64<<10)}
+	}
+	return eventjson.NewWriter(w)
+}
+
+// textEventWriter writes api.FormatEvent lines.
+type textEventWriter struct{ buf *bufio.Writer }
+
+func (w *textEventWriter) Write(ev eventjson.Event) error {
+	w.buf.WriteString(api.FormatEvent(ev))
+	return w.buf.WriteByte('\n')
+}
+
+func (w *textEventWriter) Flush() error { return w.buf.Flush() }
 
 // matchNetns reports whether the namespace inode is the one --events.netns
 // names, by inode number or by name.

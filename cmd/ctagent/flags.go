@@ -54,7 +54,8 @@ type config struct {
 	// (there is no flag), e.g. to client-go's fake clientset.
 	kube kube.Config
 
-	eventsNetns string // events: only this namespace (name or inode)
+	eventsNetns  string // events: only this namespace (name or inode)
+	eventsOutput string // events: json or text
 
 	client clientConfig // list and top
 }
@@ -94,7 +95,9 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	app.Version(versionString())
 	app.Command("run", "Run the exporter (the default).").Default()
 	app.Command("check", "Validate the flags and the kernel BTF, report which tracer backend would attach, and exit (0: a backend attaches, 1: none does).")
-	app.Command("events", "Print conntrack events as JSON lines, one object per event, with the network namespace that owns each entry, until interrupted.")
+	events := app.Command("events", "Print conntrack events, one line per event (JSON, or text like conntrack -E), with the network namespace that owns each entry, until interrupted.")
+	events.Flag("output", "Output format: json (JSON lines) or text (like conntrack -E, then the owner).").Short('o').Default("json").EnumVar(&cfg.eventsOutput, "json", "text")
+	events.Flag("netns", "Only events of this network namespace: a name in --netns.dirs or an inode number (same as --events.netns).").StringVar(&cfg.eventsNetns)
 	app.Command("version", "Print the version and exit.")
 	cc := &cfg.client
 	list := app.Command("list", "Print the conntrack entries of every network namespace (or of those selected) with their owner, from a running daemon's API, as conntrack -L does (or as JSON lines).")

@@ -36,6 +36,24 @@ func TestParseArgsDefaults(t *testing.T) {
 	}
 }
 
+// events: --output defaults to json; --netns is --events.netns.
+func TestParseArgsEvents(t *testing.T) {
+	cfg, err := parseArgs([]string{"events"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.eventsOutput != "json" {
+		t.Errorf("events: output %q, want json", cfg.eventsOutput)
+	}
+	cfg, err = parseArgs([]string{"events", "-o", "text", "--netns", "blue"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.eventsOutput != "text" || cfg.eventsNetns != "blue" {
+		t.Errorf("events -o text --netns blue: output %q netns %q", cfg.eventsOutput, cfg.eventsNetns)
+	}
+}
+
 func TestParseArgsCommands(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -133,6 +151,7 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		{"--kubernetes.pod-labels=app.kubernetes.io/name,app-kubernetes-io/name"},
 		{"--kubernetes.kubeconfig=/nonexistent/kubeconfig"},
 		{"--events.netns=x"},
+		{"events", "--output=yaml"},
 		{"check", "--config.check"},
 	} {
 		_, err := parseArgs(args, io.Discard)

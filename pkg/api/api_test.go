@@ -95,6 +95,47 @@ func TestFormatEntry(t *testing.T) {
 	}
 }
 
+// The events command's text lines: one per event, conntrack -E's order,
+// then lifetime or failure reason, then the owner as list writes it.
+func TestFormatEvent(t *testing.T) {
+	v4 := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	tcp := tracer.Event{Type: tracer.EventCreated, NetNS: 4026532000, Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP,
+		Original: tracer.Tuple{Src: v4("10.0.0.1"), Dst: v4("10.0.0.2"), SrcPort: 40000, DstPort: 80},
+		Reply:    tracer.Tuple{Src: v4("10.0.0.2"), Dst: v4("10.0.0.1"), SrcPort: 80, DstPort: 40000},
+		TCPState: 1, Status: 1 << 3}
+	destroyed := tcp
+	destroyed.Type, destroyed.TCPState, destroyed.Status = tracer.EventDestroyed, 7, 1<<1|1<<2|1<<3
+	destroyed.Lifetime, destroyed.LifetimeKnown, destroyed.Mark = 83456789*time.Microsecond, true, 5
+	failed := tracer.Event{Type: tracer.EventFailed, NetNS: 1, Family: unix.AF_INET, Protocol: unix.IPPROTO_UDP,
+		Original: tracer.Tuple{Src: v4("192.0.2.1"), Dst: v4("192.0.2.2"), SrcPort: 5353, DstPort: 53},
+		Reason:   tracer.ReasonTableFull, Error: 0, Zone: 3}
+	icmp6 := tracer.Event{Type: tracer.EventCreated, NetNS: 2, Family: unix.AF_INET6, Protocol: unix.IPPROTO_ICMPV6,
+		Original: tracer.Tuple{Src: v4("fd00::1"), Dst: v4("fd00::2"), SrcPort: 7, DstPort: 128 << 8},
+		Reply:    tracer.Tuple{Src: v4("fd00::2"), Dst: v4("fd00::1"), SrcPort: 7, DstPort: 129 << 8}}
+	icmp := tracer.Event{Type: tracer.EventDestroyed, NetNS: 3, Family: unix.AF_INET, Protocol: unix.IPPROTO_ICMP,
+		Original: tracer.Tuple{Src: v4("10.0.0.1"), Dst: v4("10.0.0.2"), SrcPort: 9, DstPort: 8 << 8},
+		Reply:    tracer.Tuple{Src: v4("10.0.0.2"), Dst: v4("10.0.0.1"), SrcPort: 9, DstPort: 0},
+		Status:   1 << 1, Lifetime: 400 * time.Microsecond, LifetimeKnown: true}
+	pod := netns.Identity{Name: "blue", Comm: "my app", Pod: "web-0", PodNamespace: "shop", ContainerID: strings.Repeat("ab", 32)}
+	for _, c := range []struct {
+		ev   tracer.Event
+		id   netns.Identity
+		want string
+	}{
+		{tcp, pod, "    [NEW] tcp      6 SYN_SENT src=10.0.0.1 dst=10.0.0.2 sport=40000 dport=80 [UNREPLIED] src=10.0.0.2 dst=10.0.0.1 sport=80 dport=40000" +
+			` netns=4026532000 netns_name=blue pod=shop/web-0 container=abababababab comm="my app"`},
+		{destroyed, netns.Identity{Name: "blue"}, "[DESTROY] tcp      6 TIME_WAIT src=10.0.0.1 dst=10.0.0.2 sport=40000 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=40000 [ASSURED]" +
+			" mark=5 lifetime=1m23.457s netns=4026532000 netns_name=blue"},
+		{failed, netns.Identity{Host: true}, " [FAILED] udp      17 src=192.0.2.1 dst=192.0.2.2 sport=5353 dport=53 [UNREPLIED] zone=3 reason=table_full error=0 netns=1 host_netns=true"},
+		{icmp6, netns.Identity{}, "    [NEW] icmpv6   58 src=fd00::1 dst=fd00::2 type=128 code=0 id=7 [UNREPLIED] src=fd00::2 dst=fd00::1 type=129 code=0 id=7 netns=2"},
+		{icmp, netns.Identity{}, "[DESTROY] icmp     1 src=10.0.0.1 dst=10.0.0.2 type=8 code=0 id=9 src=10.0.0.2 dst=10.0.0.1 type=0 code=0 id=9 lifetime=400µs netns=3"},
+	} {
+		if got := FormatEvent(eventjson.New(c.ev, c.id)); got != c.want {
+			t.Errorf("got\n%s\nwant\n%s", got, c.want)
+		}
+	}
+}
+
 func TestWriteTopFits80Columns(t *testing.T) {
 	n, big, ratio := int64(12), int64(1<<40), 1.5
 	r := &NamespacesResponse{Limit: 262144, Namespaces: []Namespace{

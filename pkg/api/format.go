@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/ctagent/ctagent/pkg/eventjson"
@@ -24,19 +25,70 @@ func FormatEntry(e eventjson.Entry) string {
 	if e.TCPState != "" {
 		b.WriteString(" " + e.TCPState)
 	}
-	status := func(s string) bool { return slices.Contains(e.Status, s) }
-	writeTuple(&b, e.Original)
-	if !status("SEEN_REPLY") {
-		b.WriteString(" [UNREPLIED]")
-	}
-	if e.Reply != nil {
-		writeTuple(&b, *e.Reply)
-	}
-	if status("ASSURED") {
-		b.WriteString(" [ASSURED]")
-	}
+	writeTuples(&b, e.Original, e.Reply, e.Status)
 	fmt.Fprintf(&b, " mark=%d zone=%d", e.Mark, e.Zone)
-	fmt.Fprintf(&b, " netns=%d", e.NetNS)
+	writeOwner(&b, owner{e.NetNS, e.NetNSName, e.Host, e.Pod, e.PodNamespace, e.Container, e.Comm})
+	return b.String()
+}
+
+// eventTags are the conntrack -E names of the event types.
+var eventTags = map[string]string{"created": "[NEW]", "destroyed": "[DESTROY]", "failed": "[FAILED]"}
+
+// FormatEvent is ev in the manner of conntrack -E, then how long a
+// destroyed entry lived, why a failed one failed, and the owner as
+// FormatEntry writes it:
+//
+//	    [NEW] tcp      6 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=40000 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=40000 [ASSURED] netns=4026532571 netns_name=blue
+//	[DESTROY] tcp      6 TIME_WAIT src=10.0.0.1 ... [ASSURED] lifetime=1.5s netns=4026532571 netns_name=blue
+//	 [FAILED] icmpv6   58 src=::1 dst=::2 type=128 code=0 id=7 [UNREPLIED] reason=exists error=-17 netns=1
+//
+// There is no timeout (an event has none); mark and zone are shown when
+// they are not 0.
+func FormatEvent(ev eventjson.Event) string {
+	var b strings.Builder
+	tag, ok := eventTags[ev.Type]
+	if !ok {
+		tag = "[" + strings.ToUpper(ev.Type) + "]"
+	}
+	fmt.Fprintf(&b, "%9s %-8s %d", tag, ev.Protocol, protocolNumberOr(ev.Protocol))
+	if ev.TCPState != "" {
+		b.WriteString(" " + ev.TCPState)
+	}
+	writeTuples(&b, ev.Original, ev.Reply, ev.Status)
+	if ev.Mark != 0 {
+		fmt.Fprintf(&b, " mark=%d", ev.Mark)
+	}
+	if ev.Zone != 0 {
+		fmt.Fprintf(&b, " zone=%d", ev.Zone)
+	}
+	if ev.Lifetime != nil {
+		d := time.Duration(*ev.Lifetime * float64(time.Second))
+		if d >= time.Millisecond {
+			d = d.Round(time.Millisecond)
+		}
+		b.WriteString(" lifetime=" + d.String())
+	}
+	if ev.Reason != "" {
+		fmt.Fprintf(&b, " reason=%s error=%d", ev.Reason, ev.Error)
+	}
+	writeOwner(&b, owner{ev.NetNS, ev.NetNSName, ev.Host, ev.Pod, ev.PodNamespace, ev.Container, ev.Comm})
+	return b.String()
+}
+
+// owner is who owns a namespace, the fields FormatEntry and FormatEvent end
+// with.
+type owner struct {
+	netns                              uint32
+	name                               string
+	host                               bool
+	pod, podNamespace, container, comm string
+}
+
+// writeOwner writes o as key=value tokens (netns, netns_name, host_netns,
+// pod, container, comm), empty ones left out, values quoted when they hold
+// a space.
+func writeOwner(b *strings.Builder, o owner) {
+	fmt.Fprintf(b, " netns=%d", o.netns)
 	kv := func(k, v string) {
 		if v != "" {
 			if strings.ContainsAny(v, " \t\"=") || !utf8.ValidString(v) {
@@ -45,18 +97,33 @@ func FormatEntry(e eventjson.Entry) string {
 			b.WriteString(" " + k + "=" + v)
 		}
 	}
-	kv("netns_name", e.NetNSName)
-	if e.Host {
+	kv("netns_name", o.name)
+	if o.host {
 		kv("host_netns", "true")
 	}
-	pod := e.Pod
-	if pod != "" && e.PodNamespace != "" {
-		pod = e.PodNamespace + "/" + pod
+	pod := o.pod
+	if pod != "" && o.podNamespace != "" {
+		pod = o.podNamespace + "/" + pod
 	}
 	kv("pod", pod)
-	kv("container", shortID(e.Container))
-	kv("comm", e.Comm)
-	return b.String()
+	kv("container", shortID(o.container))
+	kv("comm", o.comm)
+}
+
+// writeTuples writes both directions and the flags between and after
+// them as conntrack does: [UNREPLIED] after the original direction of an
+// entry that saw no reply, [ASSURED] at the end.
+func writeTuples(b *strings.Builder, orig eventjson.Tuple, reply *eventjson.Tuple, status []string) {
+	writeTuple(b, orig)
+	if !slices.Contains(status, "SEEN_REPLY") {
+		b.WriteString(" [UNREPLIED]")
+	}
+	if reply != nil {
+		writeTuple(b, *reply)
+	}
+	if slices.Contains(status, "ASSURED") {
+		b.WriteString(" [ASSURED]")
+	}
 }
 
 func writeTuple(b *strings.Builder, t eventjson.Tuple) {
