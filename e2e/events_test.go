@@ -22,10 +22,64 @@ func TestEventsText(t *testing.T) {
 	requireTool(t, "nft", "nftables")
 	requireTool(t, "conntrack", "conntrack")
 	labnet.RemoveStale(t)
-	ns, other := addNetns(t), addNetns(t)
+	// No daemon at this --server: the command traces by itself.
+	stderr := eventsTextScenario(t, "--server=http://127.0.0.1:1", "--tracer.backend=netlink", "--netns.rescan-interval=1s")
+	if !strings.Contains(stderr, "tracing by itself") {
+		t.Errorf("no line saying it traces by itself without a daemon:\n%s", stderr)
+	}
+}
 
-	cmd := exec.Command(binary, "events", "--output", "text", "--netns", ns.Name,
-		"--tracer.backend=netlink", "--netns.rescan-interval=1s", "--log.format=json")
+// TestEventsFromDaemon: with a daemon at --server, ctagent events prints the
+// daemon's events (the daemon turns its stream on while the client listens,
+// and off when it leaves) and starts no tracer of its own; when the daemon
+// goes away mid-stream, the command says so and fails.
+func TestEventsFromDaemon(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "ip", "iproute2")
+	requireTool(t, "nft", "nftables")
+	requireTool(t, "conntrack", "conntrack")
+	labnet.RemoveStale(t)
+	d := startDaemon(t, "run", "--tracer.backend=netlink", "--netns.rescan-interval=1s")
+	d.waitReady(30 * time.Second)
+	stderr := eventsTextScenario(t, "--server=http://"+d.addr)
+	if strings.Contains(stderr, "tracing by itself") || strings.Contains(stderr, "Tracer attached") {
+		t.Errorf("ctagent events started a tracer of its own although a daemon runs:\n%s", stderr)
+	}
+	d.waitLog("event stream on: a client listens", 5*time.Second)
+	d.waitLog("event stream off: no client listens", 10*time.Second)
+
+	// The daemon goes away while a client listens.
+	cmd := exec.Command(binary, "events", "--server=http://"+d.addr, "--log.format=json")
+	var out strings.Builder
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	d.waitLogCount("event stream on: a client listens", 2, 10*time.Second)
+	if code, _ := d.signal(syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Errorf("daemon exit code %d after SIGTERM with a client listening", code)
+	}
+	select {
+	case err := <-exited:
+		if err == nil || !strings.Contains(out.String(), "ended the event stream") {
+			t.Errorf("ctagent events after the daemon went away: %v\n%s", err, out.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Error("ctagent events still running 10s after its daemon went away")
+	}
+}
+
+// eventsTextScenario runs ctagent events --output text with args in one
+// lab namespace, makes a tcp insert, a udp insert and a delete there (and
+// inserts in another one), checks the lines, stops the command with
+// SIGTERM and returns its stderr.
+func eventsTextScenario(t *testing.T, args ...string) string {
+	t.Helper()
+	ns, other := addNetns(t), addNetns(t)
+	cmd := exec.Command(binary, append([]string{"events", "--output", "text", "--netns", ns.Name, "--log.format=json"}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -98,8 +152,10 @@ func TestEventsText(t *testing.T) {
 	udp := " udp      17 src=192.0.2.1 dst=192.0.2.2 sport=50999 dport=80 "
 	want := map[string]bool{"[NEW]" + tcp: false, "[NEW]" + udp: false, "[DESTROY]" + tcp: false}
 	for _, line := range got {
-		if !strings.HasSuffix(line, owner) {
-			t.Errorf("line does not end in %q: %q", owner, line)
+		// The owner ends the line; a daemon's resolver may have seen a
+		// process in the namespace too (comm=conntrack, the inserts).
+		if i := strings.Index(line, owner); i < 0 || !strings.HasPrefix(line[i+len(owner):]+" ", " ") {
+			t.Errorf("line does not end in %q (then other owner fields): %q", owner, line)
 		}
 		for w := range want {
 			if strings.HasPrefix(strings.TrimSpace(line), w) {
@@ -125,5 +181,25 @@ func TestEventsText(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("ctagent events did not end within 5s of SIGTERM")
+	}
+	return stderr.String()
+}
+
+// waitLogCount waits until the daemon logged msg n times.
+func (d *daemon) waitLogCount(msg string, n int, timeout time.Duration) {
+	d.t.Helper()
+	count := func() int {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		c := 0
+		for _, l := range d.logs {
+			if l.str("msg") == msg {
+				c++
+			}
+		}
+		return c
+	}
+	if !labnet.WaitFor(timeout, func() bool { return count() >= n }) {
+		d.t.Fatalf("%q logged %d times within %s, want %d", msg, count(), timeout, n)
 	}
 }

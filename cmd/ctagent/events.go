@@ -3,11 +3,14 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 
 	"go.uber.org/zap"
 
@@ -17,9 +20,48 @@ import (
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
-// runEvents streams the tracer's events as JSON lines (or as text lines,
-// --output text) until ctx is done.
+// runEvents streams the events as JSON lines (or as text lines, --output
+// text) until ctx is done: those of the daemon at --server, which turns its
+// event stream on while we listen, or, only when no daemon answers there,
+// those of a tracer of our own.
 func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logger) error {
+	c, err := api.NewClient(cfg.client.server, nil)
+	if err != nil {
+		return &usageError{err}
+	}
+	out := newEventWriter(stdout, cfg.eventsOutput)
+	defer out.Flush()
+	err = c.Events(ctx, api.EventFilter{Filter: api.Filter{NetNS: cfg.eventsNetns}}, func(line []byte) error {
+		var ev struct {
+			eventjson.Event
+			Dropped *uint64 `json:"dropped"`
+		}
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return fmt.Errorf("%s: %w", api.EventsPath, err)
+		}
+		if ev.Dropped != nil {
+			log.Warn("The daemon dropped events this client was too slow for", zap.Uint64("dropped", *ev.Dropped))
+			return nil
+		}
+		if err := out.Write(ev.Event); err != nil {
+			return err
+		}
+		return out.Flush()
+	})
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case errors.Is(err, syscall.ECONNREFUSED):
+		log.Info("No ctagent daemon answers; tracing by itself", zap.String("server", cfg.client.server))
+		return traceEvents(ctx, cfg, out, log)
+	case err == nil, errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("the daemon at %s ended the event stream (it stopped?)", cfg.client.server)
+	}
+	return err
+}
+
+// traceEvents streams the events of a tracer of our own until ctx is done.
+func traceEvents(ctx context.Context, cfg *config, out eventWriter, log *zap.Logger) error {
 	pods, stopPods, err := startPodSource(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -51,8 +93,6 @@ func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logg
 	defer following.Wait()
 	defer stopFollowing()
 
-	out := newEventWriter(stdout, cfg.eventsOutput)
-	defer out.Flush()
 	events := t.Events()
 	for {
 		select {

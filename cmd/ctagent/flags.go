@@ -95,14 +95,14 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	app.Version(versionString())
 	app.Command("run", "Run the exporter (the default).").Default()
 	app.Command("check", "Validate the flags and the kernel BTF, report which tracer backend would attach, and exit (0: a backend attaches, 1: none does).")
-	events := app.Command("events", "Print conntrack events, one line per event (JSON, or text like conntrack -E), with the network namespace that owns each entry, until interrupted.")
+	events := app.Command("events", "Print conntrack events, one line per event (JSON, or text like conntrack -E), with the network namespace that owns each entry, until interrupted: from the daemon at --server, or, when no daemon runs there, by tracing itself.")
 	events.Flag("output", "Output format: json (JSON lines) or text (like conntrack -E, then the owner).").Short('o').Default("json").EnumVar(&cfg.eventsOutput, "json", "text")
 	events.Flag("netns", "Only events of this network namespace: a name in --netns.dirs or an inode number (same as --events.netns).").StringVar(&cfg.eventsNetns)
 	app.Command("version", "Print the version and exit.")
 	cc := &cfg.client
 	list := app.Command("list", "Print the conntrack entries of every network namespace (or of those selected) with their owner, from a running daemon's API, as conntrack -L does (or as JSON lines).")
 	top := app.Command("top", "Show the network namespaces with the fullest conntrack tables, from a running daemon's API.")
-	for _, c := range []*kingpin.CmdClause{list, top} {
+	for _, c := range []*kingpin.CmdClause{list, top, events} {
 		c.Flag("server", "URL of the ctagent daemon (its --web.listen-address).").Default(api.DefaultServer).StringVar(&cc.server)
 	}
 	list.Flag("netns", "Only this network namespace: an inode number or a name in --netns.dirs.").StringVar(&cc.filter.NetNS)

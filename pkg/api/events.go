@@ -34,6 +34,7 @@ type EventHub struct {
 
 	mu   sync.Mutex
 	subs map[*subscription]struct{}
+	done chan struct{} // closed when Run returns: the streams end
 }
 
 type subscription struct {
@@ -50,12 +51,14 @@ func NewEventHub(tr tracer.Tracer, log *zap.Logger) (*EventHub, error) {
 	if err := tr.SetEvents(false); err != nil {
 		return nil, fmt.Errorf("event stream off: %w", err)
 	}
-	return &EventHub{tr: tr, log: log, subs: map[*subscription]struct{}{}}, nil
+	return &EventHub{tr: tr, log: log, subs: map[*subscription]struct{}{}, done: make(chan struct{})}, nil
 }
 
 // Run hands every event of the tracer to the clients until its channel
-// closes (Tracer.Close) or ctx ends.
+// closes (Tracer.Close) or ctx ends; then every client's stream ends, so
+// that a daemon that stops does not wait for its listeners.
 func (h *EventHub) Run(ctx context.Context) {
+	defer close(h.done)
 	events := h.tr.Events()
 	for {
 		select {
@@ -204,6 +207,8 @@ func (h *Handler) ServeEvents(w http.ResponseWriter, r *http.Request) {
 	for {
 		select {
 		case <-r.Context().Done():
+			return
+		case <-src.Events.done:
 			return
 		case ev := <-sub.ch:
 			id, _ := src.Namespaces.Lookup(ev.NetNS)
