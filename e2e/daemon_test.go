@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -245,34 +244,8 @@ func TestEvents(t *testing.T) {
 	labnet.RemoveStale(t)
 	ns, other := addNetns(t), addNetns(t)
 
-	cmd := exec.Command(binary, "events", "--tracer.backend=auto", "--events.netns="+ns.Name,
+	cmd, lines, exited, _ := startEvents(t, "--tracer.backend=auto", "--events.netns="+ns.Name,
 		"--netns.rescan-interval=1s", "--log.format=json")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	lines := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("ctagent events stderr:\n%s", stderr.String())
-		}
-	})
 
 	// Insert until an event arrives: the tracer may still be attaching.
 	type event struct {

@@ -79,33 +79,7 @@ func TestEventsFromDaemon(t *testing.T) {
 func eventsTextScenario(t *testing.T, args ...string) string {
 	t.Helper()
 	ns, other := addNetns(t), addNetns(t)
-	cmd := exec.Command(binary, append([]string{"events", "--output", "text", "--netns", ns.Name, "--log.format=json"}, args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	lines := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if t.Failed() {
-			t.Logf("ctagent events stderr:\n%s", stderr.String())
-		}
-	})
+	cmd, lines, exited, stderr := startEvents(t, append([]string{"--output", "text", "--netns", ns.Name, "--log.format=json"}, args...)...)
 	next := func(timeout time.Duration, what string) string {
 		t.Helper()
 		select {
@@ -183,6 +157,40 @@ func eventsTextScenario(t *testing.T, args ...string) string {
 		t.Error("ctagent events did not end within 5s of SIGTERM")
 	}
 	return stderr.String()
+}
+
+// startEvents starts ctagent events with args; lines gets its stdout lines
+// (closed at its end), exited its exit, stderr collects its log. It is
+// killed at the end of the test.
+func startEvents(t *testing.T, args ...string) (cmd *exec.Cmd, lines <-chan string, exited <-chan error, stderr *strings.Builder) {
+	t.Helper()
+	cmd = exec.Command(binary, append([]string{"events"}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr = &strings.Builder{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exitc, linec := make(chan error, 1), make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			linec <- sc.Text()
+		}
+		close(linec)
+		exitc <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("ctagent events stderr:\n%s", stderr.String())
+		}
+	})
+	return cmd, linec, exitc, stderr
 }
 
 // waitLogCount waits until the daemon logged msg n times.
