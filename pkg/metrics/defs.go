@@ -56,6 +56,10 @@ type metricDef struct {
 	perNS  bool     // labelled netns and the configured identity labels first
 	labels []string // further labels
 	notes  string   // label values and cardinality, for the docs
+	// daemon: exported by a collector of its own that the daemon runs
+	// from its start, before a tracer does (see ModuleCollector), not by
+	// the Exporter.
+	daemon bool
 }
 
 // Indexes into defs. Kernel statistics follow from mKernelStat on.
@@ -90,6 +94,7 @@ const (
 	mNamespaces
 	mNamespacesFolded
 	mNamespacesFoldedTotal
+	mConntrackModule
 	mKernelStat // first of len(kernelStats)
 )
 
@@ -279,6 +284,13 @@ func buildDefs() []metricDef {
 		name: "ctagent_namespaces_folded_total", kind: kindCounter,
 		help:  "Times a network namespace was folded into netns=\"overflow\" after having its own series or none yet.",
 		notes: "One series.",
+	}
+	d[mConntrackModule] = metricDef{
+		name: "ctagent_conntrack_module_loaded", kind: kindGauge, daemon: true,
+		help: "1 when the kernel's conntrack (nf_conntrack) is loaded or built in; 0 while ctagent waits for it: " +
+			"it attaches as soon as the module is loaded, by itself where it may (--conntrack.load-modules) or by " +
+			"whatever loads it later (a firewall, kube-proxy, Docker). /readyz says 503 meanwhile.",
+		notes: "One series, from the start on, also while no tracer runs; read at scrape time (/sys/module/nf_conntrack).",
 	}
 	for _, s := range kernelStats {
 		d = append(d, metricDef{

@@ -587,9 +587,11 @@ func (e *Exporter) keepIdentities(inodes []uint32) {
 	}
 }
 
-// Describe sends every descriptor.
+// Describe sends the descriptor of every metric the Exporter collects.
 func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range e.descs {
-		ch <- d
+	for i, d := range e.descs {
+		if !defs[i].daemon {
+			ch <- d
+		}
 	}
 }
