@@ -33,6 +33,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		metrics.NewModuleCollector(conntrackLoaded),
 	)
 	srv := server.New(server.Config{
 		Web: cfg.web, Registry: reg, MetricsPath: cfg.telemetryPath, Logger: log,
@@ -71,6 +72,14 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 		log.Warn("Scanning network namespaces", zap.Error(err))
 	}
 	log.Info("Network namespaces found", zap.Int("count", len(resolver.Namespaces())))
+
+	// No tracer attaches without nf_conntrack: load it or wait for it.
+	if err := awaitConntrack(ctx, cfg.loadModules, srv, log); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting
+		}
+		return err
+	}
 
 	srv.NotReady("tracer not attached yet")
 	opts := tracerOptions(cfg, log)

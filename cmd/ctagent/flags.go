@@ -46,6 +46,10 @@ type config struct {
 	logLevel      string
 	logFormat     string
 
+	// loadModules: load nf_conntrack and nf_conntrack_netlink where they
+	// are missing and ctagent may (see awaitConntrack).
+	loadModules bool
+
 	tracer  tracer.Options  // without Logger and Namespaces
 	metrics metrics.Options // without Tracer, Namespaces, Logger and the version
 	netns   netns.Options   // without Logger and Pods
@@ -123,6 +127,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&cfg.telemetryPath)
 	flag("tracer.backend", "Tracer backend: auto, fentry, kprobe or netlink. auto tries them in this order.").Default("auto").StringVar((*string)(&t.Backend))
 	flag("btf.path", "Kernel BTF file (raw BTF or an ELF file with a .BTF section) for kernels without /sys/kernel/btf/vmlinux.").StringVar(&t.BTFPath)
+	flag("conntrack.load-modules", "Load the kernel modules nf_conntrack and nf_conntrack_netlink where they are missing (needs CAP_SYS_MODULE, which the shipped systemd unit and DaemonSet do not grant). Either way, without nf_conntrack ctagent waits for it, not ready, and attaches as soon as it is loaded. On by default.").Default("true").BoolVar(&cfg.loadModules)
 	flag("tracer.ringbuf-size", "eBPF ring buffer size, a power-of-two multiple of the page size (e.g. 4MiB); 0: the tracer's default (4MiB).").Default("0").SetValue(cliflag.Bytes(&t.RingBufferSize))
 	flag("tracer.perf-buffer", "Use a perf event array instead of the ring buffer even where ring buffers exist.").BoolVar(&t.ForcePerfBuffer)
 	flag("tracer.bpf-stats", "Have the kernel account the run count and run time of the eBPF programs while ctagent runs (ctagent_bpf_program_run_*; costs a clock read per program run). On by default.").Default("true").BoolVar(&t.BPFStats)

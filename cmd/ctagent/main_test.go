@@ -36,6 +36,34 @@ func TestParseArgsDefaults(t *testing.T) {
 	}
 }
 
+// --conntrack.load-modules is on by default; --no-conntrack.load-modules
+// and =false turn it off; it takes no other value.
+func TestParseArgsLoadModules(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--conntrack.load-modules"}, true},
+		{[]string{"--no-conntrack.load-modules"}, false},
+		{[]string{"--conntrack.load-modules=false"}, false},
+		{[]string{"run", "--conntrack.load-modules=true"}, true},
+	} {
+		cfg, err := parseArgs(tc.args, io.Discard)
+		if err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+			continue
+		}
+		if cfg.loadModules != tc.want {
+			t.Errorf("%v: load modules %v, want %v", tc.args, cfg.loadModules, tc.want)
+		}
+	}
+	var ue *usageError
+	if _, err := parseArgs([]string{"--conntrack.load-modules=maybe"}, io.Discard); !errors.As(err, &ue) {
+		t.Errorf("--conntrack.load-modules=maybe: %v, want a usage error", err)
+	}
+}
+
 // events: --output defaults to json; --netns is --events.netns.
 func TestParseArgsEvents(t *testing.T) {
 	cfg, err := parseArgs([]string{"events"}, io.Discard)
