@@ -41,11 +41,12 @@ func conntrackLoaded() bool { return kmod.Loaded(kmod.DefaultSysfs, modConntrack
 // ctagent_conntrack_module_loaded 0, until something else loads it. It
 // returns an error only when ctx ends.
 //
-// While it waits, ctagent sends no ctnetlink message: the kernel would load
-// nf_conntrack_netlink, and nf_conntrack with it, for any sender with
-// CAP_NET_ADMIN (nfnetlink's request_module("nfnetlink-subsys-1"), run by
-// the kernel's modprobe helper outside any sandbox), which would undo the
-// choice of --no-conntrack.load-modules.
+// While it waits, ctagent opens no ctnetlink socket: a request or a group
+// subscription there makes the kernel load nf_conntrack_netlink, and
+// nf_conntrack with it, for any process with CAP_NET_ADMIN
+// (request_module("nfnetlink-subsys-1") in nfnetlink_rcv_msg and
+// nfnetlink_bind, run by the kernel's modprobe helper outside any
+// sandbox), which would undo the choice of --no-conntrack.load-modules.
 func awaitConntrack(ctx context.Context, load bool, srv *server.Server, log *zap.Logger) error {
 	why := "loading modules is off (--no-conntrack.load-modules)"
 	if load {
