@@ -100,7 +100,7 @@ func TestCheck(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
-	for _, line := range []string{"flags:      ok", "backend:    " + want + " (requested auto)", "result:     ok"} {
+	for _, line := range []string{"flags:      ok", "conntrack:  nf_conntrack loaded", "backend:    " + want + " (requested auto)", "result:     ok"} {
 		if !strings.Contains(r.stdout, line) {
 			t.Errorf("check output lacks %q:\n%s", line, r.stdout)
 		}

@@ -37,6 +37,14 @@ func runCheck(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logge
 		p("namespaces", "%d found under %s and %s", len(r.Namespaces()), cfg.netns.ProcRoot, strings.Join(cfg.netns.NetnsDirs, ","))
 	}
 
+	// Without nf_conntrack no backend attaches, and trying would make the
+	// kernel load it (see awaitConntrack): check loads nothing.
+	if !conntrackLoaded() {
+		p("conntrack", "kernel module nf_conntrack is not loaded: ctagent run would load it where allowed (--conntrack.load-modules), else wait for it, not ready")
+		return errCheckFailed
+	}
+	p("conntrack", "nf_conntrack loaded")
+
 	// Only the current namespace: enough to prove that ctnetlink works,
 	// without opening a socket in every namespace of the host.
 	opts := tracerOptions(cfg, log)

@@ -49,6 +49,12 @@ func TestVMConntrackModuleWait(t *testing.T) {
 	if n := sc.series("", "ctagent_tracer_info"); n != 0 {
 		t.Errorf("%d ctagent_tracer_info series while no tracer runs", n)
 	}
+	// check says why no backend would attach, and loads nothing either.
+	var out strings.Builder
+	if err := run(context.Background(), []string{"check", "--log.level=error"}, &out, io.Discard); !errors.Is(err, errCheckFailed) ||
+		!strings.Contains(out.String(), "conntrack:  kernel module nf_conntrack is not loaded") {
+		t.Errorf("check without nf_conntrack: %v, want %v, and a line that says so:\n%s", err, errCheckFailed, out.String())
+	}
 	// Checked after the daemon's scrape and readiness answers: it loaded
 	// nothing, and caused no load through ctnetlink.
 	if kmod.Loaded("", modConntrack) || kmod.Loaded("", modCtnetlink) {
