@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"time"
 
 	promconfig "github.com/prometheus/common/config"
+	"golang.org/x/term"
 
+	"github.com/ctagent/ctagent/internal/topui"
 	"github.com/ctagent/ctagent/pkg/api"
 	"github.com/ctagent/ctagent/pkg/eventjson"
 )
@@ -80,14 +83,19 @@ func runList(ctx context.Context, cfg *config, stdout io.Writer) error {
 	return err
 }
 
-// runTop prints the namespaces table (or, with --netns, what fills one
-// namespace's table) once (--once), or every interval until ctx ends.
+// runTop shows the interactive view (internal/topui) when stdout is a
+// terminal and --once is not given; else it prints the namespaces table
+// (or, with --netns, what fills one namespace's table) once (--once), or
+// every interval until ctx ends.
 func runTop(ctx context.Context, cfg *config, stdout io.Writer) error {
 	c, err := newClient(cfg.client)
 	if err != nil {
 		return err
 	}
 	cc := cfg.client
+	if f, ok := stdout.(*os.File); ok && !cc.once && term.IsTerminal(int(f.Fd())) {
+		return topui.Run(ctx, topui.Options{Client: c, Server: cc.server, Interval: cc.interval, Sort: cc.sort, Limit: cc.limit, NetNS: cc.netns})
+	}
 	for {
 		var write func() error
 		if cc.netns != "" {
