@@ -14,7 +14,6 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/ctagent/ctagent/pkg/api"
@@ -326,7 +325,10 @@ func matches(n api.Namespace, f string) bool {
 	return false
 }
 
-var selectedStyle = lipgloss.NewStyle().Reverse(true)
+// reverse shows the selected row in reverse video (SGR 7): a plain escape,
+// not a lipgloss style, whose renderer asks the terminal for its colours
+// first and waits for an answer that some terminals never send.
+func reverse(s string) string { return ansi.SGR(ansi.ReverseAttr) + s + ansi.ResetStyle }
 
 // View draws the screen: no line is wider than the window, and it has at
 // most its height of lines.
@@ -386,7 +388,7 @@ func (m *Model) tableView() []string {
 		line := fmt.Sprintf(rowFormat, mark, strconv.FormatUint(uint64(n.NetNS), 10), owner, clip(api.Owner(n), owner),
 			entries, fill, created, destroyed, short(float64(n.Failed), 6), drops)
 		if i == m.cursor {
-			line = selectedStyle.Render(ansi.Truncate(line, m.width, ""))
+			line = reverse(ansi.Truncate(line, m.width, ""))
 		}
 		lines = append(lines, line)
 	}
@@ -467,9 +469,13 @@ func clip(s string, width int) string {
 	return ansi.Truncate(s, width, "~")
 }
 
-// Run shows the view on the terminal until q, ctrl-c or ctx ends.
+// Run shows the view on the terminal until q, ctrl-c or ctx ends. The
+// caller's ctx carries SIGINT and SIGTERM: bubbletea's own handler of
+// them is off, since with both a signal can deadlock its shutdown (its
+// handler sends to the event loop that ctx already ended; bubbletea
+// v1.3.10, tea.go handleSignals).
 func Run(ctx context.Context, opt Options) error {
-	p := tea.NewProgram(New(ctx, opt), tea.WithAltScreen(), tea.WithContext(ctx))
+	p := tea.NewProgram(New(ctx, opt), tea.WithAltScreen(), tea.WithContext(ctx), tea.WithoutSignalHandler())
 	_, err := p.Run()
 	if ctx.Err() != nil {
 		return nil // interrupted
