@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -209,5 +210,107 @@ func (d *daemon) waitLogCount(msg string, n int, timeout time.Duration) {
 	}
 	if !labnet.WaitFor(timeout, func() bool { return count() >= n }) {
 		d.t.Fatalf("%q logged %d times within %s, want %d", msg, count(), timeout, n)
+	}
+}
+
+// TestEventsFilters: ctagent events --server passes --proto and --type to
+// the daemon, which sends only what they select: a client of created UDP
+// events sees no TCP event and no destroyed one, a client of destroyed
+// events sees both protocols' destroys and no creation.
+func TestEventsFilters(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "ip", "iproute2")
+	requireTool(t, "conntrack", "conntrack")
+	labnet.RemoveStale(t)
+	d := startDaemon(t, "run", "--tracer.backend=netlink", "--netns.rescan-interval=1s")
+	d.waitReady(30 * time.Second)
+	ns := addNetns(t)
+	server := "--server=http://" + d.addr
+	_, newUDP, exited1, _ := startEvents(t, server, "--output=text", "--netns="+ns.Name, "--proto=udp", "--type=created")
+	_, destroyed, exited2, _ := startEvents(t, server, "--output=text", "--netns="+ns.Name, "--type", "destroyed")
+	d.waitLogCount("event stream on: a client listens", 1, 10*time.Second)
+
+	// Until both listen: the clients may still be connecting.
+	seen1, seen2 := false, false
+	for sport := 30000; !seen1 || !seen2; sport++ {
+		if sport == 30040 {
+			t.Fatal("no event within 40 rounds")
+		}
+		insert(t, ns, "udp", sport)
+		deleteEntry(t, ns, "udp", sport)
+		timeout := time.After(500 * time.Millisecond)
+	drain:
+		for {
+			select {
+			case _, ok := <-newUDP:
+				if !ok {
+					t.Fatalf("ctagent events --type=created ended: %v", <-exited1)
+				}
+				seen1 = true
+			case _, ok := <-destroyed:
+				if !ok {
+					t.Fatalf("ctagent events --type=destroyed ended: %v", <-exited2)
+				}
+				seen2 = true
+			case <-timeout:
+				break drain
+			}
+		}
+	}
+
+	insert(t, ns, "tcp", 40000)
+	deleteEntry(t, ns, "tcp", 40000)
+	insert(t, ns, "udp", 40001)
+	deleteEntry(t, ns, "udp", 40001)
+	insert(t, ns, "udp", 40002)      // the last line of the created/udp client
+	deleteEntry(t, ns, "udp", 40002) // the last line of the destroyed client
+
+	// until reads lines up to the one that contains last, and returns them.
+	until := func(lines <-chan string, exited <-chan error, last string) []string {
+		t.Helper()
+		var got []string
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("ctagent events ended: %v", <-exited)
+				}
+				got = append(got, l)
+				if strings.Contains(l, last) {
+					return got
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("no line with %q within 20s; got\n%s", last, strings.Join(got, "\n"))
+			}
+		}
+	}
+	got := until(newUDP, exited1, "sport=40002 ")
+	t.Logf("--proto=udp --type=created:\n%s", strings.Join(got, "\n"))
+	for _, l := range got {
+		if !strings.HasPrefix(strings.TrimSpace(l), "[NEW] udp ") {
+			t.Errorf("--proto=udp --type=created printed %q", l)
+		}
+	}
+	if !slices.ContainsFunc(got, func(l string) bool { return strings.Contains(l, "sport=40001 ") }) {
+		t.Errorf("--proto=udp --type=created: no [NEW] of sport 40001 in\n%s", strings.Join(got, "\n"))
+	}
+	got = until(destroyed, exited2, "sport=40002 ")
+	t.Logf("--type destroyed:\n%s", strings.Join(got, "\n"))
+	for _, l := range got {
+		if !strings.HasPrefix(strings.TrimSpace(l), "[DESTROY] ") {
+			t.Errorf("--type destroyed printed %q", l)
+		}
+	}
+	for _, want := range []string{"[DESTROY] tcp      6 ", "[DESTROY] udp      17 "} {
+		if !slices.ContainsFunc(got, func(l string) bool {
+			return strings.HasPrefix(strings.TrimSpace(l), want) && strings.Contains(l, "sport=4000")
+		}) {
+			t.Errorf("--type destroyed: no line %q... in\n%s", want, strings.Join(got, "\n"))
+		}
+	}
+
+	// A bad filter is refused before anything runs.
+	if r := runCLI(t, 10*time.Second, "events", server, "--type=changed"); r.code != 2 || !strings.Contains(r.stderr, `unknown event type "changed"`) {
+		t.Errorf("--type=changed: exit %d, %s", r.code, r.stderr)
 	}
 }

@@ -26,7 +26,15 @@ func TestParseArgsClient(t *testing.T) {
 	if cfg.command != "top" || !cfg.client.once || cfg.client.sort != "failed" || cfg.client.server != "http://127.0.0.1:10371" {
 		t.Errorf("top: %+v", cfg.client)
 	}
+	cfg, err = parseArgs([]string{"events", "--netns=blue", "--pod=p", "--proto=UDP", "--type=created,Destroyed"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := cfg.eventsFilter; f.NetNS != "blue" || f.Pod != "p" || !slices.Equal(f.Protocols, []string{"udp"}) || !slices.Equal(f.Types, []string{"created", "destroyed"}) {
+		t.Errorf("events: %+v", f)
+	}
 	for _, args := range [][]string{
+		{"events", "--type=changed"}, {"events", "--proto=bogus"},
 		{"list", "--proto=bogus"}, {"list", "--state=BOGUS"}, {"list", "--output=yaml"},
 		{"top", "--sort=name"}, {"top", "--interval=0s"}, {"--web.telemetry-path=/api/v1/x"},
 	} {

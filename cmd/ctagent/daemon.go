@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,7 +45,11 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	// answers 503 until the exporter and the tracer run.
 	apiH := api.NewHandler(log.Named("api"))
 	for _, r := range apiH.Routes() {
-		srv.Handle(r.Path, r.Handler, server.Link{Text: r.Path, Description: r.Description})
+		link := server.Link{Text: r.Path, Description: r.Description}
+		if strings.Contains(r.Path, "{") {
+			link = server.Link{} // a pattern ({netns}), no page to link to
+		}
+		srv.Handle(r.Path, r.Handler, link)
 	}
 	if err := srv.Start(); err != nil {
 		return err

@@ -22,16 +22,17 @@ import (
 
 // runEvents streams the events as JSON lines (or as text lines, --output
 // text) until ctx is done: those of the daemon at --server, which turns its
-// event stream on while we listen, or, only when no daemon answers there,
-// those of a tracer of our own.
+// event stream on while we listen and applies the filters (--netns, --pod,
+// --proto, --type), or, only when no daemon answers there, those of a
+// tracer of our own, filtered here.
 func runEvents(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logger) error {
-	c, err := api.NewClient(cfg.client.server, nil)
+	c, err := newClient(cfg.client)
 	if err != nil {
-		return &usageError{err}
+		return err
 	}
 	out := newEventWriter(stdout, cfg.eventsOutput)
 	defer out.Flush()
-	err = c.Events(ctx, api.EventFilter{Filter: api.Filter{NetNS: cfg.eventsNetns}}, func(line []byte) error {
+	err = c.Events(ctx, cfg.eventsFilter, func(line []byte) error {
 		var ev struct {
 			eventjson.Event
 			Dropped *uint64 `json:"dropped"`
@@ -107,6 +108,9 @@ func traceEvents(ctx context.Context, cfg *config, out eventWriter, log *zap.Log
 				break
 			}
 			id, _ := r.Lookup(ev.NetNS)
+			if !cfg.eventsFilter.MatchEvent(ev, id) {
+				break
+			}
 			if err := out.Write(eventjson.New(ev, id)); err != nil {
 				return err
 			}

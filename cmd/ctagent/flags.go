@@ -58,8 +58,9 @@ type config struct {
 	// (there is no flag), e.g. to client-go's fake clientset.
 	kube kube.Config
 
-	eventsNetns  string // events: only this namespace (name or inode)
-	eventsOutput string // events: json or text
+	eventsNetns  string          // events: only this namespace (name or inode)
+	eventsOutput string          // events: json or text
+	eventsFilter api.EventFilter // events: pod, protocols and types; NetNS is eventsNetns
 
 	client clientConfig // list and top
 }
@@ -68,9 +69,12 @@ type config struct {
 // a running daemon.
 type clientConfig struct {
 	server   string
+	httpFile string     // --http.config.file: TLS and auth of the client, as promtool reads it
 	filter   api.Filter // list
 	output   string     // list: text or json
 	once     bool       // top
+	netns    string     // top: the drill-down of this namespace
+	limit    int        // top: destinations in the drill-down
 	sort     string     // top
 	interval time.Duration
 }
@@ -102,12 +106,16 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	events := app.Command("events", "Print conntrack events, one line per event (JSON, or text like conntrack -E), with the network namespace that owns each entry, until interrupted: from the daemon at --server, or, when no daemon runs there, by tracing itself.")
 	events.Flag("output", "Output format: json (JSON lines) or text (like conntrack -E, then the owner).").Short('o').Default("json").EnumVar(&cfg.eventsOutput, "json", "text")
 	events.Flag("netns", "Only events of this network namespace: a name in --netns.dirs or an inode number (same as --events.netns).").StringVar(&cfg.eventsNetns)
+	events.Flag("pod", "Only events of the namespace of this pod: name or pod_namespace/name.").StringVar(&cfg.eventsFilter.Pod)
+	events.Flag("proto", "Only events of these protocols (tcp, udp, icmp, icmpv6, sctp, ...); repeatable or comma-separated.").SetValue(cliflag.List(&cfg.eventsFilter.Protocols))
+	events.Flag("type", "Only events of these types ("+strings.Join(api.EventTypes, ", ")+"); repeatable or comma-separated.").SetValue(cliflag.List(&cfg.eventsFilter.Types))
 	app.Command("version", "Print the version and exit.")
 	cc := &cfg.client
 	list := app.Command("list", "Print the conntrack entries of every network namespace (or of those selected) with their owner, from a running daemon's API, as conntrack -L does (or as JSON lines).")
-	top := app.Command("top", "Show the network namespaces with the fullest conntrack tables, from a running daemon's API.")
+	top := app.Command("top", "Show the network namespaces with the fullest conntrack tables, from a running daemon's API: an interactive view on a terminal (keys: s or 1-5 sort, / filter, enter what fills the selected table, esc back, q quit), else a plain table.")
 	for _, c := range []*kingpin.CmdClause{list, top, events} {
-		c.Flag("server", "URL of the ctagent daemon (its --web.listen-address).").Default(api.DefaultServer).StringVar(&cc.server)
+		c.Flag("server", "URL of the ctagent daemon (its --web.listen-address); http://user:pass@host:port for basic auth.").Default(api.DefaultServer).StringVar(&cc.server)
+		c.Flag("http.config.file", "HTTP client configuration file in the Prometheus format (as promtool's): tls_config (ca_file, cert_file, key_file, server_name, insecure_skip_verify), basic_auth, authorization (bearer). For a daemon with a --web.config.file.").PlaceHolder("FILE").StringVar(&cc.httpFile)
 	}
 	list.Flag("netns", "Only this network namespace: an inode number or a name in --netns.dirs.").StringVar(&cc.filter.NetNS)
 	list.Flag("pod", "Only the namespace of this pod: name or pod_namespace/name.").StringVar(&cc.filter.Pod)
@@ -117,6 +125,8 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	list.Flag("output", "Output format: text (like conntrack -L, then the owner) or json (JSON lines).").Short('o').Default("text").EnumVar(&cc.output, "text", "json")
 	top.Flag("once", "Print the table once and exit, instead of refreshing it.").BoolVar(&cc.once)
 	top.Flag("sort", "Sort by: "+strings.Join(api.TopSorts, ", ")+" (descending).").Default("entries").EnumVar(&cc.sort, api.TopSorts...)
+	top.Flag("netns", "Show what fills the table of this network namespace (an inode number or a name): its top destinations and states by entry count.").StringVar(&cc.netns)
+	top.Flag("limit", "Destinations shown by --netns.").Default("10").IntVar(&cc.limit)
 	top.Flag("interval", "Refresh interval without --once.").Default("2s").DurationVar(&cc.interval)
 
 	var configCheck, kernelStats bool
@@ -250,14 +260,35 @@ func (c *config) validate() error {
 			return usageErrorf("--%v", err)
 		}
 	}
+	if c.client.httpFile != "" {
+		if _, err := loadHTTPConfig(c.client.httpFile); err != nil {
+			return usageErrorf("--http.config.file: %v", err)
+		}
+	}
 	if c.command == "top" && c.client.interval <= 0 {
 		return usageErrorf("--interval must be positive, got %s", c.client.interval)
+	}
+	if c.command == "top" && (c.client.limit < 1 || c.client.limit > api.MaxTopLimit) {
+		return usageErrorf("--limit must be between 1 and %d, got %d", api.MaxTopLimit, c.client.limit)
 	}
 	if strings.HasPrefix(c.telemetryPath, api.PathPrefix) {
 		return usageErrorf("--web.telemetry-path: %s is the API's", api.PathPrefix)
 	}
 	if c.eventsNetns != "" && c.command != "events" {
 		return usageErrorf("--events.netns only applies to the events command")
+	}
+	if c.command == "events" {
+		f := &c.eventsFilter
+		f.NetNS = c.eventsNetns
+		for i, p := range f.Protocols {
+			f.Protocols[i] = strings.ToLower(p)
+		}
+		for i, t := range f.Types {
+			f.Types[i] = strings.ToLower(t)
+		}
+		if err := f.Check(); err != nil {
+			return usageErrorf("--%v", err)
+		}
 	}
 	return nil
 }

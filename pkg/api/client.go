@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -121,4 +122,24 @@ func (c *Client) lines(ctx context.Context, path string, q url.Values, fn func(l
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// NamespaceTop fetches /api/v1/namespaces/{netns}/top: what fills the
+// table of netns (an inode number or a name), the limit most frequent
+// destinations (0: the daemon's default).
+func (c *Client) NamespaceTop(ctx context.Context, netns string, limit int) (*NamespaceTopResponse, error) {
+	var q url.Values
+	if limit > 0 {
+		q = url.Values{"limit": {strconv.Itoa(limit)}}
+	}
+	resp, err := c.get(ctx, strings.Replace(NamespaceTopPath, "{netns}", url.PathEscape(netns), 1), q)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var out NamespaceTopResponse
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("%s: %w", NamespaceTopPath, err)
+	}
+	return &out, nil
 }

@@ -125,7 +125,10 @@ type EventFilter struct {
 	Types []string // created, destroyed, failed; empty: all
 }
 
-// ParseEventFilter reads netns, pod, proto and type from q.
+// EventTypes are the event types a filter may select.
+var EventTypes = []string{"created", "destroyed", "failed"}
+
+// ParseEventFilter reads netns, pod, proto and type from q and checks them.
 func ParseEventFilter(q url.Values) (EventFilter, error) {
 	f, err := ParseFilter(url.Values{"netns": q["netns"], "pod": q["pod"], "proto": q["proto"]})
 	ef := EventFilter{Filter: f}
@@ -134,17 +137,25 @@ func ParseEventFilter(q url.Values) (EventFilter, error) {
 	}
 	for _, v := range q["type"] {
 		for _, t := range strings.Split(v, ",") {
-			t = strings.ToLower(strings.TrimSpace(t))
-			if t == "" {
-				continue
+			if t = strings.ToLower(strings.TrimSpace(t)); t != "" {
+				ef.Types = append(ef.Types, t)
 			}
-			if !slices.Contains([]string{"created", "destroyed", "failed"}, t) {
-				return ef, fmt.Errorf("type: unknown event type %q (want created, destroyed or failed)", t)
-			}
-			ef.Types = append(ef.Types, t)
 		}
 	}
-	return ef, nil
+	return ef, ef.Check()
+}
+
+// Check reports a protocol or event type that no event can have.
+func (f EventFilter) Check() error {
+	if err := f.Filter.Check(); err != nil {
+		return err
+	}
+	for _, t := range f.Types {
+		if !slices.Contains(EventTypes, t) {
+			return fmt.Errorf("type: unknown event type %q (want created, destroyed or failed)", t)
+		}
+	}
+	return nil
 }
 
 // Values are the query parameters of f.
@@ -156,8 +167,8 @@ func (f EventFilter) Values() url.Values {
 	return q
 }
 
-// matchEvent reports whether ev (of a namespace with identity id) passes f.
-func (f EventFilter) matchEvent(ev tracer.Event, id netns.Identity) bool {
+// MatchEvent reports whether ev (of a namespace with identity id) passes f.
+func (f EventFilter) MatchEvent(ev tracer.Event, id netns.Identity) bool {
 	if len(f.Types) > 0 && !slices.Contains(f.Types, ev.Type.String()) {
 		return false
 	}
@@ -212,7 +223,7 @@ func (h *Handler) ServeEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		case ev := <-sub.ch:
 			id, _ := src.Namespaces.Lookup(ev.NetNS)
-			if !f.matchEvent(ev, id) {
+			if !f.MatchEvent(ev, id) {
 				continue
 			}
 			if err := out.Write(eventjson.New(ev, id)); err != nil {

@@ -161,7 +161,7 @@ func shortID(id string) string {
 }
 
 // TopSorts are the columns WriteTop sorts by.
-var TopSorts = []string{"entries", "created", "destroyed", "failed"}
+var TopSorts = []string{"entries", "created", "destroyed", "failed", "drops"}
 
 // WriteTop writes the namespaces as a table that fits 80 columns, sorted by
 // the column by (one of TopSorts, descending; then by inode).
@@ -175,6 +175,11 @@ func WriteTop(w io.Writer, r *NamespacesResponse, by string) error {
 			return n.Destroyed
 		case "failed":
 			return n.Failed
+		case "drops":
+			if n.Drops == nil {
+				return 0
+			}
+			return *n.Drops
 		}
 		if n.Entries == nil {
 			return 0
@@ -257,4 +262,48 @@ func count(n uint64, width int) string {
 		}
 	}
 	return s
+}
+
+// FormatNamespaceTop is what fills one namespace's table as lines of at
+// most 80 columns: a title, the top destinations, and the states.
+func FormatNamespaceTop(r *NamespaceTopResponse) []string {
+	share := func(n int64) string {
+		if r.Dumped <= 0 {
+			return "-"
+		}
+		return strconv.FormatFloat(float64(n)*100/float64(r.Dumped), 'f', 1, 64) + "%"
+	}
+	title := fmt.Sprintf("netns %d %s: %d entries", r.NetNS, clip(Owner(r.Namespace), 30), r.Dumped)
+	if r.FillRatio != nil && r.Limit > 0 {
+		title += fmt.Sprintf(" (%.1f%% of %d)", *r.FillRatio*100, r.Limit)
+	}
+	lines := []string{clip(title, 80)}
+	const dest = "%-39s %-8s %5s %9s %6s"
+	lines = append(lines, fmt.Sprintf(dest, "DESTINATION", "PROTO", "PORT", "ENTRIES", "SHARE"))
+	for _, d := range r.Destinations {
+		port := "-"
+		if d.DstPort != 0 {
+			port = strconv.Itoa(int(d.DstPort))
+		}
+		lines = append(lines, fmt.Sprintf(dest, clip(d.Dst, 39), clip(d.Protocol, 8), port, count(uint64(d.Entries), 9), share(d.Entries)))
+	}
+	if r.OtherDestinations > 0 || r.OtherEntries > 0 {
+		more := fmt.Sprintf("(%d more destinations: %d entries)", r.OtherDestinations, r.OtherEntries)
+		if r.Truncated {
+			more = fmt.Sprintf("(other destinations: %d entries; too many distinct ones to count each)", r.OtherEntries)
+		}
+		lines = append(lines, more)
+	}
+	const state = "%-8s %-13s %9s %6s"
+	lines = append(lines, "", fmt.Sprintf(state, "PROTO", "STATE", "ENTRIES", "SHARE"))
+	for _, s := range r.States {
+		lines = append(lines, fmt.Sprintf(state, clip(s.Protocol, 8), clip(s.State, 13), count(uint64(s.Entries), 9), share(s.Entries)))
+	}
+	return lines
+}
+
+// WriteNamespaceTop writes FormatNamespaceTop's lines.
+func WriteNamespaceTop(w io.Writer, r *NamespaceTopResponse) error {
+	_, err := io.WriteString(w, strings.Join(FormatNamespaceTop(r), "\n")+"\n")
+	return err
 }

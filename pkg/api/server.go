@@ -12,6 +12,7 @@ import (
 
 	"github.com/ctagent/ctagent/pkg/eventjson"
 	"github.com/ctagent/ctagent/pkg/metrics"
+	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -113,6 +114,11 @@ type Namespace struct {
 	Destroyed         uint64            `json:"destroyed_total"`
 	Failed            uint64            `json:"failed_total"`
 	Limit             uint64            `json:"limit"`
+	// Drops are the kernel's drop and early_drop counters of the
+	// namespace (conntrack -S): packets dropped because the table was full
+	// or an entry could not be made, and entries evicted to make room;
+	// null when unreadable.
+	Drops *uint64 `json:"drops_total"`
 	// FillRatio is Entries / Limit; null when either is unknown.
 	FillRatio *float64 `json:"fill_ratio"`
 }
@@ -124,6 +130,39 @@ type ProtocolEntries struct {
 	Entries  int64  `json:"entries"`
 }
 
+// namespaceOf is s as the API shows it, with the table limit.
+func namespaceOf(s metrics.NamespaceStats, limit uint64) Namespace {
+	n := Namespace{NetNS: s.Inode, Listed: s.Listed, Created: s.Created, Destroyed: s.Destroyed, Failed: s.Failed, Limit: limit}
+	n.identify(s.Identity)
+	if s.Entries != nil {
+		total := s.EntriesTotal
+		n.Entries = &total
+		for _, e := range s.Entries {
+			n.EntriesByProtocol = append(n.EntriesByProtocol, ProtocolEntries(e))
+		}
+		if limit > 0 {
+			ratio := float64(total) / float64(limit)
+			n.FillRatio = &ratio
+		}
+	}
+	return n
+}
+
+// identify sets n's owner fields from id.
+func (n *Namespace) identify(id netns.Identity) {
+	n.NetNSName, n.Host, n.Pod, n.PodNamespace = id.Name, id.Host, id.Pod, id.PodNamespace
+	n.Container, n.PID, n.Comm = id.ContainerID, id.PID, id.Comm
+}
+
+// readDrops sets Drops from the kernel's statistics of ns; it stays nil
+// when they cannot be read.
+func (n *Namespace) readDrops(t tracer.Table, ns tracer.Namespace) {
+	if st, err := t.KernelStats(ns); err == nil {
+		d := st.Drop + st.EarlyDrop
+		n.Drops = &d
+	}
+}
+
 // ServeNamespaces serves GET /api/v1/namespaces.
 func (h *Handler) ServeNamespaces(w http.ResponseWriter, r *http.Request) {
 	src := h.source(w, r)
@@ -131,24 +170,15 @@ func (h *Handler) ServeNamespaces(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stats, limit := src.Stats.Snapshot()
+	listed := map[uint32]tracer.Namespace{}
+	for _, n := range src.Namespaces.Namespaces() {
+		listed[n.Inode] = n
+	}
 	resp := NamespacesResponse{Limit: limit, Namespaces: make([]Namespace, 0, len(stats))}
 	for _, s := range stats {
-		id := s.Identity
-		n := Namespace{
-			NetNS: s.Inode, NetNSName: id.Name, Host: id.Host, Pod: id.Pod, PodNamespace: id.PodNamespace,
-			Container: id.ContainerID, PID: id.PID, Comm: id.Comm, Listed: s.Listed,
-			Created: s.Created, Destroyed: s.Destroyed, Failed: s.Failed, Limit: limit,
-		}
-		if s.Entries != nil {
-			total := s.EntriesTotal
-			n.Entries = &total
-			for _, e := range s.Entries {
-				n.EntriesByProtocol = append(n.EntriesByProtocol, ProtocolEntries(e))
-			}
-			if limit > 0 {
-				ratio := float64(total) / float64(limit)
-				n.FillRatio = &ratio
-			}
+		n := namespaceOf(s, limit)
+		if ns, ok := listed[s.Inode]; ok && s.Listed {
+			n.readDrops(src.Table, ns)
 		}
 		resp.Namespaces = append(resp.Namespaces, n)
 	}
@@ -231,6 +261,7 @@ func (h *Handler) Routes() []Route {
 		{NamespacesPath, http.HandlerFunc(h.ServeNamespaces), "API: per-namespace table health (JSON)"},
 		{EntriesPath, http.HandlerFunc(h.ServeEntries), "API: conntrack entries with their owner (JSON lines)"},
 		{EventsPath, http.HandlerFunc(h.ServeEvents), "API: live conntrack events with their owner (JSON lines)"},
+		{NamespaceTopPath, http.HandlerFunc(h.ServeNamespaceTop), "API: what fills one namespace's table: top destinations and states (JSON)"},
 	}
 }
 
