@@ -586,6 +586,37 @@ func TestLifetimeHistogramCumulative(t *testing.T) {
 	t.Fatal("no ctagent_conntrack_lifetime_seconds")
 }
 
+// A namespace whose last dump found no TCP entry has no by-state series
+// (nine zeros each would be most of the series at 1,000 namespaces); once
+// a dump finds one, all nine named states are there, zeros included.
+func TestEntriesByStateOnlyWithTCP(t *testing.T) {
+	f := newFixture(t, Options{})
+	const ns = 4026531998
+	f.ns.setList(ns)
+	f.tables.set(ns, udpEntry(unix.AF_INET, 0))
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	l := "netns=4026531998"
+	m := f.scrape(t)
+	if got := m["ctagent_conntrack_entries_by_state"]; len(got) != 0 {
+		t.Errorf("by-state series without a TCP entry: %v", got)
+	}
+	expect(t, m, "ctagent_conntrack_entries_unreplied", l, 1)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv4,protocol=udp", 1)
+
+	f.tables.set(ns, udpEntry(unix.AF_INET, 0), tcpEntry(3, ipsAssured|ipsSeenReply))
+	if _, failed, err := f.e.baselinePass(context.Background(), false); failed != 0 {
+		t.Fatal(err)
+	}
+	m = f.scrape(t)
+	if got := len(m["ctagent_conntrack_entries_by_state"]); got != 9 {
+		t.Errorf("%d by-state series with a TCP entry, want the nine named states", got)
+	}
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=established", 1)
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=time_wait", 0)
+}
+
 func TestEntriesFromBaselineAndCounters(t *testing.T) {
 	f := newFixture(t, Options{Labels: []string{"netns_name"}})
 	const ns = 4026531999

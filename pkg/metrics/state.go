@@ -153,6 +153,16 @@ type reconInfo struct {
 	unreplied      uint64
 }
 
+// hasTCP reports whether the dump found a TCP entry (in any state).
+func (r *reconInfo) hasTCP() bool {
+	for _, n := range r.tcpStates {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *reconInfo) clone() *reconInfo {
 	c := *r
 	c.tcpStates = make(map[uint8]uint64, len(r.tcpStates))
@@ -359,6 +369,13 @@ func (e *Exporter) place(byNS map[uint32]*nsCounters, skipNew bool) {
 	}
 }
 
+// dumpGroup is how many namespaces a baseline pass dumps between two
+// counter snapshots, dumpParallel at a time.
+const (
+	dumpGroup    = 64
+	dumpParallel = 8
+)
+
 // maxDumpTries bounds the dumps of one namespace in one baseline pass while
 // its counters keep moving during the dump.
 const maxDumpTries = 3
@@ -394,6 +411,15 @@ type tryResult struct {
 // entries that changed meanwhile; the next dump corrects that, and exports
 // the correction).
 func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed int, err error) {
+	n, failed, _, err = e.baselinePassUntil(ctx, onlyNew, time.Time{})
+	return n, failed, err
+}
+
+// baselinePassUntil is baselinePass that starts no group of dumps after
+// until (zero: no limit) once one group is done; left is how many
+// namespaces it did not dump, for a later pass (their baseline is still
+// missing, so an onlyNew pass takes them).
+func (e *Exporter) baselinePassUntil(ctx context.Context, onlyNew bool, until time.Time) (n, failed, left int, err error) {
 	e.passMu.Lock()
 	defer e.passMu.Unlock()
 	var todo []tracer.Namespace
@@ -406,7 +432,7 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 	}
 	e.mu.Unlock()
 	if len(todo) == 0 {
-		return 0, 0, nil
+		return 0, 0, 0, nil
 	}
 	defer func() {
 		for _, ns := range todo {
@@ -435,15 +461,22 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 		queue = append(queue, dumpTry{ns: ns})
 	}
 
-	// Namespaces are dumped in parallel groups, with one counter snapshot
-	// between groups: after one group's dumps, before the next one's.
-	// Reading the counters can cost work per namespace (the netlink
-	// backend refreshes every namespace's statistics), so one read per
-	// dump would make a pass quadratic.
-	const group = 8
+	// Namespaces are dumped in groups (dumpParallel at a time within
+	// one), with one counter snapshot between groups: after one group's
+	// dumps, before the next one's. Reading the counters can cost work per
+	// namespace (the netlink backend refreshes every namespace's
+	// statistics), and each group waits e.settle, so small groups make a
+	// pass over many namespaces slow (groups of 8: 17 s to ready at 1,000
+	// namespaces); a namespace whose table changes during its group's
+	// dumps is dumped again, so groups must stay small enough to give
+	// busy namespaces a fair window.
 	var before tracer.Counters
-	for len(queue) > 0 && ctx.Err() == nil {
-		chunk := queue[:min(group, len(queue))]
+	for first := true; len(queue) > 0 && ctx.Err() == nil; first = false {
+		if !first && !until.IsZero() && time.Now().After(until) {
+			left = len(queue)
+			break
+		}
+		chunk := queue[:min(dumpGroup, len(queue))]
 		queue = queue[len(chunk):]
 		if before == nil {
 			c, err := e.tr.Counters()
@@ -473,7 +506,7 @@ func (e *Exporter) baselinePass(ctx context.Context, onlyNew bool) (n, failed in
 		e.place(groupCounters(before), false)
 		e.mu.Unlock()
 	}
-	return n, len(errs), errors.Join(errs...)
+	return n, len(errs), left, errors.Join(errs...)
 }
 
 // baselineGroup dumps namespaces in parallel and makes each dump the
@@ -498,8 +531,11 @@ func (e *Exporter) baselineGroup(ctx context.Context, tries []dumpTry, before tr
 	}
 	sums := make([]*dumpSummary, len(tries))
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, dumpParallel)
 	for i, t := range tries {
+		sem <- struct{}{}
 		wg.Go(func() {
+			defer func() { <-sem }()
 			sums[i], res[i].err = e.dumpOne(t.ns)
 		})
 	}
