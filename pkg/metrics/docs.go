@@ -41,12 +41,12 @@ func Markdown() string {
 		"counted in `ctagent_namespaces_folded`. Which ones keep theirs is decided at each namespace rescan " +
 		"and after each table dump, not by scrapes; a namespace that appeared since takes a free place, if any. Summed counters of the overflow series can decrease when a " +
 		"namespace moves in or out of it.\n\n")
-	w("A namespace with one UDP entry has 17 series: the entry gauge of each family and protocol it has, "+
-		"the assured and unreplied gauges, three `ctagent_reconcile_*` series, and the kernel's entry count and "+
-		"ten statistics counters; the created and destroyed counters and the lifetime histogram (16 series) "+
-		"once it has events of a family and protocol. The nine `ctagent_conntrack_entries_by_state` series appear "+
-		"only once a dump found a TCP entry in the namespace (then all nine, zeros included): at 1,000 namespaces "+
-		"without TCP they would be 9,000 zero series. The kernel statistics stay even when zero: they are "+
+	w("A namespace with one UDP entry has 17 series: the entry gauge of each family and protocol it has, " +
+		"the assured and unreplied gauges, three `ctagent_reconcile_*` series, and the kernel's entry count and " +
+		"ten statistics counters; the created and destroyed counters and the lifetime histogram (16 series) " +
+		"once it has events of a family and protocol. The nine `ctagent_conntrack_entries_by_state` series appear " +
+		"only once a dump found a TCP entry in the namespace (then all nine, zeros included): at 1,000 namespaces " +
+		"without TCP they would be 9,000 zero series. The kernel statistics stay even when zero: they are " +
 		"counters, and a counter that appears only at its first increase hides that increase from `rate()`.\n\n")
 	w("Identity labels and pod labels add no series: a namespace has one value of each at a time, so it has " +
 		"as many series with all of them as with none. They add churn when a value changes while the namespace " +
