@@ -53,6 +53,8 @@ type Result struct {
 	SeriesPerNS     float64        `json:"series_per_ns"`    // samples with a netns label / namespaces seen
 	VmHWMKiB        int            `json:"vmhwm_kib"`        // peak RSS
 	VmRSSKiB        int            `json:"vmrss_kib"`        // RSS after the scrapes
+	RssAnonKiB      int            `json:"rssanon_kib"`      // of which anonymous (heap, stacks)
+	RssFileKiB      int            `json:"rssfile_kib"`      // of which file pages (the binary's text and data)
 	Threads         int            `json:"threads"`          // OS threads
 	FDs             int            `json:"fds"`              // open file descriptors
 	FDKinds         map[string]int `json:"fd_kinds"`         // by readlink kind
@@ -137,7 +139,9 @@ func markdown(rs []Result) string {
 	row("/metrics lines", func(r Result) string { return strconv.Itoa(r.Lines) })
 	row("samples per namespace", func(r Result) string { return fmt.Sprintf("%.1f", r.SeriesPerNS) })
 	row("VmHWM (peak RSS)", func(r Result) string { return fmt.Sprintf("%.1f MiB", float64(r.VmHWMKiB)/1024) })
-	row("VmRSS", func(r Result) string { return fmt.Sprintf("%.1f MiB", float64(r.VmRSSKiB)/1024) })
+	row("VmRSS (anonymous + file pages)", func(r Result) string {
+		return fmt.Sprintf("%.1f MiB (%.1f + %.1f)", float64(r.VmRSSKiB)/1024, float64(r.RssAnonKiB)/1024, float64(r.RssFileKiB)/1024)
+	})
 	row("threads", func(r Result) string { return strconv.Itoa(r.Threads) })
 	row("file descriptors", func(r Result) string {
 		kinds := make([]string, 0, len(r.FDKinds))
@@ -256,6 +260,7 @@ func runOne(ctx context.Context, n int, bin, backend string, scrapes int, idle t
 	pid := cmd.Process.Pid
 	status := procStatus(pid)
 	r.VmHWMKiB, r.VmRSSKiB, r.Threads = status["VmHWM"], status["VmRSS"], status["Threads"]
+	r.RssAnonKiB, r.RssFileKiB = status["RssAnon"], status["RssFile"]
 	r.FDKinds = fdKinds(pid)
 	for _, c := range r.FDKinds {
 		r.FDs += c
