@@ -68,6 +68,13 @@ func Markdown() string {
 		"`ctagent_reconcile_corrections_total`. The by-state, assured and unreplied gauges come from the last dump "+
 		"only. `ctagent_conntrack_kernel_entries` is the kernel's own count, read at scrape time.\n\n",
 		durationDoc(DefaultReconcileInterval))
+	w("A table dump walks the kernel's whole conntrack hash table, which all namespaces share (about 10 ms with "+
+		"262,144 buckets), whatever the namespace holds. So the reconciliation does not dump a namespace where nothing "+
+		"changed: no entry created or destroyed since its last dump, and the kernel's entry count equal to that "+
+		"dump's; but it dumps each namespace at least every %d reconciliations, since entries change TCP state, "+
+		"and become assured or replied, without an event (`ctagent_reconcile_last_timestamp_seconds` says when). "+
+		"At start, the namespaces not dumped within 2 s are dumped in the background after `/readyz` turns 200: "+
+		"until then they have their counters and kernel statistics, and no entry gauges.\n\n", reconcileMaxSkips+1)
 
 	w("## Reference\n\n")
 	w("| Metric | Type | Labels | Help | Label values and cardinality |\n")

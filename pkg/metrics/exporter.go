@@ -365,7 +365,7 @@ func (e *Exporter) Ready() bool { return e.ready.Load() }
 // entry gauges once dumped, like a namespace that appears later.
 func (e *Exporter) Start(ctx context.Context) error {
 	e.refresh()
-	n, failed, left, err := e.baselinePassUntil(ctx, false, time.Now().Add(startBudget))
+	n, failed, left, err := e.baselinePassUntil(ctx, false, time.Now().Add(startBudget), false)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -430,7 +430,7 @@ func (e *Exporter) Run(ctx context.Context) {
 		case <-reconcile:
 			e.refresh()
 			start := time.Now()
-			n, failed, err := e.baselinePass(ctx, false)
+			n, failed, _, err := e.baselinePassUntil(ctx, false, time.Time{}, true)
 			d := time.Since(start)
 			e.mu.Lock()
 			e.reconDur, e.reconDone = d, true
