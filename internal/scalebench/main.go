@@ -39,26 +39,28 @@ import (
 
 // Result is what one run at N namespaces measured.
 type Result struct {
-	Namespaces      int            `json:"namespaces"`       // created by the run
-	Seen            int            `json:"seen"`             // ctagent_namespaces
-	Backend         string         `json:"backend"`          // --tracer.backend
-	ReadySeconds    float64        `json:"ready_seconds"`    // from exec to 200 on /readyz
-	DumpedSeconds   float64        `json:"dumped_seconds"`   // from exec to every namespace dumped
-	ScrapeSeconds   float64        `json:"scrape_seconds"`   // median ctagent_scrape_duration_seconds
-	RequestSeconds  float64        `json:"request_seconds"`  // median whole GET /metrics
-	RequestMin      float64        `json:"request_min"`      // fastest GET /metrics
-	RequestMax      float64        `json:"request_max"`      // slowest GET /metrics
-	Bytes           int            `json:"bytes"`            // of one /metrics body
-	Lines           int            `json:"lines"`            // of one /metrics body
-	SeriesPerNS     float64        `json:"series_per_ns"`    // samples with a netns label / namespaces seen
-	VmHWMKiB        int            `json:"vmhwm_kib"`        // peak RSS
-	VmRSSKiB        int            `json:"vmrss_kib"`        // RSS after the scrapes
-	RssAnonKiB      int            `json:"rssanon_kib"`      // of which anonymous (heap, stacks)
-	RssFileKiB      int            `json:"rssfile_kib"`      // of which file pages (the binary's text and data)
-	Threads         int            `json:"threads"`          // OS threads
-	FDs             int            `json:"fds"`              // open file descriptors
-	FDKinds         map[string]int `json:"fd_kinds"`         // by readlink kind
-	IdleCPUPercent  float64        `json:"idle_cpu_percent"` // of one core, over the idle window
+	Namespaces      int            `json:"namespaces"`        // created by the run
+	Seen            int            `json:"seen"`              // ctagent_namespaces
+	Backend         string         `json:"backend"`           // --tracer.backend
+	ReadySeconds    float64        `json:"ready_seconds"`     // from exec to 200 on /readyz
+	DumpedSeconds   float64        `json:"dumped_seconds"`    // from exec to every namespace dumped
+	ScrapeSeconds   float64        `json:"scrape_seconds"`    // median ctagent_scrape_duration_seconds
+	RequestSeconds  float64        `json:"request_seconds"`   // median whole GET /metrics
+	RequestMin      float64        `json:"request_min"`       // fastest GET /metrics
+	RequestMax      float64        `json:"request_max"`       // slowest GET /metrics
+	Bytes           int            `json:"bytes"`             // of one /metrics body
+	Lines           int            `json:"lines"`             // of one /metrics body
+	SeriesPerNS     float64        `json:"series_per_ns"`     // samples with a netns label / namespaces seen
+	VmHWMKiB        int            `json:"vmhwm_kib"`         // peak RSS
+	VmRSSKiB        int            `json:"vmrss_kib"`         // RSS after the scrapes
+	RssAnonKiB      int            `json:"rssanon_kib"`       // of which anonymous (heap, stacks)
+	RssFileKiB      int            `json:"rssfile_kib"`       // of which file pages (the binary's text and data)
+	HeapInuse       float64        `json:"heap_inuse_bytes"`  // go_memstats_heap_inuse_bytes
+	StackInuse      float64        `json:"stack_inuse_bytes"` // go_memstats_stack_inuse_bytes
+	Threads         int            `json:"threads"`           // OS threads
+	FDs             int            `json:"fds"`               // open file descriptors
+	FDKinds         map[string]int `json:"fd_kinds"`          // by readlink kind
+	IdleCPUPercent  float64        `json:"idle_cpu_percent"`  // of one core, over the idle window
 	IdleSeconds     float64        `json:"idle_seconds"`
 	ScrapesMeasured int            `json:"scrapes"`
 }
@@ -141,6 +143,9 @@ func markdown(rs []Result) string {
 	row("VmHWM (peak RSS)", func(r Result) string { return fmt.Sprintf("%.1f MiB", float64(r.VmHWMKiB)/1024) })
 	row("VmRSS (anonymous + file pages)", func(r Result) string {
 		return fmt.Sprintf("%.1f MiB (%.1f + %.1f)", float64(r.VmRSSKiB)/1024, float64(r.RssAnonKiB)/1024, float64(r.RssFileKiB)/1024)
+	})
+	row("Go heap in use, stacks in use", func(r Result) string {
+		return fmt.Sprintf("%.1f MiB, %.1f MiB", r.HeapInuse/(1<<20), r.StackInuse/(1<<20))
 	})
 	row("threads", func(r Result) string { return strconv.Itoa(r.Threads) })
 	row("file descriptors", func(r Result) string {
@@ -244,6 +249,8 @@ func runOne(ctx context.Context, n int, bin, backend string, scrapes int, idle t
 	r.ScrapeSeconds = median(scr)
 	r.Bytes = len(body)
 	r.Lines = bytes.Count(body, []byte("\n"))
+	r.HeapInuse, _ = metricValue(body, "go_memstats_heap_inuse_bytes")
+	r.StackInuse, _ = metricValue(body, "go_memstats_stack_inuse_bytes")
 	if v, ok := metricValue(body, "ctagent_namespaces"); ok {
 		r.Seen = int(v)
 	}
