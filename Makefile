@@ -154,10 +154,40 @@ vmtest: ## Boot Debian's 5.10, 6.1, 6.12 and sid kernels, and 6.1 on arm64, unde
 	    CGO_ENABLED=0 GOARCH=$$a $(GO) test -c -o $(VMTEST_DIR)/$$a/$$(basename $$p).test $$p || exit 1; done; done
 	VMTEST_ARGS="$(VMTEST_ARGS)" scripts/vmtest.sh $(foreach k,$(VMTEST_KERNELS),-k $(k)) $(VMTEST_BINS)
 
+# Host benchmarks: decoding, and one scrape at 1,000 real namespaces
+# (root). benchstat compares them with the same benchmarks at BENCH_BASE
+# (a git ref, checked out in a temporary worktree), or else with the
+# previous run of this target.
+BENCHSTAT   := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+BENCH_BASE  ?=
+BENCH_COUNT ?= 5
+BENCH_HOST  = $(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./pkg/...
+
+.PHONY: bench-host
+bench-host: ## Host benchmarks compared by benchstat with BENCH_BASE=<git ref>, else with the previous run
+	mkdir -p .cache
+	if [ -f .cache/bench-host.txt ]; then mv .cache/bench-host.txt .cache/bench-host-prev.txt; fi
+	$(BENCH_HOST) | tee .cache/bench-host.txt
+	@if [ -n "$(BENCH_BASE)" ]; then \
+	  rm -rf .cache/bench-base; git worktree prune; \
+	  git worktree add --detach .cache/bench-base $(BENCH_BASE) >/dev/null || exit 1; \
+	  (cd .cache/bench-base && $(BENCH_HOST)) > .cache/bench-host-base.txt; rc=$$?; \
+	  git worktree remove --force .cache/bench-base; test $$rc = 0 || exit $$rc; \
+	  echo; echo "== benchstat: $(BENCH_BASE) (base) vs this tree (new) =="; \
+	  $(GO) run $(BENCHSTAT) base=.cache/bench-host-base.txt new=.cache/bench-host.txt; \
+	elif [ -f .cache/bench-host-prev.txt ]; then \
+	  echo; echo "== benchstat: previous run (prev) vs this run (new) =="; \
+	  $(GO) run $(BENCHSTAT) prev=.cache/bench-host-prev.txt new=.cache/bench-host.txt; \
+	fi
+
+.PHONY: bench-scale
+bench-scale: build ## The daemon (netlink backend) at 10, 100 and 1,000 namespaces: ready, scrape, RSS, fds, idle CPU (root; SCALE_ARGS=-n 10,100)
+	mkdir -p .cache
+	$(GO) run ./internal/scalebench -bin $(BIN) -json .cache/bench-scale.json -md .cache/bench-scale.md $(SCALE_ARGS)
+
 .PHONY: bench
-bench: ## Benchmarks: host, and in-kernel overhead in the VM; ratios to a baseline of the same run
-	mkdir -p .cache $(VMTEST_DIR)
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./pkg/... | tee .cache/bench-host.txt
+bench: bench-host ## Benchmarks: host (benchstat, see bench-host), and in-kernel overhead in the VM; ratios to a baseline of the same run
+	mkdir -p $(VMTEST_DIR)
 	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/bench-tracer.test ./pkg/tracer/ebpftracer
 	VMTEST_ARGS="-test.run '^TestEventLayout$$' -test.bench Overhead -test.benchtime 20000x -test.count 3" \
 	  scripts/vmtest.sh -k debian-6.12 $(VMTEST_DIR)/bench-tracer.test | tee .cache/bench-vm.txt

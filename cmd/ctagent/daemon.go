@@ -39,7 +39,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	srv := server.New(server.Config{
 		Web: cfg.web, Registry: reg, MetricsPath: cfg.telemetryPath, Logger: log,
 		Version:   fmt.Sprintf("%s (revision %s)", Version, Revision),
-		Readiness: "200 once the tracer is attached and the baseline is loaded",
+		Readiness: "200 once the tracer is attached and the baseline is loaded (the namespaces left after a 2 s budget of table dumps are dumped in the background)",
 	})
 	// The API is mounted now (the server takes handlers before Start) and
 	// answers 503 until the exporter and the tracer run.

@@ -529,8 +529,13 @@ func (m emitter) sample(s *sample) {
 
 	if s.listed && s.rec != nil {
 		r := s.rec
-		for st := uint8(tcpStateNone + 1); st <= tcpStateSynSent2; st++ {
-			m.val(mEntriesByState, float64(r.tcpStates[st]), lv(tcpStateName(st))...)
+		// The nine named states, zeros included, only where the dump
+		// found a TCP entry: for the many namespaces without TCP they
+		// would be nine zero series each (docs/metrics.md).
+		if r.hasTCP() {
+			for st := uint8(tcpStateNone + 1); st <= tcpStateSynSent2; st++ {
+				m.val(mEntriesByState, float64(r.tcpStates[st]), lv(tcpStateName(st))...)
+			}
 		}
 		for _, st := range slices.Sorted(maps.Keys(r.tcpStates)) {
 			if (st == tcpStateNone || st > tcpStateSynSent2) && r.tcpStates[st] > 0 {

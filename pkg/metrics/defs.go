@@ -137,7 +137,7 @@ func buildDefs() []metricDef {
 	d[mEntriesByState] = metricDef{
 		name: "ctagent_conntrack_entries_by_state", kind: kindGauge, perNS: true, labels: []string{"state"},
 		help:  "TCP conntrack entries by TCP conntrack state, as of the last table dump.",
-		notes: "state: syn_sent, syn_recv, established, fin_wait, close_wait, last_ack, time_wait, close, syn_sent2 (always present), none or other:N (only when seen). " + notesDump,
+		notes: "state: syn_sent, syn_recv, established, fin_wait, close_wait, last_ack, time_wait, close, syn_sent2 (all nine, zeros included, once the namespace's last dump found a TCP entry; none for a namespace without TCP entries, where they would be nine zero series each), none or other:N (only when seen). " + notesDump,
 	}
 	d[mEntriesUnreplied] = metricDef{
 		name: "ctagent_conntrack_entries_unreplied", kind: kindGauge, perNS: true,

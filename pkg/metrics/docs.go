@@ -41,6 +41,13 @@ func Markdown() string {
 		"counted in `ctagent_namespaces_folded`. Which ones keep theirs is decided at each namespace rescan " +
 		"and after each table dump, not by scrapes; a namespace that appeared since takes a free place, if any. Summed counters of the overflow series can decrease when a " +
 		"namespace moves in or out of it.\n\n")
+	w("A namespace with one UDP entry has 17 series: the entry gauge of each family and protocol it has, " +
+		"the assured and unreplied gauges, three `ctagent_reconcile_*` series, and the kernel's entry count and " +
+		"ten statistics counters; the created and destroyed counters and the lifetime histogram (16 series) " +
+		"once it has events of a family and protocol. The nine `ctagent_conntrack_entries_by_state` series appear " +
+		"only once a dump found a TCP entry in the namespace (then all nine, zeros included): at 1,000 namespaces " +
+		"without TCP they would be 9,000 zero series. The kernel statistics stay even when zero: they are " +
+		"counters, and a counter that appears only at its first increase hides that increase from `rate()`.\n\n")
 	w("Identity labels and pod labels add no series: a namespace has one value of each at a time, so it has " +
 		"as many series with all of them as with none. They add churn when a value changes while the namespace " +
 		"lives (its lowest-PID process changes, its pod is deleted, a pod label is edited with `kubectl label`): " +
@@ -61,6 +68,13 @@ func Markdown() string {
 		"`ctagent_reconcile_corrections_total`. The by-state, assured and unreplied gauges come from the last dump "+
 		"only. `ctagent_conntrack_kernel_entries` is the kernel's own count, read at scrape time.\n\n",
 		durationDoc(DefaultReconcileInterval))
+	w("A table dump walks the kernel's whole conntrack hash table, which all namespaces share (about 10 ms with "+
+		"262,144 buckets), whatever the namespace holds. So the reconciliation does not dump a namespace where nothing "+
+		"changed: no entry created or destroyed since its last dump, and the kernel's entry count equal to that "+
+		"dump's; but it dumps each namespace at least every %d reconciliations, since entries change TCP state, "+
+		"and become assured or replied, without an event (`ctagent_reconcile_last_timestamp_seconds` says when). "+
+		"At start, the namespaces not dumped within 2 s are dumped in the background after `/readyz` turns 200: "+
+		"until then they have their counters and kernel statistics, and no entry gauges.\n\n", reconcileMaxSkips+1)
 
 	w("## Reference\n\n")
 	w("| Metric | Type | Labels | Help | Label values and cardinality |\n")

@@ -355,18 +355,33 @@ func (e *Exporter) Ready() bool { return e.ready.Load() }
 // entry gauges are right before any event, and makes Ready true. It fails
 // when namespaces were listed and none could be dumped (Ready stays false
 // until a later pass of Run dumps one), or when ctx ends.
+//
+// Each dump walks the kernel's whole conntrack hash table (one for all
+// namespaces; ctnetlink_dump_table skips the other namespaces' entries),
+// about 10 ms with the default 262,144 buckets: 1,000 namespaces take
+// seconds of kernel time. So Start dumps for at most startBudget (at
+// least one group of dumpGroup namespaces) and leaves the rest to Run,
+// which it wakes: those namespaces have their counters at once and their
+// entry gauges once dumped, like a namespace that appears later.
 func (e *Exporter) Start(ctx context.Context) error {
 	e.refresh()
-	n, failed, err := e.baselinePass(ctx, false)
+	n, failed, left, err := e.baselinePassUntil(ctx, false, time.Now().Add(startBudget), false)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	if n > 0 && failed == n {
 		return fmt.Errorf("metrics: no namespace could be dumped: %w", err)
 	}
+	if left > 0 {
+		e.log.Info("Baseline continues in the background", zap.Int("dumped", n), zap.Int("left", left))
+		e.wake()
+	}
 	e.ready.Store(true)
 	return nil
 }
+
+// startBudget bounds the table dumps Start waits for (see Start).
+const startBudget = 2 * time.Second
 
 // retryDelays space out the passes that dump again a namespace whose last
 // dump raced changes of its table (at most maxRacyPasses of them).
@@ -415,7 +430,7 @@ func (e *Exporter) Run(ctx context.Context) {
 		case <-reconcile:
 			e.refresh()
 			start := time.Now()
-			n, failed, err := e.baselinePass(ctx, false)
+			n, failed, _, err := e.baselinePassUntil(ctx, false, time.Time{}, true)
 			d := time.Since(start)
 			e.mu.Lock()
 			e.reconDur, e.reconDone = d, true

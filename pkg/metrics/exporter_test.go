@@ -586,6 +586,97 @@ func TestLifetimeHistogramCumulative(t *testing.T) {
 	t.Fatal("no ctagent_conntrack_lifetime_seconds")
 }
 
+// A namespace whose last dump found no TCP entry has no by-state series
+// (nine zeros each would be most of the series at 1,000 namespaces); once
+// a dump finds one, all nine named states are there, zeros included.
+func TestEntriesByStateOnlyWithTCP(t *testing.T) {
+	f := newFixture(t, Options{})
+	const ns = 4026531998
+	f.ns.setList(ns)
+	f.tables.set(ns, udpEntry(unix.AF_INET, 0))
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	l := "netns=4026531998"
+	m := f.scrape(t)
+	if got := m["ctagent_conntrack_entries_by_state"]; len(got) != 0 {
+		t.Errorf("by-state series without a TCP entry: %v", got)
+	}
+	expect(t, m, "ctagent_conntrack_entries_unreplied", l, 1)
+	expect(t, m, "ctagent_conntrack_entries", l+",family=ipv4,protocol=udp", 1)
+
+	f.tables.set(ns, udpEntry(unix.AF_INET, 0), tcpEntry(3, ipsAssured|ipsSeenReply))
+	if _, failed, err := f.e.baselinePass(context.Background(), false); failed != 0 {
+		t.Fatal(err)
+	}
+	m = f.scrape(t)
+	if got := len(m["ctagent_conntrack_entries_by_state"]); got != 9 {
+		t.Errorf("%d by-state series with a TCP entry, want the nine named states", got)
+	}
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=established", 1)
+	expect(t, m, "ctagent_conntrack_entries_by_state", l+",state=time_wait", 0)
+}
+
+// A reconciliation skips a namespace where nothing changed (no event since
+// its dump, and the kernel's entry count is the dump's), at most
+// reconcileMaxSkips times in a row, and dumps it as soon as either moves.
+func TestReconcileSkipsUnchanged(t *testing.T) {
+	f := newFixture(t, Options{})
+	const ns = 4026531997
+	f.ns.setList(ns)
+	udp4 := key(ns, unix.AF_INET, unix.IPPROTO_UDP)
+	f.tables.set(ns, udpEntry(unix.AF_INET, 0), udpEntry(unix.AF_INET, 0))
+	kernelEntries := uint64(2)
+	f.e.readStats = func(tracer.Namespace) (tracer.KernelStats, error) {
+		return tracer.KernelStats{Entries: kernelEntries}, nil
+	}
+	if err := f.e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	reconcile := func() int {
+		t.Helper()
+		f.clock.advance(time.Minute)
+		n, failed, _, err := f.e.baselinePassUntil(context.Background(), false, time.Time{}, true)
+		if failed != 0 {
+			t.Fatal(err)
+		}
+		return n
+	}
+	l := "netns=4026531997"
+	// A change the events did not show (the table lost an entry, and so
+	// did the kernel's count): dumped.
+	f.tables.set(ns, udpEntry(unix.AF_INET, 0))
+	kernelEntries = 1
+	if n := reconcile(); n != 1 {
+		t.Fatalf("count changed: %d namespaces dumped, want 1", n)
+	}
+	m := f.scrape(t)
+	expect(t, m, "ctagent_reconcile_last_correction", l, -1)
+	expect(t, m, "ctagent_reconcile_last_timestamp_seconds", l, 1_700_000_060)
+	// Nothing changed: skipped reconcileMaxSkips times, then dumped.
+	for i := range reconcileMaxSkips {
+		if n := reconcile(); n != 0 {
+			t.Fatalf("unchanged, reconciliation %d: %d namespaces dumped, want 0", i+1, n)
+		}
+	}
+	m = f.scrape(t)
+	expect(t, m, "ctagent_reconcile_last_timestamp_seconds", l, 1_700_000_060)
+	if n := reconcile(); n != 1 {
+		t.Fatalf("after %d skips: %d namespaces dumped, want 1", reconcileMaxSkips, n)
+	}
+	// An event: dumped.
+	if n := reconcile(); n != 0 {
+		t.Fatalf("unchanged: %d namespaces dumped, want 0", n)
+	}
+	f.tr.set(udp4, 1, 0)
+	f.tables.set(ns, udpEntry(unix.AF_INET, 0), udpEntry(unix.AF_INET, 0))
+	kernelEntries = 2
+	if n := reconcile(); n != 1 {
+		t.Fatalf("after an event: %d namespaces dumped, want 1", n)
+	}
+	expect(t, f.scrape(t), "ctagent_conntrack_entries", l+",family=ipv4,protocol=udp", 2)
+}
+
 func TestEntriesFromBaselineAndCounters(t *testing.T) {
 	f := newFixture(t, Options{Labels: []string{"netns_name"}})
 	const ns = 4026531999

@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"syscall"
 	"time"
 
@@ -23,6 +24,13 @@ import (
 // skbs are capped at 32 KiB by netlink_recvmsg, events are a few hundred bytes.
 const nlRecvBufSize = 64 << 10
 
+// bufPool holds the receive buffers of all Conns. A Conn takes one only
+// while a datagram is being read or used (between Receive and the next
+// Receive, or during a request), so an idle listener holds none: with a
+// buffer of its own per socket, 1,000 namespaces (two sockets each) kept
+// 128 MiB resident for nothing.
+var bufPool = sync.Pool{New: func() any { return new([nlRecvBufSize]byte) }}
+
 // nlQueryTimeout bounds every request/reply exchange.
 const nlQueryTimeout = 10 * time.Second
 
@@ -36,7 +44,7 @@ type Conn struct {
 	c   *socket.Conn
 	rc  syscall.RawConn
 	seq uint32
-	buf []byte
+	buf *[nlRecvBufSize]byte // from bufPool while held, else nil
 }
 
 // Dial opens a NETLINK_NETFILTER socket in ns (Path "" = the
@@ -75,10 +83,23 @@ func Dial(ns tracer.Namespace) (*Conn, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Conn{c: c, rc: rc, buf: make([]byte, nlRecvBufSize)}, nil
+	return &Conn{c: c, rc: rc}, nil
 }
 
+// Close closes the socket; a Receive blocked on another goroutine returns
+// with an error.
 func (s *Conn) Close() error { return s.c.Close() }
+
+// Release returns the receive buffer to the pool: the data Receive
+// returned last is no longer valid. Receive and requests call it first;
+// a caller done with a datagram may call it to give the buffer back
+// before its next Receive. Not safe concurrently with Receive.
+func (s *Conn) Release() {
+	if s.buf != nil {
+		bufPool.Put(s.buf)
+		s.buf = nil
+	}
+}
 
 // joinGroups subscribes the socket to ctnetlink multicast groups.
 func (s *Conn) JoinGroups(groups ...int) error {
@@ -99,21 +120,32 @@ func (s *Conn) SetReadBuffer(n int) (int, error) {
 	return s.c.ReadBuffer()
 }
 
-// recv reads one datagram into s.buf. The error is the poller's
-// (closed, deadline) or the syscall's (e.g. ENOBUFS).
+// Receive reads one datagram, into a buffer taken from the pool only
+// once the socket is readable (so a goroutine waiting here holds none);
+// the result is valid until the next Receive or Release. The error is the
+// poller's (closed, deadline) or the syscall's (e.g. ENOBUFS).
 func (s *Conn) Receive() ([]byte, error) {
+	s.Release()
 	var (
 		n, rflags int
 		serr      error
 	)
 	err := s.rc.Read(func(fd uintptr) bool {
-		n, _, rflags, _, serr = unix.Recvmsg(int(fd), s.buf, nil, unix.MSG_DONTWAIT)
+		if s.buf == nil {
+			s.buf = bufPool.Get().(*[nlRecvBufSize]byte)
+		}
+		n, _, rflags, _, serr = unix.Recvmsg(int(fd), s.buf[:], nil, unix.MSG_DONTWAIT)
+		if serr == unix.EAGAIN {
+			s.Release() // waits for readiness without a buffer
+		}
 		return serr != unix.EAGAIN && serr != unix.EINTR
 	})
 	if err != nil {
+		s.Release()
 		return nil, err
 	}
 	if serr != nil {
+		s.Release()
 		return nil, serr
 	}
 	if rflags&unix.MSG_TRUNC != 0 {
@@ -149,6 +181,7 @@ func (s *Conn) query(msgType uint8, family uint8, flags uint16, attrs []byte, fn
 		return err
 	}
 	defer s.c.SetReadDeadline(time.Time{})
+	defer s.Release()
 	if err := s.c.Sendto(context.Background(), req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("netlink send: %w", err)
 	}

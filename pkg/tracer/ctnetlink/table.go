@@ -20,6 +20,13 @@ func DumpTable(ns tracer.Namespace, fn func(tracer.Entry)) error {
 		return err
 	}
 	defer s.Close()
+	return DumpTableOn(s, fn)
+}
+
+// DumpTableOn is DumpTable over s, an open socket in the namespace (e.g. a
+// listener's request socket), with no socket to open and no thread to
+// move into the namespace. No other request may run on s meanwhile.
+func DumpTableOn(s *Conn, fn func(tracer.Entry)) error {
 	skipped, first, err := s.Dump(func(m *CTMessage) { fn(m.Entry) })
 	if err != nil {
 		return fmt.Errorf("conntrack dump: %w", err)
@@ -160,6 +167,26 @@ func (t *Table) DumpTable(ns tracer.Namespace, fn func(tracer.Entry)) error {
 // KernelStats reads ns's statistics through the table's KernelStatsReader.
 func (t *Table) KernelStats(ns tracer.Namespace) (tracer.KernelStats, error) {
 	return t.stats.Read(ns)
+}
+
+// KernelStatsOn reads the statistics of namespace inode over s, an open
+// socket in it, like KernelStats, and also returns the per-CPU counters
+// (the netlink backend derives its failure counters from them). Given
+// cpus, a read of the per-CPU counters just made on s, it reads only the
+// entry count and the limit. No other request may run on s meanwhile.
+func (t *Table) KernelStatsOn(s *Conn, inode uint32, cpus []CPUStats) (tracer.KernelStats, []CPUStats, error) {
+	var err error
+	if cpus == nil {
+		if cpus, err = s.StatsCPU(); err != nil {
+			return tracer.KernelStats{}, nil, err
+		}
+	}
+	var ks tracer.KernelStats
+	if ks.Entries, ks.MaxEntries, err = s.globalStats(); err != nil {
+		return tracer.KernelStats{}, nil, err
+	}
+	setCounters(&ks, t.stats.accumulate(inode, cpus))
+	return ks, cpus, nil
 }
 
 // ForgetStats drops the kernel statistics totals of a namespace that is gone.

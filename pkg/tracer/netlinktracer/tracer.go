@@ -73,6 +73,14 @@ const (
 	suspectGrace = 10 * time.Second
 )
 
+// cpusFresh is how long a read of a namespace's per-CPU counters serves
+// KernelStats (see there): shorter than any scrape interval.
+const cpusFresh = time.Second
+
+// startParallel is how many listeners Open starts, and how many
+// namespaces' statistics Counters reads, at a time.
+const startParallel = 8
+
 // minResyncSize is the least size of a listener's first-seen map that
 // makes it resync (see nlListener.resyncAt). A variable for tests.
 var minResyncSize = 4096
@@ -138,12 +146,23 @@ func open(ctx context.Context, opts tracer.Options) (tracer.Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list network namespaces: %w", err)
 	}
-	var errs []error
-	for _, ns := range nss {
-		if err := t.startListener(ns); err != nil {
-			errs = append(errs, fmt.Errorf("netns %d: %w", ns.Inode, err))
-		}
+	// Listeners start startParallel at a time: each opens two sockets on
+	// a thread that enters the namespace and reads its statistics, work
+	// that waits on the kernel more than on a CPU.
+	errs := make([]error, len(nss))
+	sem := make(chan struct{}, startParallel)
+	var wg sync.WaitGroup
+	for i, ns := range nss {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := t.startListener(ns); err != nil {
+				errs[i] = fmt.Errorf("netns %d: %w", ns.Inode, err)
+			}
+		})
 	}
+	wg.Wait()
+	errs = slices.DeleteFunc(errs, func(err error) bool { return err == nil })
 	if len(errs) > 0 && len(t.listeners) == 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -186,6 +205,11 @@ type nlListener struct {
 	qClosed   bool
 	stats     ctnetlink.CPUTotals // the kernel's counters since the first read
 	baselined bool                // the first read is the baseline of the failure deltas
+	// lastCPUs is the last read of the per-CPU counters, at lastCPUsAt:
+	// KernelStats uses it instead of reading them again within
+	// cpusFresh (a scrape reads Counters, then KernelStats).
+	lastCPUs   []ctnetlink.CPUStats
+	lastCPUsAt time.Time
 
 	// tracked is len(firstSeen), for tests.
 	tracked atomic.Int64
@@ -345,17 +369,25 @@ func (l *nlListener) refreshFailedWait(wait bool) error {
 	if err != nil {
 		return err
 	}
+	l.addFailedLocked(cpus)
+	l.lastCPUs, l.lastCPUsAt = cpus, time.Now()
+	return nil
+}
+
+// addFailedLocked adds one read of the per-CPU statistics to the
+// namespace's failure counters (the first read is the baseline); l.qmu held.
+func (l *nlListener) addFailedLocked(cpus []ctnetlink.CPUStats) {
 	before := l.stats.Totals()
 	after := l.stats.Add(cpus)
 	if !l.baselined {
 		l.baselined = true
-		return nil
+		return
 	}
 	insertFailed := after[ctnetlink.StatInsertFailed] - before[ctnetlink.StatInsertFailed]
 	drop := after[ctnetlink.StatDrop] - before[ctnetlink.StatDrop]
 	clash := after[ctnetlink.StatClashResolve] - before[ctnetlink.StatClashResolve]
 	if insertFailed|drop|clash == 0 {
-		return nil
+		return
 	}
 	l.t.cmu.Lock()
 	v := l.t.valuesLocked(tracer.Key{NetNS: l.ns.Inode})
@@ -363,7 +395,57 @@ func (l *nlListener) refreshFailedWait(wait bool) error {
 	v.Failed[tracer.ReasonTableFull] += drop
 	v.Failed[tracer.ReasonClashResolved] += clash
 	l.t.cmu.Unlock()
-	return nil
+}
+
+// listener returns the listener of namespace inode, nil if none runs.
+func (t *netlinkTracer) listener(inode uint32) *nlListener {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.listeners[inode]
+}
+
+// KernelStats reads ns's statistics over its listener's request socket
+// when one listens there and no dump holds the socket: no socket to open
+// and no thread to move into the namespace, per namespace per scrape. The
+// per-CPU counters that Counters read less than cpusFresh ago are used
+// again (a scrape calls Counters, then KernelStats: one request fewer per
+// namespace); a new read of them refreshes the failure counters too.
+// Without a listener it opens a socket, like the other backends
+// (ctnetlink.Table.KernelStats).
+func (t *netlinkTracer) KernelStats(ns tracer.Namespace) (tracer.KernelStats, error) {
+	if l := t.listener(ns.Inode); l != nil && l.qmu.TryLock() {
+		if !l.qClosed && !l.closing.Load() {
+			var fresh []ctnetlink.CPUStats
+			if time.Since(l.lastCPUsAt) < cpusFresh {
+				fresh = l.lastCPUs
+			}
+			ks, cpus, err := t.Table.KernelStatsOn(l.q, ns.Inode, fresh)
+			if err == nil && fresh == nil {
+				l.addFailedLocked(cpus)
+				l.lastCPUs, l.lastCPUsAt = cpus, time.Now()
+			}
+			l.qmu.Unlock()
+			return ks, err
+		}
+		l.qmu.Unlock()
+	}
+	return t.Table.KernelStats(ns)
+}
+
+// DumpTable dumps ns's table over its listener's request socket when one
+// listens there (waiting for a resync dump or a statistics read on it to
+// end), else over a new socket (ctnetlink.DumpTable).
+func (t *netlinkTracer) DumpTable(ns tracer.Namespace, fn func(tracer.Entry)) error {
+	if l := t.listener(ns.Inode); l != nil {
+		l.qmu.Lock()
+		if !l.qClosed && !l.closing.Load() {
+			err := ctnetlink.DumpTableOn(l.q, fn)
+			l.qmu.Unlock()
+			return err
+		}
+		l.qmu.Unlock()
+	}
+	return ctnetlink.DumpTable(ns, fn)
 }
 
 // valuesLocked returns the counters of k, creating them; t.cmu held.
@@ -572,11 +654,20 @@ func (t *netlinkTracer) Counters() (tracer.Counters, error) {
 		ls = append(ls, l)
 	}
 	t.mu.Unlock()
+	// One request per namespace, waiting on the kernel's reply more than
+	// on a CPU: startParallel at a time.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, startParallel)
 	for _, l := range ls {
-		if err := l.refreshFailedWait(false); err != nil {
-			t.log.Debug("conntrack stats", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := l.refreshFailedWait(false); err != nil {
+				t.log.Debug("conntrack stats", zap.Uint32("netns", l.ns.Inode), zap.Error(err))
+			}
+		})
 	}
+	wg.Wait()
 	t.cmu.Lock()
 	defer t.cmu.Unlock()
 	out := make(tracer.Counters, len(t.counters))
