@@ -39,7 +39,7 @@ const defaultListenAddress = ":10371"
 // config holds every flag of run, check and events. The flags that
 // configure a package are bound to the fields of its Options.
 type config struct {
-	command string // "run", "check", "events", "version", "list", "top"
+	command string // "run", "check", "events", "version", "list", "top", "uninstall"
 
 	web           *web.FlagConfig // --web.listen-address (repeatable), --web.systemd-socket, --web.config.file
 	telemetryPath string
@@ -99,6 +99,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	events.Flag("output", "Output format: json (JSON lines) or text (like conntrack -E, then the owner).").Short('o').Default("json").EnumVar(&cfg.eventsOutput, "json", "text")
 	events.Flag("netns", "Only events of this network namespace: a name in --netns.dirs or an inode number (same as --events.netns).").StringVar(&cfg.eventsNetns)
 	app.Command("version", "Print the version and exit.")
+	app.Command("uninstall", "Remove the pinned eBPF programs and maps under --bpf.pin-path for good, and exit: the programs stop counting once no ctagent runs (stop the agent first). Counters start from zero at the next start.")
 	cc := &cfg.client
 	list := app.Command("list", "Print the conntrack entries of every network namespace (or of those selected) with their owner, from a running daemon's API, as conntrack -L does (or as JSON lines).")
 	top := app.Command("top", "Show the network namespaces with the fullest conntrack tables, from a running daemon's API.")
@@ -122,6 +123,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	cfg.web = kingpinflag.AddFlags(app, defaultListenAddress)
 	flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&cfg.telemetryPath)
 	flag("tracer.backend", "Tracer backend: auto, fentry, kprobe or netlink. auto tries them in this order.").Default("auto").StringVar((*string)(&t.Backend))
+	flag("bpf.pin-path", "Directory below a bpffs mount where run pins its eBPF programs and maps, so that they keep counting while ctagent is down (restarts and upgrades of the same layout keep every counter); empty: no pinning. The uninstall command removes the pins.").Default(ebpftracer.DefaultPinPath).StringVar(&t.PinPath)
 	flag("btf.path", "Kernel BTF file (raw BTF or an ELF file with a .BTF section) for kernels without /sys/kernel/btf/vmlinux.").StringVar(&t.BTFPath)
 	flag("tracer.ringbuf-size", "eBPF ring buffer size, a power-of-two multiple of the page size (e.g. 4MiB); 0: the tracer's default (4MiB).").Default("0").SetValue(cliflag.Bytes(&t.RingBufferSize))
 	flag("tracer.perf-buffer", "Use a perf event array instead of the ring buffer even where ring buffers exist.").BoolVar(&t.ForcePerfBuffer)
