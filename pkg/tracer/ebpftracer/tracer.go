@@ -291,6 +291,9 @@ func openBPF(ctx context.Context, opts tracer.Options, b tracer.Backend) (*bpfTr
 		if t != nil {
 			return t, nil
 		}
+		if err != nil && ctx.Err() != nil {
+			return nil, err // stopped while starting: the pins stay
+		}
 		if err != nil {
 			// Pins of this version that cannot be used (incomplete after
 			// a crash, or hooks that miss events now) are replaced.
