@@ -75,7 +75,7 @@ func TestHelp(t *testing.T) {
 		"btf.path", "tracer.ringbuf-size", "tracer.perf-buffer-size", "tracer.event-buffer", "tracer.lifetime-entries",
 		"tracer.netlink-buffer-size", "log.level", "log.format", "reconcile.interval", "metrics.max-namespaces",
 		"metrics.stale-after", "metrics.labels", "netns.rescan-interval", "netns.proc-root", "netns.dirs",
-		"kubernetes.kubeconfig", "kubernetes.node-name", "kubernetes.pod-labels", "events.netns"} {
+		"kubernetes.kubeconfig", "kubernetes.node-name", "kubernetes.pod-labels", "events.netns", "bpf.pin-path"} {
 		if !strings.Contains(r.stdout, "--"+flag+"=") {
 			t.Errorf("--help does not list --%s", flag)
 		}
@@ -85,7 +85,7 @@ func TestHelp(t *testing.T) {
 			t.Errorf("--help does not list --%s", flag)
 		}
 	}
-	for _, cmd := range []string{"\nrun*\n", "\ncheck\n", "\nevents [<flags>]\n", "\nversion\n"} {
+	for _, cmd := range []string{"\nrun*\n", "\ncheck\n", "\nevents [<flags>]\n", "\nversion\n", "\nuninstall\n"} {
 		if !strings.Contains(r.stdout, cmd) {
 			t.Errorf("--help does not list the command %q:\n%s", cmd, r.stdout)
 		}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -151,6 +152,11 @@ type daemon struct {
 // waits until it listens.
 func startDaemon(t *testing.T, args ...string) *daemon {
 	t.Helper()
+	// No pins unless the test is about them: daemons of earlier tests
+	// would otherwise hand their counters on.
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--bpf.pin-path") }) {
+		args = append(args, "--bpf.pin-path=")
+	}
 	args = append(args, "--web.listen-address=127.0.0.1:0", "--log.format=json", "--log.level=debug")
 	cmd := exec.Command(binary, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

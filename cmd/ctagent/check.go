@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"go.uber.org/zap"
@@ -73,10 +74,33 @@ func runCheck(ctx context.Context, cfg *config, stdout io.Writer, log *zap.Logge
 		p("refused", "%s: %s", b, info.Refused[b])
 	}
 	p("kernel", "%s", info.Kernel)
+	p("pins", "%s", pinState(cfg.tracer.PinPath))
 	if closeErr != nil {
 		p("close", "%v", closeErr)
 		return errCheckFailed
 	}
 	p("result", "ok: ctagent run would use the %s backend", info.Backend)
 	return nil
+}
+
+// pinState says what run's --bpf.pin-path holds: the pinned versions.
+func pinState(path string) string {
+	if path == "" {
+		return "off (--bpf.pin-path is empty)"
+	}
+	entries, err := os.ReadDir(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "none under " + path
+	case err != nil:
+		return fmt.Sprintf("%s: %v", path, err)
+	}
+	var versions []string
+	for _, e := range entries {
+		versions = append(versions, e.Name())
+	}
+	if len(versions) == 0 {
+		return "none under " + path
+	}
+	return fmt.Sprintf("%s under %s (ctagent uninstall removes them)", strings.Join(versions, ", "), path)
 }

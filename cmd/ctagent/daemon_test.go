@@ -60,7 +60,7 @@ func TestRunDaemonCleanShutdown(t *testing.T) {
 	before := openFDs(t)
 
 	d := startInProcess(t, func(ctx context.Context, logs io.Writer) error {
-		return run(ctx, []string{"--web.listen-address=127.0.0.1:0", "--tracer.backend=auto", "--log.format=json"}, io.Discard, logs)
+		return run(ctx, []string{"--web.listen-address=127.0.0.1:0", "--tracer.backend=auto", "--bpf.pin-path=", "--log.format=json"}, io.Discard, logs)
 	})
 	addr := d.addr
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}

@@ -39,7 +39,7 @@ const defaultListenAddress = ":10371"
 // config holds every flag of run, check and events. The flags that
 // configure a package are bound to the fields of its Options.
 type config struct {
-	command string // "run", "check", "events", "version", "list", "top"
+	command string // "run", "check", "events", "version", "list", "top", "uninstall"
 
 	web           *web.FlagConfig // --web.listen-address (repeatable), --web.systemd-socket, --web.config.file
 	telemetryPath string
@@ -110,6 +110,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	events.Flag("proto", "Only events of these protocols (tcp, udp, icmp, icmpv6, sctp, ...); repeatable or comma-separated.").SetValue(cliflag.List(&cfg.eventsFilter.Protocols))
 	events.Flag("type", "Only events of these types ("+strings.Join(api.EventTypes, ", ")+"); repeatable or comma-separated.").SetValue(cliflag.List(&cfg.eventsFilter.Types))
 	app.Command("version", "Print the version and exit.")
+	app.Command("uninstall", "Remove the pinned eBPF programs and maps under --bpf.pin-path for good, and exit: the programs stop counting once no ctagent runs (stop the agent first). Counters start from zero at the next start.")
 	cc := &cfg.client
 	list := app.Command("list", "Print the conntrack entries of every network namespace (or of those selected) with their owner, from a running daemon's API, as conntrack -L does (or as JSON lines).")
 	top := app.Command("top", "Show the network namespaces with the fullest conntrack tables, from a running daemon's API: an interactive view on a terminal (keys: s or 1-5 sort, / filter, enter what fills the selected table, esc back, q quit), else a plain table.")
@@ -136,6 +137,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	cfg.web = kingpinflag.AddFlags(app, defaultListenAddress)
 	flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&cfg.telemetryPath)
 	flag("tracer.backend", "Tracer backend: auto, fentry, kprobe or netlink. auto tries them in this order.").Default("auto").StringVar((*string)(&t.Backend))
+	flag("bpf.pin-path", "Directory below a bpffs mount where run pins its eBPF programs and maps, so that they keep counting while ctagent is down (restarts and upgrades of the same layout keep every counter); empty: no pinning. The uninstall command removes the pins.").Default(ebpftracer.DefaultPinPath).StringVar(&t.PinPath)
 	flag("btf.path", "Kernel BTF file (raw BTF or an ELF file with a .BTF section) for kernels without /sys/kernel/btf/vmlinux.").StringVar(&t.BTFPath)
 	flag("conntrack.load-modules", "Load the kernel modules nf_conntrack and nf_conntrack_netlink where they are missing (needs CAP_SYS_MODULE, which the shipped systemd unit and DaemonSet do not grant). Either way, without nf_conntrack ctagent waits for it, not ready, and attaches as soon as it is loaded. On by default.").Default("true").BoolVar(&cfg.loadModules)
 	flag("tracer.ringbuf-size", "eBPF ring buffer size, a power-of-two multiple of the page size (e.g. 4MiB); 0: the tracer's default (4MiB).").Default("0").SetValue(cliflag.Bytes(&t.RingBufferSize))

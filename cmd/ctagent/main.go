@@ -80,6 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch cfg.command {
 	case "check":
 		err = runCheck(ctx, cfg, stdout, log)
+	case "uninstall":
+		err = runUninstall(cfg, stdout)
 	case "events":
 		err = runEvents(ctx, cfg, stdout, log)
 	default:

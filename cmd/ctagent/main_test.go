@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/ctagent/ctagent/pkg/metrics"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
@@ -25,7 +27,8 @@ func TestParseArgsDefaults(t *testing.T) {
 	if cfg.command != "run" || !slices.Equal(*cfg.web.WebListenAddresses, []string{":10371"}) || cfg.telemetryPath != "/metrics" ||
 		cfg.tracer.Backend != tracer.BackendAuto || cfg.logLevel != "info" || cfg.logFormat != "logfmt" ||
 		!cfg.tracer.BPFStats || cfg.metrics.DisableKernelStats || cfg.tracer.ForcePerfBuffer || *cfg.web.WebSystemdSocket ||
-		cfg.tracer.MaxNamespaces != 1024 || cfg.metrics.RescanInterval != 10*time.Second || cfg.netns.ProcRoot != "/proc" {
+		cfg.tracer.MaxNamespaces != 1024 || cfg.metrics.RescanInterval != 10*time.Second || cfg.netns.ProcRoot != "/proc" ||
+		cfg.tracer.PinPath != "/sys/fs/bpf/ctagent" {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	if cfg.kube.NodeName != "node-a" {
@@ -92,6 +95,7 @@ func TestParseArgsCommands(t *testing.T) {
 		{[]string{"--config.check"}, "check"},
 		{[]string{"events", "--events.netns=foo"}, "events"},
 		{[]string{"version"}, "version"},
+		{[]string{"uninstall", "--bpf.pin-path=/sys/fs/bpf/x"}, "uninstall"},
 	} {
 		cfg, err := parseArgs(tc.args, io.Discard)
 		if err != nil {
@@ -262,5 +266,41 @@ func TestExitCode(t *testing.T) {
 		if !strings.HasPrefix(buf.String(), tc.msg) || (tc.msg == "" && buf.Len() > 0) {
 			t.Errorf("%v: printed %q", tc.err, buf.String())
 		}
+	}
+}
+
+// Only run pins: check and events must neither adopt nor replace a
+// daemon's pins.
+func TestOnlyRunPins(t *testing.T) {
+	for cmd, want := range map[string]string{"run": "/sys/fs/bpf/ctagent", "check": "", "events": ""} {
+		cfg, err := parseArgs([]string{cmd}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tracerOptions(cfg, zap.NewNop()).PinPath; got != want {
+			t.Errorf("%s: pin path %q, want %q", cmd, got, want)
+		}
+	}
+}
+
+// uninstall says when nothing is pinned, refuses a path that is not below
+// a bpffs mount (exit 1), and an empty one (exit 2).
+func TestUninstall(t *testing.T) {
+	var out bytes.Buffer
+	missing := filepath.Join(t.TempDir(), "none")
+	if err := run(t.Context(), []string{"uninstall", "--bpf.pin-path=" + missing}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "nothing pinned") {
+		t.Errorf("uninstall of a missing path: %v, %q", err, out.String())
+	}
+	plain := t.TempDir()
+	err := run(t.Context(), []string{"uninstall", "--bpf.pin-path=" + plain}, io.Discard, io.Discard)
+	if code := exitCode(err, io.Discard); code != exitFailure {
+		t.Errorf("uninstall of a tmpfs directory: exit %d (%v), want %d", code, err, exitFailure)
+	}
+	if _, serr := os.Stat(plain); serr != nil {
+		t.Errorf("refused, but removed: %v", serr)
+	}
+	err = run(t.Context(), []string{"uninstall", "--bpf.pin-path="}, io.Discard, io.Discard)
+	if code := exitCode(err, io.Discard); code != exitUsage {
+		t.Errorf("uninstall with an empty path: exit %d (%v), want %d", code, err, exitUsage)
 	}
 }

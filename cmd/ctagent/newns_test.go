@@ -29,7 +29,7 @@ func TestDaemonFindsNewNamespacesAtOnce(t *testing.T) {
 	labnet.Require(t, "ip", "nft", "conntrack")
 	const bound = 3 * time.Second // far below the rescan and reconciliation intervals
 	cfg, err := parseArgs([]string{
-		"--web.listen-address=127.0.0.1:0", "--tracer.backend=auto", "--log.format=json", "--log.level=debug",
+		"--web.listen-address=127.0.0.1:0", "--tracer.backend=auto", "--bpf.pin-path=", "--log.format=json", "--log.level=debug",
 		"--metrics.labels=netns_name", "--netns.rescan-interval=1h", "--reconcile.interval=1h",
 	}, io.Discard)
 	if err != nil {

@@ -115,7 +115,7 @@ func TestDaemonNamesPods(t *testing.T) {
 	client := fake.NewClientset(podA.pod, podB.pod)
 
 	cfg, err := parseArgs([]string{
-		"--web.listen-address=127.0.0.1:0", "--tracer.backend=auto", "--log.format=json", "--log.level=debug",
+		"--web.listen-address=127.0.0.1:0", "--tracer.backend=auto", "--bpf.pin-path=", "--log.format=json", "--log.level=debug",
 		"--metrics.labels=netns_name,pod,pod_namespace,container,comm", "--kubernetes.pod-labels=app,team",
 		"--kubernetes.node-name=" + node, "--netns.rescan-interval=1s", "--metrics.stale-after=" + staleAfter.String(),
 	}, io.Discard)

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
+	"github.com/ctagent/ctagent/pkg/tracer/ebpftracer"
 )
 
 // newResolver builds the network namespace resolver from the flags.
@@ -56,11 +59,34 @@ func followNamespaces(ctx context.Context, r *netns.Resolver, t tracer.Tracer, k
 	}
 }
 
-// tracerOptions are the flags' tracer.Options with a logger.
+// tracerOptions are the flags' tracer.Options with a logger. Only run
+// pins (--bpf.pin-path): check and events open a tracer for a moment, and
+// must neither adopt nor replace the pins of a daemon.
 func tracerOptions(cfg *config, log *zap.Logger) tracer.Options {
 	opts := cfg.tracer
 	opts.Logger = log.Named("tracer")
+	if cfg.command != "run" {
+		opts.PinPath = ""
+	}
 	return opts
+}
+
+// runUninstall removes the pins under --bpf.pin-path.
+func runUninstall(cfg *config, stdout io.Writer) error {
+	path := cfg.tracer.PinPath
+	if path == "" {
+		return usageErrorf("uninstall: --bpf.pin-path is empty")
+	}
+	removed, err := ebpftracer.RemovePins(path)
+	if err != nil {
+		return err
+	}
+	if !removed {
+		_, err = fmt.Fprintf(stdout, "nothing pinned under %s\n", path)
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "removed %s: the eBPF programs are detached once no ctagent holds them\n", path)
+	return err
 }
 
 // closeTracer closes t and logs a failure.

@@ -231,6 +231,13 @@ type Info struct {
 	// that compares a table dump with the counters reads them that much
 	// after the dump.
 	CounterLag time.Duration
+	// PinDir is where the eBPF backends' links, programs and maps are
+	// pinned (Options.PinPath and a version), "" when they are not.
+	PinDir string
+	// Adopted says that the eBPF programs were adopted from PinDir, where
+	// an earlier ctagent left them counting, instead of attached anew:
+	// the counters continue.
+	Adopted bool
 }
 
 // Tracer observes the conntrack table.
@@ -335,6 +342,13 @@ type Options struct {
 	// ("destroy") and kernel symbol ("nf_ct_delete") or clone prefix
 	// ("nf_ct_delete.part."). For tests that prove each candidate.
 	OnlyHooks map[string]string
+	// PinPath is a directory on bpffs (e.g. /sys/fs/bpf/ctagent) where the
+	// eBPF backends pin their links, programs and maps, so that the
+	// programs keep counting while ctagent is down and the next Open of
+	// the same version adopts them (the counters continue); "" disables
+	// pinning. Close keeps the pins; RemovePins in package ebpftracer
+	// removes them.
+	PinPath string
 
 	// Netlink backend: the namespaces to listen in from the start, called
 	// once by Open (nil: only the current namespace). Those that come

@@ -453,7 +453,7 @@ func TestCloseAfterReaderFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &bpfTracer{log: zaptest.NewLogger(t), coll: coll, done: make(chan struct{})}
+	tr := &bpfTracer{log: zaptest.NewLogger(t), coll: coll, maps: coll.Maps, done: make(chan struct{})}
 	if err := tr.startReader(opts); err == nil {
 		tr.Close()
 		t.Fatal("a perf buffer of 1 PiB per CPU was opened")

@@ -135,6 +135,7 @@ type plannedHook struct {
 	entry, exit attachment
 	status      tracer.HookStatus
 	links       []link.Link
+	linkProgs   []string // the program of each link
 }
 
 // name is how the hook appears in logs and metrics.
@@ -268,12 +269,12 @@ func configureSpec(spec *ebpf.CollectionSpec, plan [][]*plannedHook) {
 // attach attaches p's programs: the exit program first, so that no entry
 // program stashes state that no exit program will take (an exit without its
 // entry, for a call already running, is counted as inflight_miss).
-func (p *plannedHook) attach(coll *ebpf.Collection) error {
+func (p *plannedHook) attach(progs map[string]*ebpf.Program) error {
 	for _, a := range []attachment{p.exit, p.entry} {
 		if a.prog == "" {
 			continue
 		}
-		prog := coll.Programs[a.prog]
+		prog := progs[a.prog]
 		if prog == nil {
 			p.detach()
 			return fmt.Errorf("program %s not loaded", a.prog)
@@ -298,6 +299,7 @@ func (p *plannedHook) attach(coll *ebpf.Collection) error {
 			return fmt.Errorf("attach %s/%s: %w", a.kind, p.symbol, err)
 		}
 		p.links = append(p.links, l)
+		p.linkProgs = append(p.linkProgs, a.prog)
 	}
 	return nil
 }
@@ -308,7 +310,7 @@ func (p *plannedHook) detach() error {
 	for _, l := range p.links {
 		errs = append(errs, l.Close())
 	}
-	p.links = nil
+	p.links, p.linkProgs = nil, nil
 	return errors.Join(errs...)
 }
 

@@ -109,6 +109,11 @@ func (t *bpfTracer) proveHooks(ctx context.Context) error {
 			if state != tracer.HookMissed {
 				continue
 			}
+			if t.adopted {
+				// Adopted programs have no other candidate loaded: the
+				// caller replaces the pins with programs attached anew.
+				return fmt.Errorf("%w: adopted hook %s missed events (%s)", ErrSelfTest, p.name(), detail)
+			}
 			t.log.Warn("hook misses events, trying the next candidate",
 				zap.String("group", p.group.name), zap.String("hook", p.name()), zap.String("missed", detail))
 			p.status.Active = false
@@ -193,14 +198,7 @@ func (t *bpfTracer) selfTest(ctx context.Context) (selfTestResult, error) {
 // setSelfTestNetns tells the programs which namespace's events to leave out
 // of the event stream (its counters still count).
 func (t *bpfTracer) setSelfTestNetns(inode uint32) error {
-	v := t.coll.Variables["selftest_netns"]
-	if v == nil {
-		return errors.New("variable selftest_netns not in the BPF object")
-	}
-	if err := v.Set(inode); err != nil {
-		return fmt.Errorf("set selftest_netns: %w", err)
-	}
-	return nil
+	return t.setVar("selftest_netns", inode)
 }
 
 // runSelfTest runs the steps in ns and reads what they did from counters.

@@ -2,6 +2,7 @@ package ebpftracer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -47,7 +48,13 @@ func programsFor(b tracer.Backend) map[string]bool {
 type bpfTracer struct {
 	*ctnetlink.Table
 	log     *zap.Logger
-	coll    *ebpf.Collection
+	coll    *ebpf.Collection // loaded here; nil when adopted from pins
+	maps    map[string]*ebpf.Map
+	byProg  map[string]*ebpf.Program // every loaded or adopted program
+	vars    map[string]*ebpf.VariableSpec
+	owned   []io.Closer      // adopted maps and programs, closed by Close
+	pins    *pinning         // nil: not pinned
+	adopted bool             // the programs were adopted from pins, not attached here
 	plan    [][]*plannedHook // candidates per hook group; the active one has links
 	info    tracer.Info
 	progs   []tracer.ProgramStats // Name and Hook of each attached program
@@ -59,6 +66,7 @@ type bpfTracer struct {
 	done    chan struct{}
 	stats   io.Closer        // BPF stats while open, or nil
 	lostU   [3]atomic.Uint64 // user space: perf_lost, decode_error, channel_full
+	varMu   sync.Mutex       // setVar's read-modify-write of the global-data map
 	closing sync.Once
 	closed  error
 }
@@ -177,9 +185,6 @@ func collectionOptions(opts tracer.Options) (ebpf.CollectionOptions, error) {
 // b (of plan's candidates, or all when plan is nil): the verifier and CO-RE
 // relocation against the kernel's BTF.
 func loadCollection(opts tracer.Options, b tracer.Backend, ringbufOK bool, plan [][]*plannedHook) (*ebpf.Collection, error) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
-	}
 	co, err := collectionOptions(opts)
 	if err != nil {
 		return nil, err
@@ -187,6 +192,14 @@ func loadCollection(opts tracer.Options, b tracer.Backend, ringbufOK bool, plan 
 	spec, err := loadSpec(opts, b, ringbufOK, plan)
 	if err != nil {
 		return nil, err
+	}
+	return newCollection(opts, b, spec, co)
+}
+
+// newCollection loads spec: the verifier and CO-RE relocation.
+func newCollection(opts tracer.Options, b tracer.Backend, spec *ebpf.CollectionSpec, co ebpf.CollectionOptions) (*ebpf.Collection, error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, co)
 	if err != nil {
@@ -260,59 +273,144 @@ func openBPF(ctx context.Context, opts tracer.Options, b tracer.Backend) (*bpfTr
 	if err != nil {
 		return nil, err
 	}
-	coll, err := loadCollection(opts, b, ringbufOK, plan)
+	spec, err := loadSpec(opts, b, ringbufOK, plan)
 	if err != nil {
 		return nil, err
 	}
-	t := &bpfTracer{
-		Table:  ctnetlink.NewTable(),
-		coll:   coll,
-		plan:   plan,
-		log:    opts.Logger,
-		byName: map[string]*ebpf.Program{},
-		done:   make(chan struct{}),
-		info: tracer.Info{
-			Backend:    b,
-			RingBuffer: ringbufOK && !opts.ForcePerfBuffer,
-			Kernel:     tracer.KernelRelease(),
-			CounterLag: counterLag,
-			// The programs count every namespace.
-			CountsUnwatched: true,
-		},
+	info := tracer.Info{
+		Backend:    b,
+		RingBuffer: ringbufOK && !opts.ForcePerfBuffer,
+		Kernel:     tracer.KernelRelease(),
+		CounterLag: counterLag,
+		// The programs count every namespace.
+		CountsUnwatched: true,
 	}
-	if opts.BPFStats {
-		// Not fatal: the programs run, Programs reports zeros.
-		if t.stats, err = EnableBPFStats(); err != nil {
-			opts.Logger.Warn("BPF run-time statistics not available", zap.Error(err))
+	pins := newPinning(opts, b, spec)
+	if pins != nil {
+		t, err := adoptPinned(ctx, opts, pins, plan, spec, info)
+		if t != nil {
+			return t, nil
+		}
+		if err != nil && ctx.Err() != nil {
+			return nil, err // stopped while starting: the pins stay
+		}
+		if err != nil {
+			// Pins of this version that cannot be used (incomplete after
+			// a crash, or hooks that miss events now) are replaced.
+			opts.Logger.Warn("pinned eBPF programs of this version cannot be adopted: replacing them, counters restart from zero",
+				zap.String("pin_dir", pins.dir()), zap.Error(err))
+			if err := pins.remove(pins.version); err != nil {
+				return nil, err
+			}
+			if plan, err = planHooks(b, kernel, opts.OnlyHooks); err != nil {
+				return nil, err
+			}
 		}
 	}
+	co, err := collectionOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	coll, err := newCollection(opts, b, spec, co)
+	if err != nil {
+		return nil, err
+	}
+	t := newBPFTracer(opts, plan, spec, info)
+	t.coll, t.maps, t.byProg = coll, coll.Maps, coll.Programs
 	if err := t.attachAll(); err != nil {
 		t.Close()
 		return nil, err
 	}
-	// The reader runs during the self-test: a perf event array has no
-	// buffer until it is opened, and the self-test's events are dropped.
-	if err := t.startReader(opts); err != nil {
+	if err := t.start(ctx, opts); err != nil {
 		t.Close()
 		return nil, err
 	}
+	if pins != nil {
+		pins.pin(t)
+	}
+	t.logHooks()
+	return t, nil
+}
+
+// newBPFTracer returns a tracer without programs or maps yet.
+func newBPFTracer(opts tracer.Options, plan [][]*plannedHook, spec *ebpf.CollectionSpec, info tracer.Info) *bpfTracer {
+	return &bpfTracer{
+		Table:  ctnetlink.NewTable(),
+		plan:   plan,
+		vars:   spec.Variables,
+		log:    opts.Logger,
+		byName: map[string]*ebpf.Program{},
+		done:   make(chan struct{}),
+		info:   info,
+	}
+}
+
+// start runs what follows the attach, for loaded and adopted programs: BPF
+// statistics, the event reader, the self-test, and the hook list.
+func (t *bpfTracer) start(ctx context.Context, opts tracer.Options) error {
+	if opts.BPFStats {
+		// Not fatal: the programs run, Programs reports zeros.
+		var err error
+		if t.stats, err = EnableBPFStats(); err != nil {
+			opts.Logger.Warn("BPF run-time statistics not available", zap.Error(err))
+		}
+	}
+	// The reader runs during the self-test: a perf event array has no
+	// buffer until it is opened, and the self-test's events are dropped.
+	if err := t.startReader(opts); err != nil {
+		return err
+	}
 	if !opts.SkipSelfTest {
 		if err := t.proveHooks(ctx); err != nil {
-			t.Close()
-			return nil, err
+			return err
 		}
 	}
 	t.publishHooks()
+	return nil
+}
+
+// logHooks logs which hook serves each group, and the candidates not used.
+func (t *bpfTracer) logHooks() {
+	b := t.info.Backend
 	for _, h := range t.info.HookStatus {
 		if h.Active {
-			opts.Logger.Info("hook serves its events", zap.String("backend", string(b)), zap.String("group", h.Group),
+			t.log.Info("hook serves its events", zap.String("backend", string(b)), zap.String("group", h.Group),
 				zap.Strings("serves", h.Serves), zap.String("hook", h.Hook), zap.String("self_test", string(h.State)), zap.String("detail", h.Detail))
 		} else if h.State != tracer.HookStandby && h.State != tracer.HookUnavailable {
-			opts.Logger.Info("hook candidate not used", zap.String("backend", string(b)), zap.String("group", h.Group),
+			t.log.Info("hook candidate not used", zap.String("backend", string(b)), zap.String("group", h.Group),
 				zap.String("hook", h.Hook), zap.String("state", string(h.State)), zap.String("detail", h.Detail))
 		}
 	}
-	return t, nil
+}
+
+// setVar sets a global variable of the programs (in .bss or .data) by
+// writing its bytes into the global-data map: the same for a collection
+// loaded here and for maps adopted from pins, which have no
+// ebpf.Collection and so no ebpf.Variable.
+func (t *bpfTracer) setVar(name string, v any) error {
+	vs := t.vars[name]
+	if vs == nil {
+		return fmt.Errorf("variable %s not in the BPF object", name)
+	}
+	m := t.maps[vs.SectionName]
+	if m == nil {
+		return fmt.Errorf("set %s: map %s not loaded", name, vs.SectionName)
+	}
+	raw, err := binary.Append(nil, binary.NativeEndian, v)
+	if err != nil || uint32(len(raw)) != vs.Size() {
+		return fmt.Errorf("set %s: %T is not its %d bytes (%v)", name, v, vs.Size(), err)
+	}
+	buf := make([]byte, m.ValueSize())
+	t.varMu.Lock()
+	defer t.varMu.Unlock()
+	if err := m.Lookup(uint32(0), buf); err != nil {
+		return fmt.Errorf("set %s: read %s: %w", name, vs.SectionName, err)
+	}
+	copy(buf[vs.Offset:], raw)
+	if err := m.Update(uint32(0), buf, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("set %s: %w", name, err)
+	}
+	return nil
 }
 
 // attachAll attaches, in every hook group, the first usable candidate that
@@ -350,7 +448,7 @@ func (t *bpfTracer) attachNext(group []*plannedHook, from int) (int, error) {
 				return -1, err
 			}
 		}
-		if err := p.attach(t.coll); err != nil {
+		if err := p.attach(t.byProg); err != nil {
 			p.status.State, p.status.Detail = tracer.HookAttachFailed, err.Error()
 			errs = append(errs, err)
 			continue
@@ -366,18 +464,11 @@ func (t *bpfTracer) attachNext(group []*plannedHook, from int) (int, error) {
 
 // setUseClaims turns the claims of nf_ct_delete's entry program on or off.
 func (t *bpfTracer) setUseClaims(on bool) error {
-	v := t.coll.Variables["use_claims"]
-	if v == nil {
-		return errors.New("variable use_claims not in the BPF object")
-	}
 	var b uint8
 	if on {
 		b = 1
 	}
-	if err := v.Set(b); err != nil {
-		return fmt.Errorf("set use_claims: %w", err)
-	}
-	return nil
+	return t.setVar("use_claims", b)
 }
 
 // publishHooks fills Info.Hooks, Info.HookStatus and the program list from
@@ -399,7 +490,7 @@ func (t *bpfTracer) publishHooks() {
 					continue
 				}
 				t.progs = append(t.progs, tracer.ProgramStats{Name: a.prog, Hook: a.kind + "/" + p.symbol})
-				t.byName[a.prog] = t.coll.Programs[a.prog]
+				t.byName[a.prog] = t.byProg[a.prog]
 			}
 		}
 	}
@@ -422,7 +513,7 @@ func (t *bpfTracer) startReader(opts tracer.Options) (err error) {
 	}()
 	var next func() ([]byte, uint64, error)
 	if t.info.RingBuffer {
-		rd, err := ringbuf.NewReader(t.coll.Maps["events"])
+		rd, err := ringbuf.NewReader(t.maps["events"])
 		if err != nil {
 			return fmt.Errorf("open ring buffer: %w", err)
 		}
@@ -437,7 +528,7 @@ func (t *bpfTracer) startReader(opts tracer.Options) (err error) {
 		if per <= 0 {
 			per = 256 << 10
 		}
-		rd, err := perf.NewReader(t.coll.Maps["events_perf"], per)
+		rd, err := perf.NewReader(t.maps["events_perf"], per)
 		if err != nil {
 			return fmt.Errorf("open perf buffer: %w", err)
 		}
@@ -511,18 +602,11 @@ func (t *bpfTracer) Info() tracer.Info { return t.info }
 // SetEvents sets the programs' events_off variable: off, they write no
 // record to the ring (or perf) buffer.
 func (t *bpfTracer) SetEvents(on bool) error {
-	v := t.coll.Variables["events_off"]
-	if v == nil {
-		return errors.New("variable events_off not in the BPF object")
-	}
 	var off uint8
 	if !on {
 		off = 1
 	}
-	if err := v.Set(off); err != nil {
-		return fmt.Errorf("set events_off: %w", err)
-	}
-	return nil
+	return t.setVar("events_off", off)
 }
 
 // Watch returns nil: the programs count every namespace.
@@ -545,7 +629,7 @@ func (t *bpfTracer) Counters() (tracer.Counters, error) {
 		perCPU []conntrackCtCounterValue
 	)
 	for _, name := range counterMaps {
-		it := t.coll.Maps[name].Iterate()
+		it := t.maps[name].Iterate()
 		for it.Next(&key, &perCPU) {
 			k := tracer.Key{NetNS: key.Netns, Family: key.Family, Protocol: key.Protocol}
 			v := out[k]
@@ -583,7 +667,7 @@ func (t *bpfTracer) Lost() (map[tracer.LostReason]uint64, error) {
 	}
 	for kr, reason := range lostReasons {
 		var perCPU []uint64
-		if err := t.coll.Maps["lost"].Lookup(uint32(kr), &perCPU); err != nil {
+		if err := t.maps["lost"].Lookup(uint32(kr), &perCPU); err != nil {
 			return out, fmt.Errorf("read lost[%s]: %w", reason, err)
 		}
 		var sum uint64
@@ -599,7 +683,7 @@ func (t *bpfTracer) Lost() (map[tracer.LostReason]uint64, error) {
 func (t *bpfTracer) Forget(netns uint32) error {
 	t.ForgetStats(netns)
 	for _, name := range counterMaps {
-		m := t.coll.Maps[name]
+		m := t.maps[name]
 		var (
 			key    conntrackCtCounterKey
 			perCPU []conntrackCtCounterValue
@@ -660,6 +744,9 @@ func (t *bpfTracer) Close() error {
 		}
 		if t.coll != nil {
 			t.coll.Close()
+		}
+		for _, c := range t.owned {
+			c.Close()
 		}
 		t.closed = errors.Join(errs...)
 	})
