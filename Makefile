@@ -18,7 +18,7 @@ ARGS     ?=
 # Test binaries booted in the VM kernel matrix (scripts/vmtest.sh), built for
 # amd64 and arm64 (each kernel runs those of its architecture), and the
 # tests they run there: every binary must match at least one.
-VMTEST_PKGS   := ./pkg/tracer/ebpftracer ./pkg/metrics
+VMTEST_PKGS   := ./pkg/tracer/ebpftracer ./pkg/metrics ./cmd/ctagent
 VMTEST_DIR    := .cache/vmtest/bin
 VMTEST_ARCHES := amd64 arm64
 VMTEST_BINS   := $(foreach a,$(VMTEST_ARCHES),$(foreach p,$(VMTEST_PKGS),$(VMTEST_DIR)/$(a)/$(notdir $(p)).test))
