@@ -113,20 +113,18 @@ func capMask(caps ...int) uint64 {
 	return m
 }
 
-// attachOnlyCaps are what only the start needs, by backend: after
-// tracer.Open returned, the programs are loaded, attached and self-tested
-// (every bpf(BPF_PROG_LOAD), link and perf_event_open is done), the ring or
-// perf buffer is open and the memlock limit is raised. What runs later
-// (reading the maps, the programs' statistics, the events_off switch,
-// detaching at Close) works on file descriptors the daemon holds. Left are
-// CAP_SYS_ADMIN (setns into every namespace), CAP_NET_ADMIN (ctnetlink),
-// CAP_SYS_PTRACE (/proc/PID/ns/net) and, for the netlink backend,
-// CAP_SYS_RESOURCE (SO_RCVBUFFORCE on the event socket of each new
-// namespace). See docs/security.md.
-func attachOnlyCaps(b tracer.Backend) uint64 {
-	if b == tracer.BackendNetlink {
-		return capMask(unix.CAP_BPF, unix.CAP_PERFMON)
-	}
+// attachOnlyCaps are what only the start needs: after tracer.Open
+// returned, the programs are loaded, attached and self-tested (every
+// bpf(BPF_PROG_LOAD), link and perf_event_open is done), the ring or perf
+// buffer is open and the memlock limit is raised (CAP_SYS_RESOURCE, kernels
+// before 5.11). What runs later (reading the maps, the programs'
+// statistics, the events_off switch, detaching at Close) works on file
+// descriptors the daemon holds. Left are CAP_SYS_ADMIN (setns into every
+// namespace), CAP_NET_ADMIN (ctnetlink, and SO_RCVBUFFORCE on the netlink
+// backend's event sockets: net/core/sock.c checks CAP_NET_ADMIN for it) and
+// CAP_SYS_PTRACE (/proc/PID/ns/net). The netlink backend never needed the
+// three. See docs/security.md.
+func attachOnlyCaps(tracer.Backend) uint64 {
 	return capMask(unix.CAP_BPF, unix.CAP_PERFMON, unix.CAP_SYS_RESOURCE)
 }
 
