@@ -458,8 +458,8 @@ func notableLog(log string) []string {
 			if _, rest, ok := strings.Cut(l, " level="); ok {
 				l = "level=" + rest
 			}
-			if len(l) > 300 {
-				l = l[:300] + "..."
+			if len(l) > 1000 {
+				l = l[:1000] + "..."
 			}
 			out = append(out, l)
 		}
