@@ -20,8 +20,8 @@ import (
 // syscall.AllThreadsSyscall (Go 1.16; it needs CGO_ENABLED=0, which the
 // release build has: with cgo it fails with ENOTSUP and nothing is dropped).
 // kernel.org/pub/linux/libs/security/libcap/cap would do the same through
-// psx, but the module proxy of this project does not serve it; the code is
-// two system calls.
+// psx, but it is not among the Go modules this project may use (the
+// proxy's list has no libcap); the code here is two system calls.
 
 // capNames are the kernel's capability names (include/uapi/linux/capability.h),
 // by number, up to CAP_CHECKPOINT_RESTORE (40, Linux 5.9).
