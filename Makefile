@@ -18,8 +18,8 @@ ARGS     ?=
 # Test binaries booted in the VM kernel matrix (scripts/vmtest.sh), built for
 # amd64 and arm64 (each kernel runs those of its architecture), and the
 # tests they run there: every binary must match at least one (./cmd/ctagent:
-# the daemon started before nf_conntrack is loaded; ./pkg/kmod: compressed
-# modules loaded).
+# the daemon started before nf_conntrack is loaded, and run with the least
+# capabilities; ./pkg/kmod: compressed modules loaded).
 VMTEST_PKGS   := ./pkg/tracer/ebpftracer ./pkg/metrics ./cmd/ctagent ./pkg/kmod
 VMTEST_DIR    := .cache/vmtest/bin
 VMTEST_ARCHES := amd64 arm64

@@ -78,7 +78,7 @@ MODULES=(
 # downloads them from (see prepare_userland).
 TOOLS=(
 	ip:iproute2 nft:nftables conntrack:conntrack ping:iputils-ping traceroute:traceroute
-	ss:iproute2? tc:iproute2? bpftool:bpftool? dash:dash?
+	ss:iproute2? tc:iproute2? bpftool:bpftool? dash:dash? setpriv:util-linux?
 )
 # ---------------------------------------------------------------------------
 

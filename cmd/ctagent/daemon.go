@@ -102,6 +102,18 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	}
 	info := t.Info()
 	info.Log(log, cfg.tracer.Backend)
+	// Attached and self-tested: what only that needed goes (caps.go).
+	tr := t
+	dropAttachCaps(info.Backend, func() error {
+		if _, err := tr.Counters(); err != nil {
+			return err
+		}
+		if _, err := tr.Lost(); err != nil {
+			return err
+		}
+		_, err := tr.Programs()
+		return err
+	}, log)
 	bg.Go(func() { resolver.Run(ctx, cfg.metrics.RescanInterval) })
 
 	mopts := cfg.metrics

@@ -1,11 +1,24 @@
 package main
 
 import (
+	"os"
 	"testing"
 
 	"github.com/ctagent/ctagent/internal/leakcheck"
 )
 
+// daemonEnv makes the test binary run main instead of the tests: the VM
+// tests start the daemon's real code path (ctagent run) from the test
+// binary itself, under another user and capability set (see
+// TestVMLeastPrivilege).
+const daemonEnv = "CTAGENT_TEST_RUN_MAIN"
+
 // TestMain fails the run when a test leaves a goroutine running or a file
-// descriptor open.
-func TestMain(m *testing.M) { leakcheck.Main(m) }
+// descriptor open; with daemonEnv=1 it is ctagent.
+func TestMain(m *testing.M) {
+	if os.Getenv(daemonEnv) == "1" {
+		main()
+		return
+	}
+	leakcheck.Main(m)
+}
