@@ -17,10 +17,13 @@ ARGS     ?=
 
 # Test binaries booted in the VM kernel matrix (scripts/vmtest.sh), built for
 # amd64 and arm64 (each kernel runs those of its architecture), and the
-# tests they run there: every binary must match at least one (./cmd/ctagent:
-# the daemon started before nf_conntrack is loaded, and run with the least
-# capabilities; ./pkg/kmod: compressed modules loaded).
-VMTEST_PKGS   := ./pkg/tracer/ebpftracer ./pkg/metrics ./cmd/ctagent ./pkg/kmod
+# tests they run there: every binary must match at least one. ./cmd/ctagent
+# (the daemon started before nf_conntrack is loaded, and with the least
+# capabilities) and ./pkg/kmod
+# (compressed modules loaded) run first: they unload the conntrack modules
+# and load them again, which the rulesets and namespaces the other binaries'
+# tests leave behind for a while (nft_chain_nat, nft_redir in use) prevent.
+VMTEST_PKGS   := ./cmd/ctagent ./pkg/kmod ./pkg/tracer/ebpftracer ./pkg/metrics
 VMTEST_DIR    := .cache/vmtest/bin
 VMTEST_ARCHES := amd64 arm64
 VMTEST_BINS   := $(foreach a,$(VMTEST_ARCHES),$(foreach p,$(VMTEST_PKGS),$(VMTEST_DIR)/$(a)/$(notdir $(p)).test))
