@@ -139,10 +139,10 @@ func TestFormatEvent(t *testing.T) {
 func TestWriteTopFits80Columns(t *testing.T) {
 	n, big, ratio := int64(12), int64(1<<40), 1.5
 	r := &NamespacesResponse{Limit: 262144, Namespaces: []Namespace{
-		{NetNS: 4026531840, Host: true, Listed: true, Entries: &n, Limit: 262144, Created: 3},
-		{NetNS: 4294967295, Pod: strings.Repeat("very-long-pod-name-", 4), PodNamespace: "kube-system", Listed: true,
+		{Owner: eventjson.Owner{NetNS: 4026531840, Host: true}, Listed: true, Entries: &n, Limit: 262144, Created: 3},
+		{Owner: eventjson.Owner{NetNS: 4294967295, Pod: strings.Repeat("very-long-pod-name-", 4), PodNamespace: "kube-system"}, Listed: true,
 			Entries: &big, FillRatio: &ratio, Limit: 1 << 40, Created: 1 << 62, Destroyed: 1 << 63, Failed: 1 << 50},
-		{NetNS: 1, Comm: "sleep"},
+		{Owner: eventjson.Owner{NetNS: 1, Comm: "sleep"}},
 	}}
 	var b bytes.Buffer
 	if err := WriteTop(&b, r, "created"); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/ctagent/ctagent/pkg/eventjson"
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
@@ -209,14 +210,14 @@ func (h *Handler) ServeNamespaceTop(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusNotFound, fmt.Errorf("no network namespace %q", want))
 		return
 	}
-	resp := NamespaceTopResponse{Namespace: Namespace{NetNS: ns.Inode}}
+	resp := NamespaceTopResponse{}
 	stats, lim := src.Stats.Snapshot()
 	for _, s := range stats {
 		if s.Inode == ns.Inode {
 			resp.Namespace = namespaceOf(s, lim)
 		}
 	}
-	resp.Namespace.identify(id)
+	resp.Namespace.Owner = eventjson.NewOwner(ns.Inode, id)
 	resp.Namespace.readDrops(src.Table, ns)
 	if r.Method == http.MethodHead {
 		w.Header().Set("Content-Type", "application/json")

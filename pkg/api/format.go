@@ -27,7 +27,7 @@ func FormatEntry(e eventjson.Entry) string {
 	}
 	writeTuples(&b, e.Original, e.Reply, e.Status)
 	fmt.Fprintf(&b, " mark=%d zone=%d", e.Mark, e.Zone)
-	writeOwner(&b, owner{e.NetNS, e.NetNSName, e.Host, e.Pod, e.PodNamespace, e.Container, e.Comm})
+	writeOwner(&b, e.Owner)
 	return b.String()
 }
 
@@ -71,24 +71,15 @@ func FormatEvent(ev eventjson.Event) string {
 	if ev.Reason != "" {
 		fmt.Fprintf(&b, " reason=%s error=%d", ev.Reason, ev.Error)
 	}
-	writeOwner(&b, owner{ev.NetNS, ev.NetNSName, ev.Host, ev.Pod, ev.PodNamespace, ev.Container, ev.Comm})
+	writeOwner(&b, ev.Owner)
 	return b.String()
-}
-
-// owner is who owns a namespace, the fields FormatEntry and FormatEvent end
-// with.
-type owner struct {
-	netns                              uint32
-	name                               string
-	host                               bool
-	pod, podNamespace, container, comm string
 }
 
 // writeOwner writes o as key=value tokens (netns, netns_name, host_netns,
 // pod, container, comm), empty ones left out, values quoted when they hold
 // a space.
-func writeOwner(b *strings.Builder, o owner) {
-	fmt.Fprintf(b, " netns=%d", o.netns)
+func writeOwner(b *strings.Builder, o eventjson.Owner) {
+	fmt.Fprintf(b, " netns=%d", o.NetNS)
 	kv := func(k, v string) {
 		if v != "" {
 			if strings.ContainsAny(v, " \t\"=") || !utf8.ValidString(v) {
@@ -97,17 +88,17 @@ func writeOwner(b *strings.Builder, o owner) {
 			b.WriteString(" " + k + "=" + v)
 		}
 	}
-	kv("netns_name", o.name)
-	if o.host {
+	kv("netns_name", o.NetNSName)
+	if o.Host {
 		kv("host_netns", "true")
 	}
-	pod := o.pod
-	if pod != "" && o.podNamespace != "" {
-		pod = o.podNamespace + "/" + pod
+	pod := o.Pod
+	if pod != "" && o.PodNamespace != "" {
+		pod = o.PodNamespace + "/" + pod
 	}
 	kv("pod", pod)
-	kv("container", shortID(o.container))
-	kv("comm", o.comm)
+	kv("container", shortID(o.Container))
+	kv("comm", o.Comm)
 }
 
 // writeTuples writes both directions and the flags between and after

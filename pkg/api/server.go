@@ -12,7 +12,6 @@ import (
 
 	"github.com/ctagent/ctagent/pkg/eventjson"
 	"github.com/ctagent/ctagent/pkg/metrics"
-	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
@@ -96,14 +95,7 @@ type NamespacesResponse struct {
 
 // Namespace is one namespace's table health.
 type Namespace struct {
-	NetNS        uint32 `json:"netns"`
-	NetNSName    string `json:"netns_name,omitempty"`
-	Host         bool   `json:"host_netns,omitempty"`
-	Pod          string `json:"pod,omitempty"`
-	PodNamespace string `json:"pod_namespace,omitempty"`
-	Container    string `json:"container,omitempty"`
-	PID          int    `json:"pid,omitempty"`
-	Comm         string `json:"comm,omitempty"`
+	eventjson.Owner // netns .. comm
 	// Listed: the namespace exists now (it is kept a while after it went,
 	// with its counters).
 	Listed bool `json:"listed"`
@@ -132,8 +124,7 @@ type ProtocolEntries struct {
 
 // namespaceOf is s as the API shows it, with the table limit.
 func namespaceOf(s metrics.NamespaceStats, limit uint64) Namespace {
-	n := Namespace{NetNS: s.Inode, Listed: s.Listed, Created: s.Created, Destroyed: s.Destroyed, Failed: s.Failed, Limit: limit}
-	n.identify(s.Identity)
+	n := Namespace{Owner: eventjson.NewOwner(s.Inode, s.Identity), Listed: s.Listed, Created: s.Created, Destroyed: s.Destroyed, Failed: s.Failed, Limit: limit}
 	if s.Entries != nil {
 		total := s.EntriesTotal
 		n.Entries = &total
@@ -149,11 +140,6 @@ func namespaceOf(s metrics.NamespaceStats, limit uint64) Namespace {
 }
 
 // identify sets n's owner fields from id.
-func (n *Namespace) identify(id netns.Identity) {
-	n.NetNSName, n.Host, n.Pod, n.PodNamespace = id.Name, id.Host, id.Pod, id.PodNamespace
-	n.Container, n.PID, n.Comm = id.ContainerID, id.PID, id.Comm
-}
-
 // readDrops sets Drops from the kernel's statistics of ns; it stays nil
 // when they cannot be read.
 func (n *Namespace) readDrops(t tracer.Table, ns tracer.Namespace) {

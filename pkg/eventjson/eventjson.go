@@ -25,29 +25,44 @@ import (
 // Event is one conntrack event and the owner of its namespace. Names are
 // those of pkg/tracer (FamilyName, ProtocolName, StatusNames, TCPStateName).
 type Event struct {
-	Time         time.Time         `json:"time"`
-	Type         string            `json:"type"` // created, destroyed, failed
-	NetNS        uint32            `json:"netns"`
-	NetNSName    string            `json:"netns_name,omitempty"`
-	Host         bool              `json:"host_netns,omitempty"`
-	Pod          string            `json:"pod,omitempty"`
-	PodNamespace string            `json:"pod_namespace,omitempty"`
-	PodLabels    map[string]string `json:"pod_labels,omitempty"`
-	Container    string            `json:"container,omitempty"`
-	PID          int               `json:"pid,omitempty"`
-	Comm         string            `json:"comm,omitempty"`
-	Family       string            `json:"family"`
-	Protocol     string            `json:"protocol"`
-	Original     Tuple             `json:"original"`
-	Reply        *Tuple            `json:"reply,omitempty"`
-	Zone         uint16            `json:"zone,omitempty"`
-	Mark         uint32            `json:"mark,omitempty"`
-	Status       []string          `json:"status,omitempty"`
-	TCPState     string            `json:"tcp_state,omitempty"`
-	Lifetime     *float64          `json:"lifetime_seconds,omitempty"` // destroyed, creation seen
-	Reason       string            `json:"reason,omitempty"`           // failed only
-	Error        int32             `json:"error,omitempty"`            // failed: the kernel's return value
-	Cookie       uint64            `json:"cookie,omitempty"`
+	Time      time.Time         `json:"time"`
+	Type      string            `json:"type"` // created, destroyed, failed
+	Owner                       // netns .. comm
+	PodLabels map[string]string `json:"pod_labels,omitempty"`
+	Family    string            `json:"family"`
+	Protocol  string            `json:"protocol"`
+	Original  Tuple             `json:"original"`
+	Reply     *Tuple            `json:"reply,omitempty"`
+	Zone      uint16            `json:"zone,omitempty"`
+	Mark      uint32            `json:"mark,omitempty"`
+	Status    []string          `json:"status,omitempty"`
+	TCPState  string            `json:"tcp_state,omitempty"`
+	Lifetime  *float64          `json:"lifetime_seconds,omitempty"` // destroyed, creation seen
+	Reason    string            `json:"reason,omitempty"`           // failed only
+	Error     int32             `json:"error,omitempty"`            // failed: the kernel's return value
+	Cookie    uint64            `json:"cookie,omitempty"`
+}
+
+// Owner is a network namespace and who owns it: the fields every line of
+// the API and the CLI starts with (Event, Entry, and pkg/api's Namespace
+// embed it; their JSON has these fields at its top level).
+type Owner struct {
+	NetNS        uint32 `json:"netns"`
+	NetNSName    string `json:"netns_name,omitempty"`
+	Host         bool   `json:"host_netns,omitempty"`
+	Pod          string `json:"pod,omitempty"`
+	PodNamespace string `json:"pod_namespace,omitempty"`
+	Container    string `json:"container,omitempty"`
+	PID          int    `json:"pid,omitempty"`
+	Comm         string `json:"comm,omitempty"`
+}
+
+// NewOwner is namespace inode, whose owner is id.
+func NewOwner(inode uint32, id netns.Identity) Owner {
+	return Owner{
+		NetNS: inode, NetNSName: id.Name, Host: id.Host, Pod: id.Pod, PodNamespace: id.PodNamespace,
+		Container: id.ContainerID, PID: id.PID, Comm: id.Comm,
+	}
 }
 
 // Tuple is one direction of a connection: ports, or the ICMP id, type and
@@ -65,24 +80,17 @@ type Tuple struct {
 // New is the JSON form of ev, of a namespace whose owner is id.
 func New(ev tracer.Event, id netns.Identity) Event {
 	j := Event{
-		Time:         ev.Time,
-		Type:         ev.Type.String(),
-		NetNS:        ev.NetNS,
-		NetNSName:    id.Name,
-		Host:         id.Host,
-		Pod:          id.Pod,
-		PodNamespace: id.PodNamespace,
-		PodLabels:    id.PodLabels,
-		Container:    id.ContainerID,
-		PID:          id.PID,
-		Comm:         id.Comm,
-		Family:       tracer.FamilyName(ev.Family),
-		Protocol:     tracer.ProtocolName(ev.Protocol),
-		Original:     newTuple(ev.Original, ev.Protocol),
-		Zone:         ev.Zone,
-		Mark:         ev.Mark,
-		Status:       tracer.StatusNames(ev.Status),
-		Cookie:       ev.Cookie,
+		Time:      ev.Time,
+		Type:      ev.Type.String(),
+		Owner:     NewOwner(ev.NetNS, id),
+		PodLabels: id.PodLabels,
+		Family:    tracer.FamilyName(ev.Family),
+		Protocol:  tracer.ProtocolName(ev.Protocol),
+		Original:  newTuple(ev.Original, ev.Protocol),
+		Zone:      ev.Zone,
+		Mark:      ev.Mark,
+		Status:    tracer.StatusNames(ev.Status),
+		Cookie:    ev.Cookie,
 	}
 	if ev.Reply.Src.IsValid() {
 		rt := newTuple(ev.Reply, ev.Protocol)
@@ -144,45 +152,31 @@ func (w *Writer) Flush() error { return w.buf.Flush() }
 // Entry is one conntrack table entry and the owner of its namespace: one
 // line of the daemon's /api/v1/entries and of "ctagent list --output json".
 type Entry struct {
-	NetNS        uint32   `json:"netns"`
-	NetNSName    string   `json:"netns_name,omitempty"`
-	Host         bool     `json:"host_netns,omitempty"`
-	Pod          string   `json:"pod,omitempty"`
-	PodNamespace string   `json:"pod_namespace,omitempty"`
-	Container    string   `json:"container,omitempty"`
-	PID          int      `json:"pid,omitempty"`
-	Comm         string   `json:"comm,omitempty"`
-	ID           uint32   `json:"id,omitempty"` // the kernel's CTA_ID
-	Family       string   `json:"family"`
-	Protocol     string   `json:"protocol"`
-	Original     Tuple    `json:"original"`
-	Reply        *Tuple   `json:"reply,omitempty"`
-	TCPState     string   `json:"tcp_state,omitempty"`
-	Status       []string `json:"status,omitempty"`
-	Timeout      int64    `json:"timeout_seconds"` // time left
-	Zone         uint16   `json:"zone,omitempty"`
-	Mark         uint32   `json:"mark,omitempty"`
+	Owner             // netns .. comm
+	ID       uint32   `json:"id,omitempty"` // the kernel's CTA_ID
+	Family   string   `json:"family"`
+	Protocol string   `json:"protocol"`
+	Original Tuple    `json:"original"`
+	Reply    *Tuple   `json:"reply,omitempty"`
+	TCPState string   `json:"tcp_state,omitempty"`
+	Status   []string `json:"status,omitempty"`
+	Timeout  int64    `json:"timeout_seconds"` // time left
+	Zone     uint16   `json:"zone,omitempty"`
+	Mark     uint32   `json:"mark,omitempty"`
 }
 
 // NewEntry is the JSON form of e, of namespace inode whose owner is id.
 func NewEntry(inode uint32, e tracer.Entry, id netns.Identity) Entry {
 	j := Entry{
-		NetNS:        inode,
-		NetNSName:    id.Name,
-		Host:         id.Host,
-		Pod:          id.Pod,
-		PodNamespace: id.PodNamespace,
-		Container:    id.ContainerID,
-		PID:          id.PID,
-		Comm:         id.Comm,
-		ID:           e.ID,
-		Family:       tracer.FamilyName(e.Family),
-		Protocol:     tracer.ProtocolName(e.Protocol),
-		Original:     newTuple(e.Original, e.Protocol),
-		Status:       tracer.StatusNames(e.Status),
-		Timeout:      int64(e.Timeout / time.Second),
-		Zone:         e.Zone,
-		Mark:         e.Mark,
+		Owner:    NewOwner(inode, id),
+		ID:       e.ID,
+		Family:   tracer.FamilyName(e.Family),
+		Protocol: tracer.ProtocolName(e.Protocol),
+		Original: newTuple(e.Original, e.Protocol),
+		Status:   tracer.StatusNames(e.Status),
+		Timeout:  int64(e.Timeout / time.Second),
+		Zone:     e.Zone,
+		Mark:     e.Mark,
 	}
 	if e.Reply.Src.IsValid() {
 		rt := newTuple(e.Reply, e.Protocol)

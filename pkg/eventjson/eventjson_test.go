@@ -50,7 +50,7 @@ func TestNew(t *testing.T) {
 func TestWriter(t *testing.T) {
 	var out bytes.Buffer
 	w := NewWriter(&out)
-	in := []Event{{Type: "created", Pod: "web<1>&co", Family: "ipv4", Protocol: "udp"}, {Type: "destroyed", NetNS: 7}}
+	in := []Event{{Type: "created", Owner: Owner{Pod: "web<1>&co"}, Family: "ipv4", Protocol: "udp"}, {Type: "destroyed", Owner: Owner{NetNS: 7}}}
 	for _, ev := range in {
 		if err := w.Write(ev); err != nil {
 			t.Fatal(err)
