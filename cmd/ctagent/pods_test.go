@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -167,6 +168,37 @@ func TestDaemonNamesPods(t *testing.T) {
 		t.Errorf("label names %v: want pod_label_app and pod_label_team, and no label that is not in --kubernetes.pod-labels", l)
 	}
 	errsBefore := sc.scrapeErrors()
+
+	t.Run("clients name the pods", func(t *testing.T) {
+		// ctagent list --pod and top --once, from the daemon's API: the
+		// entries of one pod only, each with its owner; a row per pod.
+		server := "http://" + d.addr
+		podName := podA.pod.Namespace + "/" + podA.pod.Name
+		out := runClient(t, "list", "--server", server, "--pod", podName)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != podA.made {
+			t.Errorf("list --pod %s: %d lines, want the pod's %d entries:\n%s", podName, len(lines), podA.made, out)
+		}
+		for _, l := range lines {
+			if !strings.Contains(l, " netns="+podA.netns()+" ") || !strings.Contains(l, " pod="+podName+" ") ||
+				!strings.Contains(l, " container="+podA.container[:12]+" ") || !strings.HasPrefix(l, "ipv4     2 "+podA.proto+" ") {
+				t.Errorf("list --pod %s: line %q: want an ipv4 %s entry of netns %s, pod %s, container %.12s",
+					podName, l, podA.proto, podA.netns(), podName, podA.container)
+			}
+		}
+		t.Logf("ctagent list --pod %s:\n%s", podName, out)
+		top := runClient(t, "top", "--once", "--server", server)
+		for _, o := range []*owner{podA, podB} {
+			col := o.pod.Namespace + "/" + o.pod.Name
+			if len(col) > 20 { // the owner column's width
+				col = col[:19] + "…"
+			}
+			if !regexp.MustCompile(`(?m)^` + o.netns() + ` +` + regexp.QuoteMeta(col) + ` +` + strconv.Itoa(o.made) + ` `).MatchString(top) {
+				t.Errorf("top --once: no row for netns %s, pod %s/%s with %d entries:\n%s", o.netns(), o.pod.Namespace, o.pod.Name, o.made, top)
+			}
+		}
+		t.Logf("ctagent top --once:\n%s", top)
+	})
 
 	t.Run("pod deleted", func(t *testing.T) {
 		if err := client.CoreV1().Pods("payments").Delete(context.Background(), podB.pod.Name, metav1.DeleteOptions{}); err != nil {
@@ -495,4 +527,17 @@ func (s *scrape) lines(prefix string, netns ...string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// runClient runs a client command of ctagent (list, top) in process and
+// returns what it printed; it fails the test unless the command succeeds.
+func runClient(t *testing.T, args ...string) string {
+	t.Helper()
+	var stdout, stderr strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := run(ctx, args, &stdout, &stderr); err != nil {
+		t.Fatalf("ctagent %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return stdout.String()
 }
