@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ctagent/ctagent/internal/labnet"
 )
@@ -27,13 +23,7 @@ func TestClientsTLS(t *testing.T) {
 	requireTool(t, "conntrack", "conntrack")
 	labnet.RemoveStale(t)
 	p := newPKI(t, "clients")
-	secret := make([]byte, 16)
-	rand.Read(secret)
-	password := "pw-" + hex.EncodeToString(secret)
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
+	password, hash := newPassword(t)
 	dir := t.TempDir()
 	write := func(name, content string) string {
 		t.Helper()

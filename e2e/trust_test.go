@@ -177,13 +177,7 @@ func TestWebConfigTLSClientCert(t *testing.T) {
 	p := newPKI(t, "trusted")
 	stranger := newPKI(t, "stranger") // a CA the daemon does not trust
 
-	secret := make([]byte, 16)
-	rand.Read(secret)
-	password := "pw-" + hex.EncodeToString(secret)
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
+	password, hash := newPassword(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "web.yml")
 	webConfig := fmt.Sprintf(`tls_server_config:
@@ -459,4 +453,18 @@ func TestNoKernelAddressesServed(t *testing.T) {
 	if found := findKernelAddresses(d.rawLog()); len(found) > 0 {
 		t.Errorf("the log (at debug level) shows kernel addresses: %s", strings.Join(found, ", "))
 	}
+}
+
+// newPassword is a random basic-auth password and its bcrypt hash, as a web
+// config's basic_auth_users holds it.
+func newPassword(t *testing.T) (password string, hash []byte) {
+	t.Helper()
+	secret := make([]byte, 16)
+	rand.Read(secret)
+	password = "pw-" + hex.EncodeToString(secret)
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return password, hash
 }

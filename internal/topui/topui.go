@@ -374,19 +374,19 @@ func (m *Model) tableView() []string {
 		}
 		entries, fill, created, destroyed, drops := "-", "-", "-", "-", "-"
 		if n.Entries != nil {
-			entries = short(float64(max(*n.Entries, 0)), 7)
+			entries = api.Count(float64(max(*n.Entries, 0)), 7)
 		}
 		if n.FillRatio != nil {
 			fill = strconv.FormatFloat(*n.FillRatio*100, 'f', 1, 64) + "%"
 		}
 		if r, ok := m.rates[n.NetNS]; ok {
-			created, destroyed = short(r.created, 7), short(r.destroyed, 7)
+			created, destroyed = api.Count(r.created, 7), api.Count(r.destroyed, 7)
 		}
 		if n.Drops != nil {
-			drops = short(float64(*n.Drops), 6)
+			drops = api.Count(float64(*n.Drops), 6)
 		}
 		line := fmt.Sprintf(rowFormat, mark, strconv.FormatUint(uint64(n.NetNS), 10), owner, clip(api.Owner(n), owner),
-			entries, fill, created, destroyed, short(float64(n.Failed), 6), drops)
+			entries, fill, created, destroyed, api.Count(float64(n.Failed), 6), drops)
 		if i == m.cursor {
 			line = reverse(ansi.Truncate(line, m.width, ""))
 		}
@@ -438,27 +438,6 @@ func (m *Model) footer() string {
 		return "type to filter  enter done  esc clear"
 	}
 	return "up/down select  enter detail  / filter  s or 1-5 sort  q quit"
-}
-
-// short prints v in at most width characters: 12345, 1.5, else 1.2k, 3M.
-func short(v float64, width int) string {
-	s := strconv.FormatFloat(v, 'f', -1, 64)
-	if v != float64(int64(v)) {
-		s = strconv.FormatFloat(v, 'f', 1, 64)
-	}
-	if len(s) <= width {
-		return s
-	}
-	for _, u := range []string{"k", "M", "G", "T", "P", "E"} {
-		v /= 1000
-		if s = strconv.FormatFloat(v, 'f', 1, 64) + u; len(s) <= width {
-			return s
-		}
-		if s = strconv.FormatFloat(v, 'f', 0, 64) + u; len(s) <= width {
-			return s
-		}
-	}
-	return s
 }
 
 // clip shortens s to width cells, ending in "~" when cut.

@@ -237,18 +237,24 @@ func clip(s string, width int) string {
 }
 
 // count prints n in at most width characters: 1234567, else 1.2M, 34G.
-func count(n uint64, width int) string {
-	s := strconv.FormatUint(n, 10)
+func count(n uint64, width int) string { return Count(float64(n), width) }
+
+// Count prints v in at most width characters where it can: 1234567, 1.5
+// (one decimal for a fraction, e.g. a rate), else 1.2k, 3M, 34G.
+func Count(v float64, width int) string {
+	s := strconv.FormatFloat(v, 'f', -1, 64)
+	if v != float64(int64(v)) {
+		s = strconv.FormatFloat(v, 'f', 1, 64)
+	}
 	if len(s) <= width {
 		return s
 	}
-	f := float64(n)
 	for _, u := range []string{"k", "M", "G", "T", "P", "E"} {
-		f /= 1000
-		if s = strconv.FormatFloat(f, 'f', 1, 64) + u; len(s) <= width {
+		v /= 1000
+		if s = strconv.FormatFloat(v, 'f', 1, 64) + u; len(s) <= width {
 			return s
 		}
-		if s = strconv.FormatFloat(f, 'f', 0, 64) + u; len(s) <= width {
+		if s = strconv.FormatFloat(v, 'f', 0, 64) + u; len(s) <= width {
 			return s
 		}
 	}
