@@ -128,6 +128,13 @@ func attachOnlyCaps(tracer.Backend) uint64 {
 	return capMask(unix.CAP_BPF, unix.CAP_PERFMON, unix.CAP_SYS_RESOURCE)
 }
 
+// dropCapsAfterAttach: ctagent run drops what only attaching needed
+// (dropAttachCaps). The tests turn it off (TestMain) for the daemons they
+// run in their own process: capabilities belong to the whole process, and
+// the next test needs them; the daemon they start as a process of its own
+// (TestVMLeastPrivilege) drops them.
+var dropCapsAfterAttach = true
+
 // dropAttachCaps removes the capabilities that only attaching needed from
 // every thread, for good, and logs the effective set left. probe makes the
 // reads the daemon keeps making (the tracer's maps); it runs first with the
@@ -136,8 +143,12 @@ func attachOnlyCaps(tracer.Backend) uint64 {
 // move unprivileged checks into map_create() and bpf_prog_load()") every
 // bpf(2) command, map reads included, needs CAP_BPF or CAP_SYS_ADMIN when
 // kernel.unprivileged_bpf_disabled is set (Debian's default), so there
-// CAP_BPF stays when CAP_SYS_ADMIN is not held.
-func dropAttachCaps(b tracer.Backend, probe func() error, log *zap.Logger) {
+// CAP_BPF stays when CAP_SYS_ADMIN is not held. It does nothing unless
+// enabled.
+func dropAttachCaps(b tracer.Backend, enabled bool, probe func() error, log *zap.Logger) {
+	if !enabled {
+		return
+	}
 	before, err := getCaps()
 	if err != nil {
 		log.Warn("Capabilities not dropped", zap.Error(err))

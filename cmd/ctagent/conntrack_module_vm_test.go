@@ -33,7 +33,7 @@ func TestVMConntrackModuleWait(t *testing.T) {
 	labnet.RequireVM(t, "ip", "conntrack", "modprobe")
 	unloadConntrack(t)
 
-	d := startWaiting(t, []string{"--web.listen-address=127.0.0.1:0", "--log.format=json", "--no-conntrack.load-modules"},
+	d := startWaiting(t, []string{"--web.listen-address=127.0.0.1:0", "--bpf.pin-path=", "--log.format=json", "--no-conntrack.load-modules"},
 		"Kernel module nf_conntrack is not loaded; waiting for it: the tracer attaches as soon as it is")
 	code, body := httpGet(t, d.addr, "/readyz")
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "kernel module nf_conntrack is not loaded (loading modules is off") {
@@ -85,7 +85,7 @@ func TestVMConntrackModuleLoad(t *testing.T) {
 	unloadConntrack(t)
 
 	d := startInProcess(t, func(ctx context.Context, logs io.Writer) error {
-		return run(ctx, []string{"--web.listen-address=127.0.0.1:0", "--log.format=json"}, io.Discard, logs)
+		return run(ctx, []string{"--web.listen-address=127.0.0.1:0", "--bpf.pin-path=", "--log.format=json"}, io.Discard, logs)
 	})
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -104,7 +104,7 @@ func runDaemon(ctx context.Context, cfg *config, log *zap.Logger) error {
 	info.Log(log, cfg.tracer.Backend)
 	// Attached and self-tested: what only that needed goes (caps.go).
 	tr := t
-	dropAttachCaps(info.Backend, func() error {
+	dropAttachCaps(info.Backend, dropCapsAfterAttach, func() error {
 		if _, err := tr.Counters(); err != nil {
 			return err
 		}

@@ -20,5 +20,8 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
+	// The daemons run in this process keep the capabilities that the
+	// tests after them need.
+	dropCapsAfterAttach = false
 	leakcheck.Main(m)
 }

@@ -299,8 +299,11 @@ func openBPF(ctx context.Context, opts tracer.Options, b tracer.Backend) (*bpfTr
 			// a crash, or hooks that miss events now) are replaced.
 			opts.Logger.Warn("pinned eBPF programs of this version cannot be adopted: replacing them, counters restart from zero",
 				zap.String("pin_dir", pins.dir()), zap.Error(err))
-			if err := pins.remove(pins.version); err != nil {
-				return nil, err
+			if rerr := pins.remove(pins.version); rerr != nil {
+				// E.g. pins of another user: serve unpinned, said once.
+				opts.Logger.Warn("pinned eBPF programs cannot be removed: running unpinned, counters restart with ctagent",
+					zap.String("pin_dir", pins.dir()), zap.Error(rerr))
+				pins = nil
 			}
 			if plan, err = planHooks(b, kernel, opts.OnlyHooks); err != nil {
 				return nil, err
