@@ -192,7 +192,7 @@ bench-scale: build ## The daemon (netlink backend) at 10, 100 and 1,000 namespac
 bench: bench-host ## Benchmarks: host (benchstat, see bench-host), and in-kernel overhead in the VM; ratios to a baseline of the same run
 	mkdir -p $(VMTEST_DIR)
 	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/bench-tracer.test ./pkg/tracer/ebpftracer
-	VMTEST_ARGS="-test.run '^TestEventLayout$$' -test.bench Overhead -test.benchtime 20000x -test.count 3" \
+	VMTEST_TIMEOUT=$${VMTEST_TIMEOUT:-1800} VMTEST_ARGS="-test.run '^TestEventLayout$$' -test.bench Overhead -test.benchtime 20000x -test.count 3" \
 	  scripts/vmtest.sh -k debian-6.12 $(VMTEST_DIR)/bench-tracer.test | tee .cache/bench-vm.txt
 	@echo; echo "== ratios (median ns/op over a baseline run in the same invocation) =="
 	@awk -f scripts/benchratio.awk .cache/bench-host.txt .cache/bench-vm.txt

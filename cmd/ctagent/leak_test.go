@@ -4,6 +4,8 @@ import (
 	"os"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ctagent/ctagent/internal/leakcheck"
 )
 
@@ -15,10 +17,17 @@ const daemonEnv = "CTAGENT_TEST_RUN_MAIN"
 
 // TestMain fails the run when a test leaves a goroutine running or a file
 // descriptor open; with daemonEnv=1 it is ctagent.
+// initialMemlock is RLIMIT_MEMLOCK as the test process started with it.
+var initialMemlock unix.Rlimit
+
 func TestMain(m *testing.M) {
 	if os.Getenv(daemonEnv) == "1" {
 		main()
 		return
+	}
+	// Before any in-process daemon lifts it (see runCapCase).
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &initialMemlock); err != nil {
+		panic(err)
 	}
 	// The daemons run in this process keep the capabilities that the
 	// tests after them need.

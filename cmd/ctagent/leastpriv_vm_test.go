@@ -112,8 +112,6 @@ func TestVMLeastPrivilege(t *testing.T) {
 	u.Delete() // now only /proc/<holder>/ns/net leads to it
 	uInode := u.Inode
 
-	var memlock unix.Rlimit
-	_ = unix.Getrlimit(unix.RLIMIT_MEMLOCK, &memlock)
 	cases := capCases()
 	if kernel != capsTableKernel && os.Getenv("CTAGENT_CAPS_ALL") == "" {
 		// Each case is a daemon start (20-30 s under TCG): the full
@@ -129,7 +127,7 @@ func TestVMLeastPrivilege(t *testing.T) {
 					t0 := time.Now()
 					r := runCapCase(t, bin, b, c, uInode, uWant)
 					r.took = time.Since(t0).Round(100 * time.Millisecond)
-					ml := rlimitString(memlock.Cur)
+					ml := rlimitString(initialMemlock.Cur)
 					if c.memlockInf {
 						ml = "unlimited"
 					}
@@ -243,21 +241,24 @@ func runCapCase(t *testing.T, bin string, b tracer.Backend, c capCase, uInode ui
 	var logBuf lockedBuffer
 	cmd.Stdout, cmd.Stderr = &logBuf, &logBuf
 	start := time.Now()
+	// The child inherits the memlock limit at fork: the guest's own, which
+	// in-process daemons of earlier tests may have lifted in this process
+	// (cilium/ebpf's rlimit.RemoveMemlock on kernels before 5.11), or
+	// unlimited as the unit's LimitMEMLOCK=infinity. Set back right after.
 	var saved unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &saved); err != nil {
+		t.Fatal(err)
+	}
+	childLimit := initialMemlock
 	if c.memlockInf {
-		// The child inherits the limit at fork; set it back right after.
-		if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &saved); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}); err != nil {
-			t.Fatal(err)
-		}
+		childLimit = unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &childLimit); err != nil {
+		t.Fatal(err)
 	}
 	err := cmd.Start()
-	if c.memlockInf {
-		if rerr := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &saved); rerr != nil {
-			t.Fatal(rerr)
-		}
+	if rerr := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &saved); rerr != nil {
+		t.Fatal(rerr)
 	}
 	if err != nil {
 		t.Fatalf("setpriv: %v", err)
