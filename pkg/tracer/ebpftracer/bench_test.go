@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/ctagent/ctagent/pkg/tracer"
 
@@ -57,19 +58,33 @@ func BenchmarkConntrackOverhead(b *testing.B) {
 	}
 	defer conn.Close()
 	payload := []byte("x")
+	// stats: the kernel's BPF run-time accounting is on (it adds two clock
+	// reads per program run, so it has variants of its own), and each
+	// program's ns per run is reported beside the wall time.
 	type variant struct {
 		backend tracer.Backend
 		events  bool
+		stats   bool
 	}
-	variants := []variant{{"baseline", false}, {tracer.BackendFentry, true}, {tracer.BackendFentry, false}, {tracer.BackendKprobe, true}, {tracer.BackendKprobe, false}}
+	variants := []variant{
+		{backend: "baseline"},
+		{backend: tracer.BackendFentry, events: true}, {backend: tracer.BackendFentry},
+		{backend: tracer.BackendKprobe, events: true}, {backend: tracer.BackendKprobe},
+		{backend: tracer.BackendFentry, stats: true}, {backend: tracer.BackendKprobe, stats: true},
+	}
 	for _, v := range variants {
 		name := fmt.Sprintf("backend=%s", v.backend)
 		if v.backend != "baseline" {
 			name += map[bool]string{true: ",events=on", false: ",events=off"}[v.events]
 		}
+		if v.stats {
+			name += ",bpfstats"
+		}
 		b.Run(name, func(b *testing.B) {
+			var tr tracer.Tracer
 			if v.backend != "baseline" {
-				tr, err := tracer.Open(b.Context(), tracer.Options{Backend: v.backend, DisableEvents: !v.events})
+				var err error
+				tr, err = tracer.Open(b.Context(), tracer.Options{Backend: v.backend, DisableEvents: !v.events, BPFStats: v.stats})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -78,6 +93,9 @@ func BenchmarkConntrackOverhead(b *testing.B) {
 					for range tr.Events() {
 					}
 				}()
+			}
+			if v.stats {
+				defer reportProgramCost(b, tr)
 			}
 			ns.CTFlush()
 			port := 1
@@ -93,4 +111,24 @@ func BenchmarkConntrackOverhead(b *testing.B) {
 			}
 		})
 	}
+}
+
+// reportProgramCost reports the kernel's mean run time of each of tr's
+// programs that ran ("<program>-ns/run"), and their total per iteration
+// ("bpf-ns/op"); tr was opened with BPFStats. The self-test's runs at start
+// are in the totals too: a few dozen against b.N.
+func reportProgramCost(b *testing.B, tr tracer.Tracer) {
+	progs, err := tr.Programs()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total time.Duration
+	for _, p := range progs {
+		if p.RunCount == 0 {
+			continue
+		}
+		total += p.RunTime
+		b.ReportMetric(float64(p.RunTime.Nanoseconds())/float64(p.RunCount), p.Name+"-ns/run")
+	}
+	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "bpf-ns/op")
 }
