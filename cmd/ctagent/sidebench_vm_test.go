@@ -67,7 +67,7 @@ type sideParams struct {
 }
 
 func sideParamsFromEnv(t *testing.T) sideParams {
-	p := sideParams{Namespaces: 4, Events: 8000, Rates: []float64{1000, 4000, 0}, Modes: []workload.Mode{workload.ModeCtnetlink, workload.ModeUDP}}
+	p := sideParams{Namespaces: 4, Events: 6000, Rates: []float64{1000, 3000, 0}, Modes: []workload.Mode{workload.ModeCtnetlink, workload.ModeUDP}}
 	if v := os.Getenv("CTAGENT_SIDEBENCH_NETNS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {

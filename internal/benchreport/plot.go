@@ -1,0 +1,76 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// WritePlot draws two panels side by side into a PNG file at path: agent
+// CPU seconds per 1M events, and events lost (%), each against the event
+// rate reached, one line per configuration (both workload modes together,
+// see Points). The configuration without an agent is left out.
+func WritePlot(path string, rep Report) error {
+	cpu, loss := plot.New(), plot.New()
+	cpu.Title.Text = "agent + consumer CPU per 1M events"
+	cpu.Y.Label.Text = "CPU seconds"
+	loss.Title.Text = "events lost"
+	loss.Y.Label.Text = "% of events"
+	for _, p := range []*plot.Plot{cpu, loss} {
+		p.X.Label.Text = fmt.Sprintf("events/s reached (%s, %s)", rep.Kernel, "qemu TCG")
+		p.Legend.Top = true
+		p.Add(plotter.NewGrid())
+	}
+	loss.Y.Min, loss.Y.Max = 0, 1
+	var cpuLines, lossLines []any
+	var configs []string
+	series := map[string][2]plotter.XYs{}
+	for _, pt := range Points(rep) {
+		if pt.Config == "none" {
+			continue
+		}
+		s, ok := series[pt.Config]
+		if !ok {
+			configs = append(configs, pt.Config)
+		}
+		s[0] = append(s[0], plotter.XY{X: pt.Rate, Y: pt.CPUPer1M})
+		s[1] = append(s[1], plotter.XY{X: pt.Rate, Y: pt.LostPct})
+		series[pt.Config] = s
+		loss.Y.Max = max(loss.Y.Max, pt.LostPct*1.1)
+	}
+	if len(configs) == 0 {
+		return fmt.Errorf("no configuration with an agent")
+	}
+	for _, c := range configs {
+		cpuLines = append(cpuLines, c, series[c][0])
+		lossLines = append(lossLines, c, series[c][1])
+	}
+	if err := plotutil.AddLinePoints(cpu, cpuLines...); err != nil {
+		return err
+	}
+	if err := plotutil.AddLinePoints(loss, lossLines...); err != nil {
+		return err
+	}
+	img := vgimg.New(28*vg.Centimeter, 12*vg.Centimeter)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Centimeter, PadTop: vg.Millimeter * 3, PadBottom: vg.Millimeter * 3, PadLeft: vg.Millimeter * 3, PadRight: vg.Millimeter * 3}
+	plots := [][]*plot.Plot{{cpu, loss}}
+	canvases := plot.Align(plots, tiles, dc)
+	cpu.Draw(canvases[0][0])
+	loss.Draw(canvases[0][1])
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+)
+
+// Report is the benchmark's JSON: the guest and the workload, and one
+// Result per configuration, workload mode and rate.
+type Report struct {
+	Kernel  string   `json:"kernel"`
+	Release string   `json:"release"`
+	CPUs    int      `json:"cpus"`
+	Params  Params   `json:"params"`
+	Results []Result `json:"results"`
+}
+
+// Params is the workload of every run.
+type Params struct {
+	Namespaces int       `json:"namespaces"`
+	Events     int       `json:"events_per_run"`
+	Rates      []float64 `json:"rates"`
+	Configs    []string  `json:"configs"`
+}
+
+// Result is one configuration at one workload mode and rate; the fields
+// are documented with the benchmark (cmd/ctagent/sidebench_vm_test.go).
+type Result struct {
+	Config          string  `json:"config"`
+	Mode            string  `json:"mode"`
+	TargetRate      float64 `json:"target_rate"`
+	Events          uint64  `json:"events"`
+	WallSeconds     float64 `json:"wall_seconds"`
+	AchievedRate    float64 `json:"achieved_rate"`
+	WallRatio       float64 `json:"wall_ratio"`
+	AgentCPU        float64 `json:"agent_cpu_seconds"`
+	ConsumerCPU     float64 `json:"consumer_cpu_seconds"`
+	Seen            uint64  `json:"seen"`
+	Lost            uint64  `json:"lost"`
+	DaemonLost      float64 `json:"daemon_lost"`
+	ConsumerDropped uint64  `json:"consumer_dropped"`
+	CounterError    float64 `json:"counter_error"`
+	AgentHWM        uint64  `json:"agent_peak_rss_bytes"`
+	ConsumerHWM     uint64  `json:"consumer_peak_rss_bytes"`
+	BPF             []BPF   `json:"bpf"`
+}
+
+// BPF is one eBPF program's kernel statistics over a run.
+type BPF struct {
+	Program  string  `json:"program"`
+	Hook     string  `json:"hook"`
+	Runs     float64 `json:"runs"`
+	NsPerRun float64 `json:"ns_per_run"`
+}
+
+// Parse reads a Report.
+func Parse(r io.Reader) (Report, error) {
+	var rep Report
+	if err := json.NewDecoder(r).Decode(&rep); err != nil {
+		return rep, fmt.Errorf("benchreport: %w", err)
+	}
+	if len(rep.Results) == 0 {
+		return rep, fmt.Errorf("benchreport: no results")
+	}
+	return rep, nil
+}
+
+// Point is one configuration at one target rate, both workload modes
+// together: what the plot shows.
+type Point struct {
+	Config     string
+	TargetRate float64
+	Rate       float64 // events over wall time, both modes
+	CPUPer1M   float64 // agent and consumer CPU seconds per 1M events
+	LostPct    float64 // events lost, % of the events made
+}
+
+// Points sums the modes of each configuration and target rate, in the
+// order of the configurations in the report, rates ascending (0, as fast
+// as possible, last).
+func Points(rep Report) []Point {
+	type key struct {
+		config string
+		rate   float64
+	}
+	sums := map[key]*struct{ events, wall, cpu, lost float64 }{}
+	var order []key
+	for _, r := range rep.Results {
+		k := key{r.Config, r.TargetRate}
+		s, ok := sums[k]
+		if !ok {
+			s = &struct{ events, wall, cpu, lost float64 }{}
+			sums[k] = s
+			order = append(order, k)
+		}
+		s.events += float64(r.Events)
+		s.wall += r.WallSeconds
+		s.cpu += r.AgentCPU + r.ConsumerCPU
+		s.lost += float64(r.Lost)
+	}
+	rank := map[string]int{}
+	for _, k := range order {
+		if _, ok := rank[k.config]; !ok {
+			rank[k.config] = len(rank)
+		}
+	}
+	slices.SortStableFunc(order, func(a, b key) int {
+		if c := cmp.Compare(rank[a.config], rank[b.config]); c != 0 {
+			return c
+		}
+		return cmp.Compare(rateOrder(a.rate), rateOrder(b.rate))
+	})
+	var out []Point
+	for _, k := range order {
+		s := sums[k]
+		if s.events == 0 || s.wall == 0 {
+			continue
+		}
+		out = append(out, Point{Config: k.config, TargetRate: k.rate, Rate: s.events / s.wall,
+			CPUPer1M: s.cpu / s.events * 1e6, LostPct: s.lost / s.events * 100})
+	}
+	return out
+}
+
+// rateOrder sorts "as fast as possible" (0) after every fixed rate.
+func rateOrder(r float64) float64 {
+	if r == 0 {
+		return 1e300
+	}
+	return r
+}
+
+func rateName(r float64) string {
+	if r == 0 {
+		return "max"
+	}
+	return fmt.Sprintf("%g/s", r)
+}
+
+// Markdown writes the full table (one row per configuration, mode and
+// rate) and the ns per run of each eBPF program.
+func Markdown(w io.Writer, rep Report) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Kernel %s (%s), %d CPUs; %d namespaces, %d events per run.\n\n",
+		rep.Kernel, rep.Release, rep.CPUs, rep.Params.Namespaces, rep.Params.Events)
+	b.WriteString("| mode | rate (target → reached, events/s) | configuration | workload time vs none | CPU s per 1M events (agent + consumer) | events lost | daemon's lost counter, consumer drops | counter error | agent peak RSS |\n")
+	b.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+	rows := slices.Clone(rep.Results)
+	order := map[string]int{}
+	for _, r := range rep.Results {
+		if _, ok := order[r.Config]; !ok {
+			order[r.Config] = len(order)
+		}
+	}
+	slices.SortStableFunc(rows, func(a, b Result) int {
+		return cmp.Or(strings.Compare(a.Mode, b.Mode), cmp.Compare(rateOrder(a.TargetRate), rateOrder(b.TargetRate)), cmp.Compare(order[a.Config], order[b.Config]))
+	})
+	for _, r := range rows {
+		cpu, lost, counters, rss := "–", "–", "–", "–"
+		if r.Config != "none" {
+			a, c := r.AgentCPU/float64(r.Events)*1e6, r.ConsumerCPU/float64(r.Events)*1e6
+			cpu = fmt.Sprintf("%.1f (%.1f + %.1f)", a+c, a, c)
+			lost = fmt.Sprintf("%d of %d", r.Lost, r.Events)
+			counters = fmt.Sprintf("%g, %d", r.DaemonLost, r.ConsumerDropped)
+		}
+		errs := "–"
+		if r.AgentHWM > 0 {
+			errs = fmt.Sprintf("%g", r.CounterError)
+			rss = fmt.Sprintf("%.1f MiB", float64(r.AgentHWM)/(1<<20))
+		}
+		fmt.Fprintf(&b, "| %s | %s → %.0f | %s | %.2f× | %s | %s | %s | %s | %s |\n",
+			r.Mode, rateName(r.TargetRate), r.AchievedRate, r.Config, r.WallRatio, cpu, lost, counters, errs, rss)
+	}
+	progs := bpfSummary(rep)
+	if len(progs) > 0 {
+		b.WriteString("\nKernel BPF statistics (`ctagent_bpf_program_run_*`), all runs of a configuration:\n\n")
+		b.WriteString("| configuration | program | hook | runs | ns per run |\n| --- | --- | --- | --- | --- |\n")
+		for _, p := range progs {
+			fmt.Fprintf(&b, "| %s | %s | %s | %.0f | %.0f |\n", p.config, p.Program, p.Hook, p.Runs, p.NsPerRun)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+type bpfRow struct {
+	config string
+	BPF
+}
+
+// bpfSummary is the run-weighted ns per run of each program, per
+// configuration.
+func bpfSummary(rep Report) []bpfRow {
+	type key struct{ config, program, hook string }
+	sums := map[key]*[2]float64{} // runs, ns
+	var order []key
+	for _, r := range rep.Results {
+		for _, p := range r.BPF {
+			k := key{r.Config, p.Program, p.Hook}
+			if sums[k] == nil {
+				sums[k] = &[2]float64{}
+				order = append(order, k)
+			}
+			sums[k][0] += p.Runs
+			sums[k][1] += p.Runs * p.NsPerRun
+		}
+	}
+	var out []bpfRow
+	for _, k := range order {
+		s := sums[k]
+		out = append(out, bpfRow{config: k.config, BPF: BPF{Program: k.program, Hook: k.hook, Runs: s[0], NsPerRun: s[1] / s[0]}})
+	}
+	return out
+}
