@@ -148,7 +148,9 @@ type sideResult struct {
 	ConsumerDropped uint64  `json:"consumer_dropped"`
 	// CounterError: the sum over namespaces of |counter - truth| of
 	// ctagent_conntrack_created_total and _destroyed_total.
-	CounterError  float64        `json:"counter_error"`
+	CounterError float64 `json:"counter_error"`
+	// AgentHWM: the daemon's VmHWM; ConsumerHWM: the sum of the
+	// consumers'.
 	AgentHWM      uint64         `json:"agent_peak_rss_bytes"`
 	ConsumerHWM   uint64         `json:"consumer_peak_rss_bytes"`
 	BPF           []sideBPF      `json:"bpf,omitempty"`
@@ -592,7 +594,7 @@ func sideRun(t *testing.T, c sideConfig, mode workload.Mode, rate float64, p sid
 		r.AgentHWM = procHWM(daemon.cmd.Process.Pid)
 	}
 	for _, cp := range consumers {
-		r.ConsumerHWM = max(r.ConsumerHWM, procHWM(cp.cmd.Process.Pid))
+		r.ConsumerHWM += procHWM(cp.cmd.Process.Pid)
 	}
 	var seen uint64
 	for _, tr := range truth.PerNS {

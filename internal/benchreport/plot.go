@@ -15,7 +15,8 @@ import (
 // WritePlot draws two panels side by side into a PNG file at path: agent
 // CPU seconds per 1M events, and events lost (%), each against the event
 // rate reached, one line per configuration (both workload modes together,
-// see Points). The configuration without an agent is left out.
+// see Points), the rate on a log scale. The configuration without an agent
+// is left out.
 func WritePlot(path string, rep Report) error {
 	cpu, loss := plot.New(), plot.New()
 	cpu.Title.Text = "agent + consumer CPU per 1M events"
@@ -23,10 +24,13 @@ func WritePlot(path string, rep Report) error {
 	loss.Title.Text = "events lost"
 	loss.Y.Label.Text = "% of events"
 	for _, p := range []*plot.Plot{cpu, loss} {
-		p.X.Label.Text = fmt.Sprintf("events/s reached (%s, %s)", rep.Kernel, "qemu TCG")
+		p.X.Label.Text = fmt.Sprintf("events/s reached (log scale; %s, %s)", rep.Kernel, rep.Release)
 		p.Legend.Top = true
+		p.X.Scale = plot.LogScale{}
+		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 		p.Add(plotter.NewGrid())
 	}
+	cpu.Y.Min = 0
 	loss.Y.Min, loss.Y.Max = 0, 1
 	var cpuLines, lossLines []any
 	var configs []string

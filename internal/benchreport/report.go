@@ -147,7 +147,7 @@ func Markdown(w io.Writer, rep Report) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Kernel %s (%s), %d CPUs; %d namespaces, %d events per run.\n\n",
 		rep.Kernel, rep.Release, rep.CPUs, rep.Params.Namespaces, rep.Params.Events)
-	b.WriteString("| mode | rate (target → reached, events/s) | configuration | workload time vs none | CPU s per 1M events (agent + consumer) | events lost | daemon's lost counter, consumer drops | counter error | agent peak RSS |\n")
+	b.WriteString("| mode | rate (target → reached, events/s) | configuration | workload time vs none | CPU s per 1M events (agent + consumer) | events lost | daemon's lost counter, consumer drops | counter error | peak RSS (daemon + consumer) |\n")
 	b.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	rows := slices.Clone(rep.Results)
 	order := map[string]int{}
@@ -171,6 +171,12 @@ func Markdown(w io.Writer, rep Report) error {
 		if r.AgentHWM > 0 {
 			errs = fmt.Sprintf("%g", r.CounterError)
 			rss = fmt.Sprintf("%.1f MiB", float64(r.AgentHWM)/(1<<20))
+		}
+		switch {
+		case r.ConsumerHWM > 0 && r.AgentHWM > 0:
+			rss += fmt.Sprintf(" + %.1f MiB", float64(r.ConsumerHWM)/(1<<20))
+		case r.ConsumerHWM > 0:
+			rss = fmt.Sprintf("%.1f MiB", float64(r.ConsumerHWM)/(1<<20))
 		}
 		fmt.Fprintf(&b, "| %s | %s → %.0f | %s | %.2f× | %s | %s | %s | %s | %s |\n",
 			r.Mode, rateName(r.TargetRate), r.AchievedRate, r.Config, r.WallRatio, cpu, lost, counters, errs, rss)
