@@ -469,6 +469,8 @@ func runSideConfig(t *testing.T, self string, c sideConfig, p sideParams, target
 			if err != nil {
 				return results, fmt.Errorf("%s at %g/s: %w", mode, rate, err)
 			}
+			t.Logf("%s, %s at %g/s: %d events in %.2fs, CPU %.2fs + %.2fs, %d lost, counter error %g",
+				c.name, mode, rate, r.Events, r.WallSeconds, r.AgentCPU, r.ConsumerCPU, r.Lost, r.CounterError)
 			results = append(results, r)
 		}
 	}
