@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ctagent/ctagent/internal/labnet"
+	"github.com/ctagent/ctagent/internal/sidebench"
 	"github.com/ctagent/ctagent/internal/workload"
 )
 
@@ -57,17 +57,8 @@ var sideConfigs = []sideConfig{
 	{name: "conntrack -E", consumer: "conntrack"},
 }
 
-// sideParams are the benchmark's knobs, from the environment.
-type sideParams struct {
-	Namespaces int       `json:"namespaces"`
-	Events     int       `json:"events_per_run"`
-	Rates      []float64 `json:"rates"` // events/s; 0: as fast as possible
-	Modes      []workload.Mode
-	Configs    []string `json:"configs"`
-}
-
-func sideParamsFromEnv(t *testing.T) sideParams {
-	p := sideParams{Namespaces: 4, Events: 6000, Rates: []float64{1000, 3000, 0}, Modes: []workload.Mode{workload.ModeCtnetlink, workload.ModeUDP}}
+func sideParamsFromEnv(t *testing.T) sidebench.Params {
+	p := sidebench.Params{Namespaces: 4, Events: 6000, Rates: []float64{1000, 3000, 0}, Modes: []workload.Mode{workload.ModeCtnetlink, workload.ModeUDP}}
 	if v := os.Getenv("CTAGENT_SIDEBENCH_NETNS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -101,73 +92,6 @@ func sideParamsFromEnv(t *testing.T) sideParams {
 	return p
 }
 
-// sideNSResult compares one namespace's counters with the ground truth.
-type sideNSResult struct {
-	NetNS         uint32  `json:"netns"`
-	Created       uint64  `json:"created"`
-	Destroyed     uint64  `json:"destroyed"`
-	GotCreated    float64 `json:"got_created"`
-	GotDestroyed  float64 `json:"got_destroyed"`
-	ConsumerLines uint64  `json:"consumer_events"`
-}
-
-// sideBPF is one eBPF program's kernel statistics over a run.
-type sideBPF struct {
-	Program  string  `json:"program"`
-	Hook     string  `json:"hook"`
-	Runs     float64 `json:"runs"`
-	NsPerRun float64 `json:"ns_per_run"`
-}
-
-// sideResult is what one configuration measured at one mode and rate.
-type sideResult struct {
-	Config       string  `json:"config"`
-	Mode         string  `json:"mode"`
-	TargetRate   float64 `json:"target_rate"`
-	Events       uint64  `json:"events"`
-	WallSeconds  float64 `json:"wall_seconds"`
-	AchievedRate float64 `json:"achieved_rate"`
-	// WallRatio is WallSeconds over the no-agent run's at the same mode
-	// and rate.
-	WallRatio float64 `json:"wall_ratio"`
-	// AgentCPU: the daemon's utime+stime over the run and until it was
-	// idle again; ConsumerCPU: the event consumers' (ctagent events,
-	// conntrack -E).
-	AgentCPU    float64 `json:"agent_cpu_seconds"`
-	ConsumerCPU float64 `json:"consumer_cpu_seconds"`
-	CPUPer1M    float64 `json:"cpu_seconds_per_1m_events"`
-	// Seen: events the consumer printed (configurations with one), else
-	// the daemon's created+destroyed counters of the workload's
-	// namespaces; Lost: Events - Seen, at least 0.
-	Seen uint64 `json:"seen"`
-	Lost uint64 `json:"lost"`
-	// DaemonLost: ctagent_events_lost_total (all reasons);
-	// ConsumerDropped: what the daemon's event stream said it dropped for
-	// the client, or the ENOBUFS warnings of conntrack -E.
-	DaemonLost      float64 `json:"daemon_lost"`
-	ConsumerDropped uint64  `json:"consumer_dropped"`
-	// CounterError: the sum over namespaces of |counter - truth| of
-	// ctagent_conntrack_created_total and _destroyed_total.
-	CounterError float64 `json:"counter_error"`
-	// AgentHWM: the daemon's VmHWM; ConsumerHWM: the sum of the
-	// consumers'.
-	AgentHWM      uint64         `json:"agent_peak_rss_bytes"`
-	ConsumerHWM   uint64         `json:"consumer_peak_rss_bytes"`
-	BPF           []sideBPF      `json:"bpf,omitempty"`
-	PerNS         []sideNSResult `json:"per_netns"`
-	SettleSeconds float64        `json:"settle_seconds"`
-	Note          string         `json:"note,omitempty"`
-}
-
-// sideReport is the JSON the benchmark prints.
-type sideReport struct {
-	Kernel  string       `json:"kernel"`
-	Release string       `json:"release"`
-	CPUs    int          `json:"cpus"`
-	Params  sideParams   `json:"params"`
-	Results []sideResult `json:"results"`
-}
-
 // TestVMSideBySide runs one workload (internal/workload: entries created
 // and destroyed over ctnetlink, and real UDP flows over veth, in several
 // namespaces, at several rates) under each configuration of sideConfigs in
@@ -190,26 +114,10 @@ func TestVMSideBySide(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var targets []workload.Target
-	var spaces []*labnet.NS
-	for range p.Namespaces {
-		a, b := labnet.New(t), labnet.New(t)
-		link := labnet.Connect(t, a, b)
-		a.EnableConntrack()
-		var conn net.PacketConn
-		if err := a.Do(func() (err error) {
-			conn, err = net.ListenPacket("udp4", link.A4.String()+":0")
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		targets = append(targets, workload.Target{Path: a.Path, Inode: a.Inode, Conn: conn, Dst: link.B4})
-		spaces = append(spaces, a)
-	}
+	targets, spaces := workload.LabTargets(t, p.Namespaces)
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
-	rep := sideReport{Kernel: os.Getenv("CTAGENT_KERNEL"), Release: unix.ByteSliceToString(uts.Release[:]), CPUs: numCPU(), Params: p}
+	rep := sidebench.Report{Kernel: os.Getenv("CTAGENT_KERNEL"), Release: unix.ByteSliceToString(uts.Release[:]), CPUs: numCPU(), Params: p}
 	t.Cleanup(http.DefaultClient.CloseIdleConnections)
 	for _, c := range sideConfigs {
 		if !slices.Contains(p.Configs, c.name) {
@@ -382,7 +290,7 @@ type sideSnapshot struct {
 	lines                 map[uint32]uint64
 }
 
-func runSideConfig(t *testing.T, self string, c sideConfig, p sideParams, targets []workload.Target, spaces []*labnet.NS) (results []sideResult, err error) {
+func runSideConfig(t *testing.T, self string, c sideConfig, p sidebench.Params, targets []workload.Target, spaces []*labnet.NS) (results []sidebench.Result, err error) {
 	for _, n := range spaces {
 		n.CTFlush()
 	}
@@ -550,8 +458,8 @@ func consumerDropped(consumers []*sideProc) uint64 {
 	return n
 }
 
-func sideRun(t *testing.T, c sideConfig, mode workload.Mode, rate float64, p sideParams, targets []workload.Target, base string, daemon *sideProc, consumers []*sideProc) (sideResult, error) {
-	r := sideResult{Config: c.name, Mode: string(mode), TargetRate: rate}
+func sideRun(t *testing.T, c sideConfig, mode workload.Mode, rate float64, p sidebench.Params, targets []workload.Target, base string, daemon *sideProc, consumers []*sideProc) (sidebench.Result, error) {
+	r := sidebench.Result{Config: c.name, Mode: string(mode), TargetRate: rate}
 	before := sideRead(t, base, daemon, consumers)
 	droppedBefore := consumerDropped(consumers)
 	truth, err := workload.Run(t.Context(), targets, workload.Spec{Mode: mode, Events: p.Events, Rate: rate})
@@ -601,7 +509,7 @@ func sideRun(t *testing.T, c sideConfig, mode workload.Mode, rate float64, p sid
 	var seen uint64
 	for _, tr := range truth.PerNS {
 		ns := strconv.FormatUint(uint64(tr.Inode), 10)
-		nr := sideNSResult{NetNS: tr.Inode, Created: tr.Created, Destroyed: tr.Destroyed,
+		nr := sidebench.NSResult{NetNS: tr.Inode, Created: tr.Created, Destroyed: tr.Destroyed,
 			ConsumerLines: after.lines[tr.Inode] - before.lines[tr.Inode]}
 		if daemon != nil {
 			nr.GotCreated = after.created[ns] - before.created[ns]
@@ -628,7 +536,7 @@ func sideRun(t *testing.T, c sideConfig, mode workload.Mode, rate float64, p sid
 			continue
 		}
 		prog, hook, _ := strings.Cut(k, "/")
-		r.BPF = append(r.BPF, sideBPF{Program: prog, Hook: hook, Runs: d, NsPerRun: (after.bpfSecs[k] - before.bpfSecs[k]) / d * 1e9})
+		r.BPF = append(r.BPF, sidebench.BPF{Program: prog, Hook: hook, Runs: d, NsPerRun: (after.bpfSecs[k] - before.bpfSecs[k]) / d * 1e9})
 	}
 	return r, nil
 }

@@ -10,6 +10,8 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/ctagent/ctagent/internal/sidebench"
 )
 
 // WritePlot draws two panels side by side into a PNG file at path: agent
@@ -17,7 +19,7 @@ import (
 // rate reached, one line per configuration (both workload modes together,
 // see Points), the rate on a log scale. The configuration without an agent
 // is left out.
-func WritePlot(path string, rep Report) error {
+func WritePlot(path string, rep sidebench.Report) error {
 	cpu, loss := plot.New(), plot.New()
 	cpu.Title.Text = "agent + consumer CPU per 1M events"
 	cpu.Y.Label.Text = "CPU seconds"

@@ -7,59 +7,13 @@ import (
 	"io"
 	"slices"
 	"strings"
+
+	"github.com/ctagent/ctagent/internal/sidebench"
 )
 
-// Report is the benchmark's JSON: the guest and the workload, and one
-// Result per configuration, workload mode and rate.
-type Report struct {
-	Kernel  string   `json:"kernel"`
-	Release string   `json:"release"`
-	CPUs    int      `json:"cpus"`
-	Params  Params   `json:"params"`
-	Results []Result `json:"results"`
-}
-
-// Params is the workload of every run.
-type Params struct {
-	Namespaces int       `json:"namespaces"`
-	Events     int       `json:"events_per_run"`
-	Rates      []float64 `json:"rates"`
-	Configs    []string  `json:"configs"`
-}
-
-// Result is one configuration at one workload mode and rate; the fields
-// are documented with the benchmark (cmd/ctagent/sidebench_vm_test.go).
-type Result struct {
-	Config          string  `json:"config"`
-	Mode            string  `json:"mode"`
-	TargetRate      float64 `json:"target_rate"`
-	Events          uint64  `json:"events"`
-	WallSeconds     float64 `json:"wall_seconds"`
-	AchievedRate    float64 `json:"achieved_rate"`
-	WallRatio       float64 `json:"wall_ratio"`
-	AgentCPU        float64 `json:"agent_cpu_seconds"`
-	ConsumerCPU     float64 `json:"consumer_cpu_seconds"`
-	Seen            uint64  `json:"seen"`
-	Lost            uint64  `json:"lost"`
-	DaemonLost      float64 `json:"daemon_lost"`
-	ConsumerDropped uint64  `json:"consumer_dropped"`
-	CounterError    float64 `json:"counter_error"`
-	AgentHWM        uint64  `json:"agent_peak_rss_bytes"`
-	ConsumerHWM     uint64  `json:"consumer_peak_rss_bytes"`
-	BPF             []BPF   `json:"bpf"`
-}
-
-// BPF is one eBPF program's kernel statistics over a run.
-type BPF struct {
-	Program  string  `json:"program"`
-	Hook     string  `json:"hook"`
-	Runs     float64 `json:"runs"`
-	NsPerRun float64 `json:"ns_per_run"`
-}
-
 // Parse reads a Report.
-func Parse(r io.Reader) (Report, error) {
-	var rep Report
+func Parse(r io.Reader) (sidebench.Report, error) {
+	var rep sidebench.Report
 	if err := json.NewDecoder(r).Decode(&rep); err != nil {
 		return rep, fmt.Errorf("benchreport: %w", err)
 	}
@@ -82,7 +36,7 @@ type Point struct {
 // Points sums the modes of each configuration and target rate, in the
 // order of the configurations in the report, rates ascending (0, as fast
 // as possible, last).
-func Points(rep Report) []Point {
+func Points(rep sidebench.Report) []Point {
 	type key struct {
 		config string
 		rate   float64
@@ -143,7 +97,7 @@ func rateName(r float64) string {
 
 // Markdown writes the full table (one row per configuration, mode and
 // rate) and the ns per run of each eBPF program.
-func Markdown(w io.Writer, rep Report) error {
+func Markdown(w io.Writer, rep sidebench.Report) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Kernel %s (%s), %d CPUs; %d namespaces, %d events per run.\n\n",
 		rep.Kernel, rep.Release, rep.CPUs, rep.Params.Namespaces, rep.Params.Events)
@@ -156,7 +110,7 @@ func Markdown(w io.Writer, rep Report) error {
 			order[r.Config] = len(order)
 		}
 	}
-	slices.SortStableFunc(rows, func(a, b Result) int {
+	slices.SortStableFunc(rows, func(a, b sidebench.Result) int {
 		return cmp.Or(strings.Compare(a.Mode, b.Mode), cmp.Compare(rateOrder(a.TargetRate), rateOrder(b.TargetRate)), cmp.Compare(order[a.Config], order[b.Config]))
 	})
 	for _, r := range rows {
@@ -195,12 +149,12 @@ func Markdown(w io.Writer, rep Report) error {
 
 type bpfRow struct {
 	config string
-	BPF
+	sidebench.BPF
 }
 
 // bpfSummary is the run-weighted ns per run of each program, per
 // configuration.
-func bpfSummary(rep Report) []bpfRow {
+func bpfSummary(rep sidebench.Report) []bpfRow {
 	type key struct{ config, program, hook string }
 	sums := map[key]*[2]float64{} // runs, ns
 	var order []key
@@ -218,7 +172,7 @@ func bpfSummary(rep Report) []bpfRow {
 	var out []bpfRow
 	for _, k := range order {
 		s := sums[k]
-		out = append(out, bpfRow{config: k.config, BPF: BPF{Program: k.program, Hook: k.hook, Runs: s[0], NsPerRun: s[1] / s[0]}})
+		out = append(out, bpfRow{config: k.config, BPF: sidebench.BPF{Program: k.program, Hook: k.hook, Runs: s[0], NsPerRun: s[1] / s[0]}})
 	}
 	return out
 }

@@ -239,25 +239,22 @@ func ctnetlinkFlow(b, k int) conntrack.Flow {
 }
 
 func ctnetlinkBatch(ctx context.Context, c *conntrack.Conn, t *NSTruth, b, n int, p pacer, done *int) error {
-	for k := range n {
-		if err := p.wait(ctx, *done); err != nil {
-			return err
+	ops := []struct {
+		name  string
+		do    func(conntrack.Flow) error
+		count *uint64
+	}{{"create", c.Create, &t.Created}, {"delete", c.Delete, &t.Destroyed}}
+	for _, op := range ops {
+		for k := range n {
+			if err := p.wait(ctx, *done); err != nil {
+				return err
+			}
+			if err := op.do(ctnetlinkFlow(b, k)); err != nil {
+				return fmt.Errorf("%s entry %d: %w", op.name, k, err)
+			}
+			*op.count++
+			*done++
 		}
-		if err := c.Create(ctnetlinkFlow(b, k)); err != nil {
-			return fmt.Errorf("create entry %d: %w", k, err)
-		}
-		t.Created++
-		*done++
-	}
-	for k := range n {
-		if err := p.wait(ctx, *done); err != nil {
-			return err
-		}
-		if err := c.Delete(ctnetlinkFlow(b, k)); err != nil {
-			return fmt.Errorf("delete entry %d: %w", k, err)
-		}
-		t.Destroyed++
-		*done++
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package workload
 
 import (
-	"net"
 	"testing"
 
 	"github.com/ctagent/ctagent/internal/labnet"
@@ -38,23 +37,7 @@ func TestResultEvents(t *testing.T) {
 // in its namespace, and none is left.
 func TestRunCountsWhatTheKernelMade(t *testing.T) {
 	labnet.Require(t, "ip", "nft", "conntrack")
-	var targets []Target
-	var spaces []*labnet.NS
-	for range 2 {
-		a, b := labnet.New(t), labnet.New(t)
-		link := labnet.Connect(t, a, b)
-		a.EnableConntrack()
-		var conn net.PacketConn
-		if err := a.Do(func() (err error) {
-			conn, err = net.ListenPacket("udp4", link.A4.String()+":0")
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		targets = append(targets, Target{Path: a.Path, Inode: a.Inode, Conn: conn, Dst: link.B4})
-		spaces = append(spaces, a)
-	}
+	targets, spaces := LabTargets(t, 2)
 	for _, mode := range []Mode{ModeCtnetlink, ModeUDP} {
 		res, err := Run(t.Context(), targets, Spec{Mode: mode, Events: 202, Batch: 20, Rate: 0})
 		if err != nil {
