@@ -17,8 +17,8 @@ import (
 // WritePlot draws two panels side by side into a PNG file at path: agent
 // CPU seconds per 1M events, and events lost (%), each against the event
 // rate reached, one line per configuration (both workload modes together,
-// see Points), the rate on a log scale. The configuration without an agent
-// is left out.
+// see Points), the rate on a log scale. The runs without an agent are left
+// out.
 func WritePlot(path string, rep sidebench.Report) error {
 	cpu, loss := plot.New(), plot.New()
 	cpu.Title.Text = "agent + consumer CPU per 1M events"
@@ -38,7 +38,7 @@ func WritePlot(path string, rep sidebench.Report) error {
 	var configs []string
 	series := map[string][2]plotter.XYs{}
 	for _, pt := range Points(rep) {
-		if pt.Config == "none" {
+		if noAgent(pt.Config) {
 			continue
 		}
 		s, ok := series[pt.Config]

@@ -80,6 +80,10 @@ func Points(rep sidebench.Report) []Point {
 	return out
 }
 
+// noAgent reports whether config is a run of the workload alone ("none",
+// and "none (end)", the same at the end of the benchmark).
+func noAgent(config string) bool { return strings.HasPrefix(config, "none") }
+
 // rateOrder sorts "as fast as possible" (0) after every fixed rate.
 func rateOrder(r float64) float64 {
 	if r == 0 {
@@ -115,7 +119,7 @@ func Markdown(w io.Writer, rep sidebench.Report) error {
 	})
 	for _, r := range rows {
 		cpu, lost, counters, rss := "–", "–", "–", "–"
-		if r.Config != "none" {
+		if !noAgent(r.Config) {
 			a, c := r.AgentCPU/float64(r.Events)*1e6, r.ConsumerCPU/float64(r.Events)*1e6
 			cpu = fmt.Sprintf("%.1f (%.1f + %.1f)", a+c, a, c)
 			lost = fmt.Sprintf("%d of %d", r.Lost, r.Events)
@@ -169,6 +173,15 @@ func bpfSummary(rep sidebench.Report) []bpfRow {
 			sums[k][1] += p.Runs * p.NsPerRun
 		}
 	}
+	rank := map[string]int{}
+	for _, k := range order {
+		if _, ok := rank[k.config]; !ok {
+			rank[k.config] = len(rank)
+		}
+	}
+	slices.SortStableFunc(order, func(a, b key) int {
+		return cmp.Or(cmp.Compare(rank[a.config], rank[b.config]), strings.Compare(a.hook, b.hook))
+	})
 	var out []bpfRow
 	for _, k := range order {
 		s := sums[k]
