@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -23,16 +25,18 @@ func WritePlot(path string, rep sidebench.Report) error {
 	cpu, loss := plot.New(), plot.New()
 	cpu.Title.Text = "agent + consumer CPU per 1M events"
 	cpu.Y.Label.Text = "CPU seconds"
-	loss.Title.Text = "events lost"
+	loss.Title.Text = fmt.Sprintf("events lost (%s, %s)", rep.Kernel, rep.Release)
 	loss.Y.Label.Text = "% of events"
 	for _, p := range []*plot.Plot{cpu, loss} {
-		p.X.Label.Text = fmt.Sprintf("events/s reached (log scale; %s, %s)", rep.Kernel, rep.Release)
-		p.Legend.Top = true
+		p.X.Label.Text = "events/s reached (log scale)"
 		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+		p.X.Tick.Marker = logTicks{}
 		p.Add(plotter.NewGrid())
 	}
 	cpu.Y.Min = 0
+	// One legend, in the loss plot's empty top right: the lines are in
+	// the same order and colours in both.
+	loss.Legend.Top = true
 	loss.Y.Min, loss.Y.Max = 0, 1
 	var cpuLines, lossLines []any
 	var configs []string
@@ -63,6 +67,7 @@ func WritePlot(path string, rep sidebench.Report) error {
 	if err := plotutil.AddLinePoints(loss, lossLines...); err != nil {
 		return err
 	}
+	cpu.Legend = plot.NewLegend()
 	img := vgimg.New(28*vg.Centimeter, 12*vg.Centimeter)
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Centimeter, PadTop: vg.Millimeter * 3, PadBottom: vg.Millimeter * 3, PadLeft: vg.Millimeter * 3, PadRight: vg.Millimeter * 3}
@@ -79,4 +84,21 @@ func WritePlot(path string, rep sidebench.Report) error {
 		return err
 	}
 	return f.Close()
+}
+
+// logTicks marks 1, 2 and 5 times the powers of ten in the range, labelled
+// where the range holds few of them.
+type logTicks struct{}
+
+// Ticks implements plot.Ticker.
+func (logTicks) Ticks(lo, hi float64) []plot.Tick {
+	var ticks []plot.Tick
+	for p := math.Pow(10, math.Floor(math.Log10(lo))); p <= hi; p *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			if v := m * p; v >= lo && v <= hi {
+				ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', -1, 64)})
+			}
+		}
+	}
+	return ticks
 }
