@@ -105,6 +105,8 @@ func Markdown(w io.Writer, rep sidebench.Report) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Kernel %s (%s), %d CPUs; %d namespaces, %d events per run.\n\n",
 		rep.Kernel, rep.Release, rep.CPUs, rep.Params.Namespaces, rep.Params.Events)
+	writeSummary(&b, rep)
+	b.WriteString("\nEvery run:\n\n")
 	b.WriteString("| mode | rate (target → reached, events/s) | configuration | workload time vs none | CPU s per 1M events (agent + consumer) | events lost | daemon's lost counter, consumer drops | counter error | peak RSS (daemon + consumer) |\n")
 	b.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	rows := slices.Clone(rep.Results)
@@ -149,6 +151,48 @@ func Markdown(w io.Writer, rep sidebench.Report) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeSummary writes one row per configuration with an agent: CPU
+// seconds per 1M events and events lost at each target rate, both modes
+// together (Points), and the daemon's peak RSS.
+func writeSummary(b *strings.Builder, rep sidebench.Report) {
+	pts := Points(rep)
+	var rates []float64
+	for _, p := range pts {
+		if !slices.Contains(rates, p.TargetRate) {
+			rates = append(rates, p.TargetRate)
+		}
+	}
+	slices.SortFunc(rates, func(a, b float64) int { return cmp.Compare(rateOrder(a), rateOrder(b)) })
+	hwm := map[string]uint64{}
+	for _, r := range rep.Results {
+		hwm[r.Config] = max(hwm[r.Config], r.AgentHWM+r.ConsumerHWM)
+	}
+	b.WriteString("CPU seconds (agent + consumer) per 1M events, and events lost, at each target rate (both workload modes):\n\n| configuration |")
+	for _, r := range rates {
+		fmt.Fprintf(b, " %s |", rateName(r))
+	}
+	b.WriteString(" peak RSS |\n| --- |")
+	b.WriteString(strings.Repeat(" --- |", len(rates)+1))
+	b.WriteString("\n")
+	var row string
+	last := ""
+	for _, p := range pts {
+		if noAgent(p.Config) {
+			continue
+		}
+		if p.Config != last {
+			if last != "" {
+				fmt.Fprintf(b, "%s %.1f MiB |\n", row, float64(hwm[last])/(1<<20))
+			}
+			row, last = "| "+p.Config+" |", p.Config
+		}
+		row += fmt.Sprintf(" %.0f s, %.1f %% lost (%.0f/s) |", p.CPUPer1M, p.LostPct, p.Rate)
+	}
+	if last != "" {
+		fmt.Fprintf(b, "%s %.1f MiB |\n", row, float64(hwm[last])/(1<<20))
+	}
 }
 
 type bpfRow struct {
