@@ -173,7 +173,7 @@ func writeSummary(b *strings.Builder, rep sidebench.Report) {
 	for _, r := range rates {
 		fmt.Fprintf(b, " %s |", rateName(r))
 	}
-	b.WriteString(" peak RSS |\n| --- |")
+	b.WriteString(" peak RSS (daemon + consumers) |\n| --- |")
 	b.WriteString(strings.Repeat(" --- |", len(rates)+1))
 	b.WriteString("\n")
 	var row string
