@@ -201,7 +201,7 @@ bench: bench-host ## Benchmarks: host (benchstat, see bench-host), in-kernel ove
 # The side-by-side benchmark (TestVMSideBySide in cmd/ctagent, see
 # docs/benchmarks.md): one workload (internal/workload) under each
 # consumer in one guest of BENCH_KERNEL. BENCH_SIDE_ENV changes it, e.g.
-# CTAGENT_SIDEBENCH_EVENTS=4000 CTAGENT_SIDEBENCH_RATES=1000,0
+# CTAGENT_SIDEBENCH_EVENTS=4000 CTAGENT_SIDEBENCH_RATES=1000,0 CTAGENT_SIDEBENCH_MODES=udp,tcp
 # CTAGENT_SIDEBENCH_NETNS=4 CTAGENT_SIDEBENCH_CONFIGS=none,fentry,netlink.
 # The JSON comes from the guest's test channel, which vmtest.sh keeps in
 # its cache's logs/.

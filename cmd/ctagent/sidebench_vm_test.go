@@ -61,7 +61,7 @@ var sideConfigs = []sideConfig{
 }
 
 func sideParamsFromEnv(t *testing.T) sidebench.Params {
-	p := sidebench.Params{Namespaces: 4, Events: 10000, Rates: []float64{1000, 3000, 0}, Modes: []workload.Mode{workload.ModeCtnetlink, workload.ModeUDP}}
+	p := sidebench.Params{Namespaces: 4, Events: 8000, Rates: []float64{1000, 3000, 0}, Modes: []workload.Mode{workload.ModeCtnetlink, workload.ModeUDP, workload.ModeTCP}}
 	if v := os.Getenv("CTAGENT_SIDEBENCH_NETNS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
@@ -86,6 +86,12 @@ func sideParamsFromEnv(t *testing.T) sidebench.Params {
 			p.Rates = append(p.Rates, r)
 		}
 	}
+	if v := os.Getenv("CTAGENT_SIDEBENCH_MODES"); v != "" {
+		p.Modes = nil
+		for _, m := range strings.Split(v, ",") {
+			p.Modes = append(p.Modes, workload.Mode(m))
+		}
+	}
 	for _, c := range sideConfigs {
 		p.Configs = append(p.Configs, c.name)
 	}
@@ -96,7 +102,7 @@ func sideParamsFromEnv(t *testing.T) sidebench.Params {
 }
 
 // TestVMSideBySide runs one workload (internal/workload: entries created
-// and destroyed over ctnetlink, and real UDP flows over veth, in several
+// and destroyed over ctnetlink, and real UDP and TCP flows over veth, in several
 // namespaces, at several rates) under each configuration of sideConfigs in
 // turn, and measures, against the workload's ground truth: the workload's
 // wall time relative to no agent, the CPU of the agent and of the event
@@ -104,8 +110,8 @@ func sideParamsFromEnv(t *testing.T) sidebench.Params {
 // counters, peak RSS, and the kernel's run time per program. It prints the
 // results as JSON between sideJSONBegin and sideJSONEnd. Only with
 // CTAGENT_SIDEBENCH=1 (make bench-side); CTAGENT_SIDEBENCH_EVENTS,
-// _RATES and _NETNS change the workload, _CONFIGS (comma-separated names)
-// picks configurations.
+// _RATES, _MODES (ctnetlink, udp, tcp) and _NETNS change the workload,
+// _CONFIGS (comma-separated names) picks configurations.
 func TestVMSideBySide(t *testing.T) {
 	if os.Getenv(sideBenchEnv) != "1" {
 		t.Skipf("skipped: the side-by-side benchmark runs only with %s=1 (make bench-side)", sideBenchEnv)

@@ -13,6 +13,10 @@
 //     datagram, made by the packet path), then flushes the namespace's table
 //     over ctnetlink; created and destroyed are the kernel's own entry
 //     counts before and after the flush.
+//   - ModeTCP connects over the veth to a TCP server on the peer, one
+//     connection per entry, and resets each (SO_LINGER 0: no TIME_WAIT
+//     socket; the entry stays, in CLOSE), then flushes the table like
+//     ModeUDP.
 //
 // Entries are made in batches of Spec.Batch per namespace, the namespaces
 // taken in turn; each batch is destroyed before the next is made, so the
@@ -45,6 +49,7 @@ type Mode string
 const (
 	ModeCtnetlink Mode = "ctnetlink"
 	ModeUDP       Mode = "udp"
+	ModeTCP       Mode = "tcp"
 )
 
 // DefaultBatch is Spec.Batch when it is 0.
@@ -66,6 +71,9 @@ type Target struct {
 	// in the namespace makes conntrack track what it sends.
 	Conn net.PacketConn
 	Dst  netip.Addr
+	// DialTCP (ModeTCP) opens a TCP connection from the namespace to a
+	// server that accepts any number of them.
+	DialTCP func() (*net.TCPConn, error)
 }
 
 // Spec says how much churn to make and how fast.
@@ -86,7 +94,8 @@ type NSTruth struct {
 	Inode     uint32 `json:"netns"`
 	Created   uint64 `json:"created"`
 	Destroyed uint64 `json:"destroyed"`
-	// Sent (ModeUDP) is the datagrams sent, each meant to make one entry.
+	// Sent (ModeUDP, ModeTCP) is the datagrams sent or connections made,
+	// each meant to make one entry.
 	Sent uint64 `json:"sent,omitempty"`
 }
 
@@ -160,7 +169,7 @@ func Run(ctx context.Context, targets []Target, spec Spec) (Result, error) {
 	if len(targets) == 0 {
 		return res, errors.New("workload: no target namespace")
 	}
-	if spec.Mode != ModeCtnetlink && spec.Mode != ModeUDP {
+	if spec.Mode != ModeCtnetlink && spec.Mode != ModeUDP && spec.Mode != ModeTCP {
 		return res, fmt.Errorf("workload: unknown mode %q", spec.Mode)
 	}
 	batch := spec.Batch
@@ -182,6 +191,9 @@ func Run(ctx context.Context, targets []Target, spec Spec) (Result, error) {
 		if spec.Mode == ModeUDP && (t.Conn == nil || !t.Dst.Is4()) {
 			return res, fmt.Errorf("workload: netns %d: udp mode needs a socket and an IPv4 destination", t.Inode)
 		}
+		if spec.Mode == ModeTCP && t.DialTCP == nil {
+			return res, fmt.Errorf("workload: netns %d: tcp mode needs a dialer", t.Inode)
+		}
 		c, err := dial(t.Path)
 		if err != nil {
 			return res, err
@@ -195,10 +207,13 @@ func Run(ctx context.Context, targets []Target, spec Spec) (Result, error) {
 	var err error
 	for b := range nsOf {
 		i := nsOf[b]
-		if spec.Mode == ModeCtnetlink {
+		switch spec.Mode {
+		case ModeCtnetlink:
 			err = ctnetlinkBatch(ctx, conns[i], &res.PerNS[i], b, sizes[b], p, &done)
-		} else {
-			err = udpBatch(ctx, conns[i], targets[i], &res.PerNS[i], sizes[b], p, &done)
+		case ModeUDP:
+			err = flowBatch(ctx, conns[i], &res.PerNS[i], sizes[b], p, &done, targets[i].sendUDP)
+		case ModeTCP:
+			err = flowBatch(ctx, conns[i], &res.PerNS[i], sizes[b], p, &done, targets[i].connectTCP)
 		}
 		if err != nil {
 			err = fmt.Errorf("workload: netns %d, batch %d: %w", targets[i].Inode, b, err)
@@ -262,14 +277,38 @@ func ctnetlinkBatch(ctx context.Context, c *conntrack.Conn, t *NSTruth, b, n int
 // firstUDPPort is the destination port of a batch's first datagram.
 const firstUDPPort = 20000
 
-func udpBatch(ctx context.Context, c *conntrack.Conn, tg Target, t *NSTruth, n int, p pacer, done *int) error {
+// sendUDP sends datagram k of a batch.
+func (tg Target) sendUDP(k int) error {
+	dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(tg.Dst, uint16(firstUDPPort+k)))
+	if _, err := tg.Conn.WriteTo([]byte("x"), dst); err != nil {
+		return fmt.Errorf("send to %s: %w", dst, err)
+	}
+	return nil
+}
+
+// connectTCP makes connection k of a batch and resets it.
+func (tg Target) connectTCP(int) error {
+	c, err := tg.DialTCP()
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	if err := c.SetLinger(0); err != nil {
+		c.Close()
+		return fmt.Errorf("SO_LINGER: %w", err)
+	}
+	return c.Close()
+}
+
+// flowBatch makes n entries on the packet path with one, then flushes
+// the namespace's table; the kernel's entry counts before and after the
+// flush are what was created and destroyed.
+func flowBatch(ctx context.Context, c *conntrack.Conn, t *NSTruth, n int, p pacer, done *int, one func(k int) error) error {
 	for k := range n {
 		if err := p.wait(ctx, *done); err != nil {
 			return err
 		}
-		dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(tg.Dst, uint16(firstUDPPort+k)))
-		if _, err := tg.Conn.WriteTo([]byte("x"), dst); err != nil {
-			return fmt.Errorf("send to %s: %w", dst, err)
+		if err := one(k); err != nil {
+			return err
 		}
 		t.Sent++
 		*done++
