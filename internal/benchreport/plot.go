@@ -18,7 +18,7 @@ import (
 
 // WritePlot draws two panels side by side into a PNG file at path: agent
 // CPU seconds per 1M events, and events lost (%), each against the event
-// rate reached, one line per configuration (both workload modes together,
+// rate reached, one line per configuration (all workload modes together,
 // see Points), the rate on a log scale. The runs without an agent are left
 // out.
 func WritePlot(path string, rep sidebench.Report) error {

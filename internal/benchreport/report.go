@@ -23,12 +23,12 @@ func Parse(r io.Reader) (sidebench.Report, error) {
 	return rep, nil
 }
 
-// Point is one configuration at one target rate, both workload modes
+// Point is one configuration at one target rate, all workload modes
 // together: what the plot shows.
 type Point struct {
 	Config     string
 	TargetRate float64
-	Rate       float64 // events over wall time, both modes
+	Rate       float64 // events over wall time, all modes
 	CPUPer1M   float64 // agent and consumer CPU seconds per 1M events
 	LostPct    float64 // events lost, % of the events made
 }
@@ -154,7 +154,7 @@ func Markdown(w io.Writer, rep sidebench.Report) error {
 }
 
 // writeSummary writes one row per configuration with an agent: CPU
-// seconds per 1M events and events lost at each target rate, both modes
+// seconds per 1M events and events lost at each target rate, all modes
 // together (Points), and the daemon's peak RSS.
 func writeSummary(b *strings.Builder, rep sidebench.Report) {
 	pts := Points(rep)
@@ -169,7 +169,7 @@ func writeSummary(b *strings.Builder, rep sidebench.Report) {
 	for _, r := range rep.Results {
 		hwm[r.Config] = max(hwm[r.Config], r.AgentHWM+r.ConsumerHWM)
 	}
-	b.WriteString("CPU seconds (agent + consumer) per 1M events, and events lost, at each target rate (both workload modes):\n\n| configuration |")
+	b.WriteString("CPU seconds (agent + consumer) per 1M events, and events lost, at each target rate (all workload modes together):\n\n| configuration |")
 	for _, r := range rates {
 		fmt.Fprintf(b, " %s |", rateName(r))
 	}
