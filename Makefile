@@ -189,13 +189,35 @@ bench-scale: build ## The daemon (netlink backend) at 10, 100 and 1,000 namespac
 	$(GO) run ./internal/scalebench -bin $(BIN) -json .cache/bench-scale.json -md .cache/bench-scale.md $(SCALE_ARGS)
 
 .PHONY: bench
-bench: bench-host ## Benchmarks: host (benchstat, see bench-host), and in-kernel overhead in the VM; ratios to a baseline of the same run
+bench: bench-host ## Benchmarks: host (benchstat, see bench-host), in-kernel overhead in the VM (ratios to a baseline of the same run), then bench-side
 	mkdir -p $(VMTEST_DIR)
 	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/bench-tracer.test ./pkg/tracer/ebpftracer
 	VMTEST_TIMEOUT=$${VMTEST_TIMEOUT:-1800} VMTEST_ARGS="-test.run '^TestEventLayout$$' -test.bench Overhead -test.benchtime 20000x -test.count 3" \
-	  scripts/vmtest.sh -k debian-6.12 $(VMTEST_DIR)/bench-tracer.test | tee .cache/bench-vm.txt
+	  scripts/vmtest.sh -k $(BENCH_KERNEL) $(VMTEST_DIR)/bench-tracer.test | tee .cache/bench-vm.txt
 	@echo; echo "== ratios (median ns/op over a baseline run in the same invocation) =="
 	@awk -f scripts/benchratio.awk .cache/bench-host.txt .cache/bench-vm.txt
+	$(MAKE) bench-side
+
+# The side-by-side benchmark (TestVMSideBySide in cmd/ctagent, see
+# docs/benchmarks.md): one workload (internal/workload) under each
+# consumer in one guest of BENCH_KERNEL. BENCH_SIDE_ENV changes it, e.g.
+# CTAGENT_SIDEBENCH_EVENTS=4000 CTAGENT_SIDEBENCH_RATES=1000,0 CTAGENT_SIDEBENCH_MODES=udp,tcp
+# CTAGENT_SIDEBENCH_NETNS=4 CTAGENT_SIDEBENCH_CONFIGS=none,fentry,netlink.
+# The JSON comes from the guest's test channel, which vmtest.sh keeps in
+# its cache's logs/.
+BENCH_KERNEL   ?= debian-6.12
+BENCH_SIDE_ENV ?=
+
+.PHONY: bench-side
+bench-side: ## Side by side in the VM (BENCH_KERNEL=debian-6.12): no agent, eBPF counters, event stream, netlink, conntrack -E; .cache/bench-side.{json,md,png}
+	mkdir -p $(VMTEST_DIR) .cache
+	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/sidebench.test ./cmd/ctagent
+	VMTEST_TIMEOUT=$${VMTEST_TIMEOUT:-2700} VMTEST_ENV="CTAGENT_SIDEBENCH=1 $(BENCH_SIDE_ENV)" VMTEST_ARGS="-test.run '^TestVMSideBySide$$' -test.timeout 40m" \
+	  scripts/vmtest.sh -k $(BENCH_KERNEL) $(VMTEST_DIR)/sidebench.test > .cache/bench-side.log 2>&1 || { tail -30 .cache/bench-side.log; exit 1; }
+	tr -d '\r' < "$${VMTEST_CACHE:-.cache/vmtest}/logs/$(BENCH_KERNEL).out" | \
+	  sed -n '/^=== SIDEBENCH JSON BEGIN ===$$/,/^=== SIDEBENCH JSON END ===$$/{//!p}' > .cache/bench-side.json
+	$(GO) run ./internal/benchreport -in .cache/bench-side.json -md .cache/bench-side.md -png .cache/bench-side.png
+	@cat .cache/bench-side.md
 
 .PHONY: ci
 ci: deps lint check-generate build-arm64 image-check test fuzz vmtest ## Everything CI runs (the README's test command)
