@@ -206,8 +206,16 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		s.ids = e.identityValues(&s.id)
 	}
 
+	var statsAge time.Duration
+	haveStats := false
 	if !e.noStats {
 		e.readKernelStats(samples)
+		now := time.Now()
+		for _, s := range samples {
+			if s.kstats != nil && !s.kstats.ReadAt.IsZero() {
+				statsAge, haveStats = max(statsAge, now.Sub(s.kstats.ReadAt)), true
+			}
+		}
 	}
 	for _, s := range kept {
 		m.sample(s)
@@ -230,6 +238,9 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	m.val(mReconcileErrors, float64(e.reconErrs.Load()))
 	for i, src := range scrapeSources {
 		m.val(mScrapeErrors, float64(e.scrapeErrs[i].Load()), src)
+	}
+	if haveStats {
+		m.val(mKernelStatsAge, statsAge.Seconds())
 	}
 	m.val(mScrapeDuration, time.Since(start).Seconds())
 }
