@@ -18,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/ctagent/ctagent/pkg/netns"
@@ -511,29 +512,42 @@ func (m emitter) val(i int, v float64, lv ...string) {
 	m.ch <- prometheus.MustNewConstMetric(m.e.descs[i], defs[i].kind.valueType(), v, lv...)
 }
 
-// sample sends the per-namespace metrics of s.
+// series sends a counter or gauge sample of defs[i] with label pairs made
+// by nsLabels.ordered.
+func (m emitter) series(i int, v float64, labels []*dto.LabelPair) {
+	m.ch <- &seriesMetric{desc: m.e.descs[i], labels: labels, value: v, counter: defs[i].kind == kindCounter}
+}
+
+// sample sends the per-namespace metrics of s. Their label pairs are
+// shared (see series.go), but for the lifetime histograms'.
 func (m emitter) sample(s *sample) {
 	base := append([]string{s.netns}, s.ids...)
 	lv := func(extra ...string) []string {
 		return append(base[:len(base):len(base)], extra...)
 	}
+	nl := newNSLabels(m.e.nsLayout, base)
+	// nsVal sends a sample of defs[i] labelled with the namespace, then
+	// extra.
+	nsVal := func(i int, v float64, extra ...string) {
+		m.series(i, v, nl.ordered(m.e.layouts[i], extra))
+	}
 
 	for _, k := range slices.Sorted(maps.Keys(s.entries)) {
-		m.val(mEntries, float64(max(s.entries[k], 0)), lv(tracer.FamilyName(k.family()), tracer.ProtocolName(k.protocol()))...)
+		nsVal(mEntries, float64(max(s.entries[k], 0)), tracer.FamilyName(k.family()), tracer.ProtocolName(k.protocol()))
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.values)) {
 		v := s.values[k]
 		fam, proto := tracer.FamilyName(k.family()), tracer.ProtocolName(k.protocol())
 		for r, n := range v.Failed {
 			if r != int(tracer.ReasonNone) && n > 0 {
-				m.val(mInsertFailed, float64(n), lv(fam, proto, tracer.FailReason(r).String())...)
+				nsVal(mInsertFailed, float64(n), fam, proto, tracer.FailReason(r).String())
 			}
 		}
 		if v.Created|v.Destroyed == 0 {
 			continue // failure counters only (netlink keeps them without family and protocol)
 		}
-		m.val(mCreated, float64(v.Created), lv(fam, proto)...)
-		m.val(mDestroyed, float64(v.Destroyed), lv(fam, proto)...)
+		nsVal(mCreated, float64(v.Created), fam, proto)
+		nsVal(mDestroyed, float64(v.Destroyed), fam, proto)
 		count, sum, buckets := lifetimeHistogram(&v)
 		m.ch <- prometheus.MustNewConstHistogram(m.e.descs[mLifetime], count, sum, buckets, lv(fam, proto)...)
 	}
@@ -545,25 +559,25 @@ func (m emitter) sample(s *sample) {
 		// would be nine zero series each (docs/metrics.md).
 		if r.hasTCP() {
 			for st := uint8(tcpStateNone + 1); st <= tcpStateSynSent2; st++ {
-				m.val(mEntriesByState, float64(r.tcpStates[st]), lv(tcpStateName(st))...)
+				nsVal(mEntriesByState, float64(r.tcpStates[st]), tcpStateName(st))
 			}
 		}
 		for _, st := range slices.Sorted(maps.Keys(r.tcpStates)) {
 			if (st == tcpStateNone || st > tcpStateSynSent2) && r.tcpStates[st] > 0 {
-				m.val(mEntriesByState, float64(r.tcpStates[st]), lv(tcpStateName(st))...)
+				nsVal(mEntriesByState, float64(r.tcpStates[st]), tcpStateName(st))
 			}
 		}
-		m.val(mEntriesUnreplied, float64(r.unreplied), base...)
-		m.val(mEntriesAssured, float64(r.assured), base...)
-		m.val(mReconcileCorrections, float64(r.corrections), base...)
-		m.val(mReconcileLastCorrection, float64(r.lastCorrection), base...)
-		m.val(mReconcileLastTimestamp, float64(r.at.UnixNano())/1e9, base...)
+		nsVal(mEntriesUnreplied, float64(r.unreplied))
+		nsVal(mEntriesAssured, float64(r.assured))
+		nsVal(mReconcileCorrections, float64(r.corrections))
+		nsVal(mReconcileLastCorrection, float64(r.lastCorrection))
+		nsVal(mReconcileLastTimestamp, float64(r.at.UnixNano())/1e9)
 	}
 
 	if ks := s.kstats; ks != nil {
-		m.val(mKernelEntries, float64(ks.Entries), base...)
+		nsVal(mKernelEntries, float64(ks.Entries))
 		for i, st := range kernelStats {
-			m.val(mKernelStat+i, float64(st.get(ks)), base...)
+			nsVal(mKernelStat+i, float64(st.get(ks)))
 		}
 	}
 }
