@@ -518,14 +518,10 @@ func (m emitter) series(i int, v float64, labels []*dto.LabelPair) {
 	m.ch <- &seriesMetric{desc: m.e.descs[i], labels: labels, value: v, counter: defs[i].kind == kindCounter}
 }
 
-// sample sends the per-namespace metrics of s. Their label pairs are
-// shared (see series.go), but for the lifetime histograms'.
+// sample sends the per-namespace metrics of s, which share their label
+// pairs (see series.go).
 func (m emitter) sample(s *sample) {
-	base := append([]string{s.netns}, s.ids...)
-	lv := func(extra ...string) []string {
-		return append(base[:len(base):len(base)], extra...)
-	}
-	nl := newNSLabels(m.e.nsLayout, base)
+	nl := newNSLabels(m.e.nsLayout, append([]string{s.netns}, s.ids...))
 	// nsVal sends a sample of defs[i] labelled with the namespace, then
 	// extra.
 	nsVal := func(i int, v float64, extra ...string) {
@@ -548,8 +544,7 @@ func (m emitter) sample(s *sample) {
 		}
 		nsVal(mCreated, float64(v.Created), fam, proto)
 		nsVal(mDestroyed, float64(v.Destroyed), fam, proto)
-		count, sum, buckets := lifetimeHistogram(&v)
-		m.ch <- prometheus.MustNewConstHistogram(m.e.descs[mLifetime], count, sum, buckets, lv(fam, proto)...)
+		m.ch <- newLifetimeMetric(m.e.descs[mLifetime], nl.ordered(m.e.layouts[mLifetime], []string{fam, proto}), &v)
 	}
 
 	if s.listed && s.rec != nil {
@@ -580,16 +575,4 @@ func (m emitter) sample(s *sample) {
 			nsVal(mKernelStat+i, float64(st.get(ks)))
 		}
 	}
-}
-
-// lifetimeHistogram turns the tracer's lifetime buckets (not cumulative,
-// the last one unbounded) into a Prometheus histogram.
-func lifetimeHistogram(v *tracer.Values) (count uint64, sum float64, buckets map[float64]uint64) {
-	buckets = make(map[float64]uint64, tracer.NumLifetimeBuckets-1)
-	for i := range tracer.NumLifetimeBuckets - 1 {
-		count += v.LifetimeBuckets[i]
-		buckets[tracer.LifetimeBucketBound(i)] = count
-	}
-	count += v.LifetimeBuckets[tracer.NumLifetimeBuckets-1]
-	return count, v.LifetimeSum.Seconds(), buckets
 }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ctagent/ctagent/pkg/tracer"
 )
 
 // The per-namespace series share their namespace's label pairs. A const
@@ -14,7 +16,8 @@ import (
 // namespaces with the identity labels, half of what a scrape allocated.
 // Here the pairs of the netns and identity labels are made once per
 // namespace and scrape, and only the further labels (family, protocol,
-// reason, state) once per series.
+// reason, state) once per series. The lifetime histograms share one slice
+// of bucket bounds.
 
 // labelLayout is how the label pairs of one metric's series are ordered:
 // by label name, as client_golang orders them (and the text format prints
@@ -93,5 +96,53 @@ func (m *seriesMetric) Write(out *dto.Metric) error {
 	} else {
 		out.Gauge = &dto.Gauge{Value: &m.value}
 	}
+	return nil
+}
+
+// lifetimeBounds are the upper bounds of the lifetime buckets but the
+// last, unbounded one (the +Inf bucket is the sample count), shared by
+// every histogram.
+var lifetimeBounds = func() []float64 {
+	b := make([]float64, tracer.NumLifetimeBuckets-1)
+	for i := range b {
+		b[i] = tracer.LifetimeBucketBound(i)
+	}
+	return b
+}()
+
+// lifetimeMetric is one namespace's lifetime histogram of a family and
+// protocol, the tracer's buckets (not cumulative, the last unbounded) made
+// cumulative. prometheus.NewConstHistogram would take them as a map and
+// make a bucket, a count and a bound for each, every series, every scrape.
+type lifetimeMetric struct {
+	desc       *prometheus.Desc
+	labels     []*dto.LabelPair
+	count      uint64
+	sum        float64
+	cumulative [tracer.NumLifetimeBuckets - 1]uint64
+}
+
+func newLifetimeMetric(desc *prometheus.Desc, labels []*dto.LabelPair, v *tracer.Values) *lifetimeMetric {
+	m := &lifetimeMetric{desc: desc, labels: labels, sum: v.LifetimeSum.Seconds()}
+	for i := range m.cumulative {
+		m.count += v.LifetimeBuckets[i]
+		m.cumulative[i] = m.count
+	}
+	m.count += v.LifetimeBuckets[tracer.NumLifetimeBuckets-1]
+	return m
+}
+
+func (m *lifetimeMetric) Desc() *prometheus.Desc { return m.desc }
+
+func (m *lifetimeMetric) Write(out *dto.Metric) error {
+	buckets := make([]dto.Bucket, len(m.cumulative))
+	ptrs := make([]*dto.Bucket, len(m.cumulative))
+	for i := range buckets {
+		b := &buckets[i]
+		b.CumulativeCount, b.UpperBound = &m.cumulative[i], &lifetimeBounds[i]
+		ptrs[i] = b
+	}
+	out.Histogram = &dto.Histogram{SampleCount: &m.count, SampleSum: &m.sum, Bucket: ptrs}
+	out.Label = m.labels
 	return nil
 }
