@@ -16,7 +16,9 @@
 // Failures per Key{NetNS: inode} (Family, Protocol 0), appearing with the
 // first failure: kernel stat insert_failed -> ReasonConfirmDrop, drop ->
 // ReasonTableFull, clash_resolve -> ReasonClashResolved, as deltas since the
-// listener started, refreshed by Counters and at Unwatch.
+// listener started, refreshed by Counters and at Unwatch, or with
+// Options.KernelStatsInterval by background reads (which KernelStats
+// serves too) and at Unwatch.
 //
 // What it cannot see, compared with the eBPF backends:
 //   - Insert failures arrive only as the kernel's per-namespace statistics
