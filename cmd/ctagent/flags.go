@@ -147,6 +147,7 @@ func parseArgs(args []string, stdout io.Writer) (*config, error) {
 	flag("tracer.event-buffer", "Capacity of the in-process event queue; 0: the tracer's default (4096).").Default("0").IntVar(&t.EventBuffer)
 	flag("tracer.lifetime-entries", "Live entries, in all namespaces together, whose creation time the eBPF backends keep for ctagent_conntrack_lifetime_seconds (an LRU, preallocated, about 80 bytes each); 0: twice nf_conntrack_max (a per-namespace limit), between 65536 and 1048576.").Default("0").IntVar(&t.LifetimeEntries)
 	flag("tracer.netlink-buffer-size", "Receive buffer of each ctnetlink socket (netlink backend, e.g. 8MiB); 0: the tracer's default.").Default("0").SetValue(cliflag.Bytes(&t.NetlinkBufferSize))
+	flag("tracer.netlink-stats-interval", "Netlink backend: how often each namespace's kernel conntrack statistics (conntrack -S, the entry count, and the insert failures derived from them) are read in the background; a scrape serves the last read, at most this plus one pass old (ctagent_conntrack_kernel_stats_age_seconds). 0: read them in every scrape (two requests per namespace).").Default("15s").DurationVar(&t.KernelStatsInterval)
 	flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").EnumVar(&cfg.logLevel, logging.Levels...)
 	flag("log.format", "Output format of log messages: logfmt or json.").Default("logfmt").EnumVar(&cfg.logFormat, logging.Formats...)
 	flag("reconcile.interval", "How often the exported entry counts are reconciled with a dump of each conntrack table.").Default("1m").DurationVar(&m.ReconcileInterval)
@@ -225,6 +226,9 @@ func (c *config) validate() error {
 	}
 	if c.tracer.EventBuffer < 0 {
 		return usageErrorf("--tracer.event-buffer must not be negative")
+	}
+	if c.tracer.KernelStatsInterval < 0 {
+		return usageErrorf("--tracer.netlink-stats-interval must not be negative, got %s", c.tracer.KernelStatsInterval)
 	}
 	if m := c.metrics; m.ReconcileInterval <= 0 {
 		return usageErrorf("--reconcile.interval must be positive, got %s", m.ReconcileInterval)

@@ -232,6 +232,8 @@ func runCapCase(t *testing.T, bin string, b tracer.Backend, c capCase, uInode ui
 		bin, "run", "--web.listen-address=" + strings.TrimPrefix(base, "http://"),
 		"--tracer.backend=" + string(b), "--netns.rescan-interval=1s", "--reconcile.interval=2s",
 		"--metrics.labels=netns_name",
+		// Kernel statistics read in each scrape: compared with conntrack -S.
+		"--tracer.netlink-stats-interval=0",
 		// No pins: each case starts afresh (the unit's ExecStartPre makes
 		// the pin directory and hands it to its user, which setpriv does not).
 		"--bpf.pin-path=",

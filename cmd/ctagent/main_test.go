@@ -167,6 +167,7 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		{"--tracer.ringbuf-size=lots"},
 		{"--tracer.perf-buffer-size=100"},
 		{"--tracer.netlink-buffer-size=-1"},
+		{"--tracer.netlink-stats-interval=-1s"},
 		{"--tracer.bpf-stats=maybe"},
 		{"-web.listen-address=:1"},
 		{"--log.level=trace"},

@@ -18,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/ctagent/ctagent/pkg/netns"
@@ -206,8 +207,16 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		s.ids = e.identityValues(&s.id)
 	}
 
+	var statsAge time.Duration
+	haveStats := false
 	if !e.noStats {
 		e.readKernelStats(samples)
+		now := time.Now()
+		for _, s := range samples {
+			if s.kstats != nil && !s.kstats.ReadAt.IsZero() {
+				statsAge, haveStats = max(statsAge, now.Sub(s.kstats.ReadAt)), true
+			}
+		}
 	}
 	for _, s := range kept {
 		m.sample(s)
@@ -230,6 +239,9 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	m.val(mReconcileErrors, float64(e.reconErrs.Load()))
 	for i, src := range scrapeSources {
 		m.val(mScrapeErrors, float64(e.scrapeErrs[i].Load()), src)
+	}
+	if haveStats {
+		m.val(mKernelStatsAge, statsAge.Seconds())
 	}
 	m.val(mScrapeDuration, time.Since(start).Seconds())
 }
@@ -500,31 +512,39 @@ func (m emitter) val(i int, v float64, lv ...string) {
 	m.ch <- prometheus.MustNewConstMetric(m.e.descs[i], defs[i].kind.valueType(), v, lv...)
 }
 
-// sample sends the per-namespace metrics of s.
+// series sends a counter or gauge sample of defs[i] with label pairs made
+// by nsLabels.ordered.
+func (m emitter) series(i int, v float64, labels []*dto.LabelPair) {
+	m.ch <- &seriesMetric{desc: m.e.descs[i], labels: labels, value: v, counter: defs[i].kind == kindCounter}
+}
+
+// sample sends the per-namespace metrics of s, which share their label
+// pairs (see series.go).
 func (m emitter) sample(s *sample) {
-	base := append([]string{s.netns}, s.ids...)
-	lv := func(extra ...string) []string {
-		return append(base[:len(base):len(base)], extra...)
+	nl := newNSLabels(m.e.nsLayout, append([]string{s.netns}, s.ids...))
+	// nsVal sends a sample of defs[i] labelled with the namespace, then
+	// extra.
+	nsVal := func(i int, v float64, extra ...string) {
+		m.series(i, v, nl.ordered(m.e.layouts[i], extra))
 	}
 
 	for _, k := range slices.Sorted(maps.Keys(s.entries)) {
-		m.val(mEntries, float64(max(s.entries[k], 0)), lv(tracer.FamilyName(k.family()), tracer.ProtocolName(k.protocol()))...)
+		nsVal(mEntries, float64(max(s.entries[k], 0)), tracer.FamilyName(k.family()), tracer.ProtocolName(k.protocol()))
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.values)) {
 		v := s.values[k]
 		fam, proto := tracer.FamilyName(k.family()), tracer.ProtocolName(k.protocol())
 		for r, n := range v.Failed {
 			if r != int(tracer.ReasonNone) && n > 0 {
-				m.val(mInsertFailed, float64(n), lv(fam, proto, tracer.FailReason(r).String())...)
+				nsVal(mInsertFailed, float64(n), fam, proto, tracer.FailReason(r).String())
 			}
 		}
 		if v.Created|v.Destroyed == 0 {
 			continue // failure counters only (netlink keeps them without family and protocol)
 		}
-		m.val(mCreated, float64(v.Created), lv(fam, proto)...)
-		m.val(mDestroyed, float64(v.Destroyed), lv(fam, proto)...)
-		count, sum, buckets := lifetimeHistogram(&v)
-		m.ch <- prometheus.MustNewConstHistogram(m.e.descs[mLifetime], count, sum, buckets, lv(fam, proto)...)
+		nsVal(mCreated, float64(v.Created), fam, proto)
+		nsVal(mDestroyed, float64(v.Destroyed), fam, proto)
+		m.ch <- newLifetimeMetric(m.e.descs[mLifetime], nl.ordered(m.e.layouts[mLifetime], []string{fam, proto}), &v)
 	}
 
 	if s.listed && s.rec != nil {
@@ -534,37 +554,25 @@ func (m emitter) sample(s *sample) {
 		// would be nine zero series each (docs/metrics.md).
 		if r.hasTCP() {
 			for st := uint8(tcpStateNone + 1); st <= tcpStateSynSent2; st++ {
-				m.val(mEntriesByState, float64(r.tcpStates[st]), lv(tcpStateName(st))...)
+				nsVal(mEntriesByState, float64(r.tcpStates[st]), tcpStateName(st))
 			}
 		}
 		for _, st := range slices.Sorted(maps.Keys(r.tcpStates)) {
 			if (st == tcpStateNone || st > tcpStateSynSent2) && r.tcpStates[st] > 0 {
-				m.val(mEntriesByState, float64(r.tcpStates[st]), lv(tcpStateName(st))...)
+				nsVal(mEntriesByState, float64(r.tcpStates[st]), tcpStateName(st))
 			}
 		}
-		m.val(mEntriesUnreplied, float64(r.unreplied), base...)
-		m.val(mEntriesAssured, float64(r.assured), base...)
-		m.val(mReconcileCorrections, float64(r.corrections), base...)
-		m.val(mReconcileLastCorrection, float64(r.lastCorrection), base...)
-		m.val(mReconcileLastTimestamp, float64(r.at.UnixNano())/1e9, base...)
+		nsVal(mEntriesUnreplied, float64(r.unreplied))
+		nsVal(mEntriesAssured, float64(r.assured))
+		nsVal(mReconcileCorrections, float64(r.corrections))
+		nsVal(mReconcileLastCorrection, float64(r.lastCorrection))
+		nsVal(mReconcileLastTimestamp, float64(r.at.UnixNano())/1e9)
 	}
 
 	if ks := s.kstats; ks != nil {
-		m.val(mKernelEntries, float64(ks.Entries), base...)
+		nsVal(mKernelEntries, float64(ks.Entries))
 		for i, st := range kernelStats {
-			m.val(mKernelStat+i, float64(st.get(ks)), base...)
+			nsVal(mKernelStat+i, float64(st.get(ks)))
 		}
 	}
-}
-
-// lifetimeHistogram turns the tracer's lifetime buckets (not cumulative,
-// the last one unbounded) into a Prometheus histogram.
-func lifetimeHistogram(v *tracer.Values) (count uint64, sum float64, buckets map[float64]uint64) {
-	buckets = make(map[float64]uint64, tracer.NumLifetimeBuckets-1)
-	for i := range tracer.NumLifetimeBuckets - 1 {
-		count += v.LifetimeBuckets[i]
-		buckets[tracer.LifetimeBucketBound(i)] = count
-	}
-	count += v.LifetimeBuckets[tracer.NumLifetimeBuckets-1]
-	return count, v.LifetimeSum.Seconds(), buckets
 }

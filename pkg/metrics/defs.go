@@ -89,6 +89,7 @@ const (
 	mProgramRunSeconds
 	mScrapeDuration
 	mScrapeErrors
+	mKernelStatsAge
 	mReconcileDuration
 	mReconcileErrors
 	mNamespaces
@@ -174,7 +175,7 @@ func buildDefs() []metricDef {
 	}
 	d[mKernelEntries] = metricDef{
 		name: "ctagent_conntrack_kernel_entries", kind: kindGauge, perNS: true,
-		help:  "Conntrack entries in the table as the kernel counts them (nf_conntrack_count), read at scrape time.",
+		help:  "Conntrack entries in the table as the kernel counts them (nf_conntrack_count), read at scrape time or, netlink backend, in the background (ctagent_conntrack_kernel_stats_age_seconds).",
 		notes: "Only for namespaces the namespace source lists.",
 	}
 	d[mReconcileCorrections] = metricDef{
@@ -260,6 +261,11 @@ func buildDefs() []metricDef {
 		help:  "Errors reading a source of metrics at scrape time; the metrics of that source are missing from that scrape.",
 		notes: "source: " + strings.Join(scrapeSources[:], ", ") + ". " + notesGone,
 	}
+	d[mKernelStatsAge] = metricDef{
+		name: "ctagent_conntrack_kernel_stats_age_seconds", kind: kindGauge,
+		help:  "Age of the oldest kernel statistics (ctagent_conntrack_kernel_entries, ctagent_conntrack_kernel_stat_*) in this scrape: about 0 when read by the scrape, up to --tracer.netlink-stats-interval plus one pass when the netlink backend reads them in the background.",
+		notes: "One series, present when a namespace's kernel statistics were read.",
+	}
 	d[mReconcileDuration] = metricDef{
 		name: "ctagent_reconcile_duration_seconds", kind: kindGauge,
 		help:  "Time the last reconciliation pass (a table dump of every namespace) took.",
@@ -295,7 +301,7 @@ func buildDefs() []metricDef {
 	for _, s := range kernelStats {
 		d = append(d, metricDef{
 			name: "ctagent_conntrack_kernel_stat_" + s.name + "_total", kind: kindCounter, perNS: true,
-			help:  "Kernel conntrack statistic " + s.name + " (conntrack -S, summed over CPUs, read at scrape time): " + s.help,
+			help:  "Kernel conntrack statistic " + s.name + " (conntrack -S, summed over CPUs, read at scrape time or, netlink backend, in the background): " + s.help,
 			notes: "Only for namespaces the namespace source lists. The kernel keeps these as 32-bit counters per CPU; ctagent adds each CPU's change, so the sum does not step back when one wraps.",
 		})
 	}

@@ -147,6 +147,8 @@ type Exporter struct {
 	version     string
 	revision    string
 	descs       []*prometheus.Desc
+	layouts     []labelLayout // of descs (see series.go)
+	nsLayout    labelLayout   // of the metrics labelled with the namespace only
 	kick        chan struct{} // wakes Run for discovery: see discover
 	wantRefresh atomic.Bool   // the next discovery refreshes the source first
 	// known holds, for seek to read without e.mu, the namespaces that
@@ -242,14 +244,17 @@ func New(opts Options) (*Exporter, error) {
 		e.src = ownNamespace(self)
 	}
 	e.descs = make([]*prometheus.Desc, len(defs))
+	e.layouts = make([]labelLayout, len(defs))
+	nsNames := append(append([]string{labelNetns}, labels...), podNames...)
+	e.nsLayout = newLabelLayout(nsNames)
 	for i, d := range defs {
 		var vl []string
 		if d.perNS {
-			vl = append([]string{labelNetns}, labels...)
-			vl = append(vl, podNames...)
+			vl = slices.Clone(nsNames)
 		}
 		vl = append(vl, d.labels...)
 		e.descs[i] = prometheus.NewDesc(d.name, d.help, vl, nil)
+		e.layouts[i] = newLabelLayout(vl)
 	}
 	return e, nil
 }

@@ -528,7 +528,7 @@ func TestGoneNamespaceIsNoError(t *testing.T) {
 	}
 }
 
-func TestLifetimeHistogramCumulative(t *testing.T) {
+func TestLifetimeMetricCumulative(t *testing.T) {
 	var v tracer.Values
 	v.LifetimeBuckets[0] = 2                           // <= 1ms
 	v.LifetimeBuckets[3] = 5                           // <= 8ms
@@ -537,7 +537,16 @@ func TestLifetimeHistogramCumulative(t *testing.T) {
 	v.LifetimeSum = 1500 * time.Millisecond
 	v.Created, v.Destroyed = 12, 12
 
-	count, sum, buckets := lifetimeHistogram(&v)
+	var out dto.Metric
+	if err := newLifetimeMetric(nil, nil, &v).Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	h := out.GetHistogram()
+	count, sum := h.GetSampleCount(), h.GetSampleSum()
+	buckets := map[float64]uint64{}
+	for _, b := range h.GetBucket() {
+		buckets[b.GetUpperBound()] = b.GetCumulativeCount()
+	}
 	if count != 12 {
 		t.Errorf("count %d, want 12", count)
 	}

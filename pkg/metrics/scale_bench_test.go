@@ -30,7 +30,8 @@ func (s farmSource) tracerList() ([]tracer.Namespace, error) { return s, nil }
 // BenchmarkScrapeNetlink is one whole /metrics request (Collect, gathering
 // and the text encoding) of the exporter on the real netlink backend, with
 // 1,000 real network namespaces of one conntrack entry each: the kernel
-// statistics of every namespace are read, as the daemon reads them. It
+// statistics of every namespace are read as the daemon reads them (in the
+// background, every --tracer.netlink-stats-interval). It
 // reports the body's size too.
 func BenchmarkScrapeNetlink(b *testing.B) {
 	for _, n := range []int{1000} {
@@ -64,8 +65,11 @@ func benchScrape(b *testing.B, n int) {
 	tr, err := tracer.Open(ctx, tracer.Options{
 		DisableEvents: true, // as the daemon runs
 		Backend:       tracer.BackendNetlink,
-		Namespaces:    src.tracerList,
-		Logger:        zap.NewNop(),
+		// As the daemon reads them (--tracer.netlink-stats-interval): in
+		// the background, the scrape serving the last read.
+		KernelStatsInterval: 15 * time.Second,
+		Namespaces:          src.tracerList,
+		Logger:              zap.NewNop(),
 	})
 	if err != nil {
 		b.Fatalf("tracer.Open: %v", err)

@@ -663,11 +663,17 @@ func (e *Exporter) changed(check []tracer.Namespace) []tracer.Namespace {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, dumpParallel)
 	for i, ns := range check {
-		var want uint64
+		var (
+			want     uint64
+			dumpedAt time.Time
+		)
 		e.mu.Lock()
 		st := e.ns[ns.Inode]
 		if st != nil && st.base != nil {
 			want = st.base.total()
+		}
+		if st != nil && st.rec != nil {
+			dumpedAt = st.rec.at
 		}
 		e.mu.Unlock()
 		if st == nil || st.base == nil {
@@ -679,8 +685,11 @@ func (e *Exporter) changed(check []tracer.Namespace) []tracer.Namespace {
 			if checkPath(ns) != nil {
 				return
 			}
+			// A count read in the background
+			// (tracer.Options.KernelStatsInterval) before the dump
+			// proves nothing about the table since.
 			ks, err := e.readStats(ns)
-			same[i] = err == nil && ks.Entries == want
+			same[i] = err == nil && ks.Entries == want && (ks.ReadAt.IsZero() || !ks.ReadAt.Before(dumpedAt))
 		})
 	}
 	wg.Wait()

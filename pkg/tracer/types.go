@@ -356,6 +356,15 @@ type Options struct {
 	// the namespace set (the exporter, following pkg/netns).
 	Namespaces        func() ([]Namespace, error)
 	NetlinkBufferSize int // socket receive buffer, bytes; 0: 8 MiB
+	// KernelStatsInterval, if positive, makes the netlink backend read the
+	// kernel statistics of every namespace (the per-CPU counters and the
+	// entry count) in the background, every KernelStatsInterval, a few
+	// namespaces at a time, and those of a namespace at once when its
+	// listener starts: Counters (the failure counters) and KernelStats
+	// answer from the last read, which is at most KernelStatsInterval plus
+	// one pass over the namespaces old (KernelStats.ReadAt). 0: they read
+	// the kernel at each call. Ignored by the eBPF backends.
+	KernelStatsInterval time.Duration
 }
 
 // ProgramStats are the kernel's run statistics of one attached program.
@@ -389,4 +398,8 @@ type KernelStats struct {
 	ClashResolve, ChainTooLong                                                  uint64 // 0 on kernels without them
 	Entries                                                                     uint64 // current number of entries
 	MaxEntries                                                                  uint64 // nf_conntrack_max as the kernel reports it; 0 if not reported
+	// ReadAt is when the kernel was read: a backend that reads the
+	// statistics in the background (Options.KernelStatsInterval) answers
+	// with its last read.
+	ReadAt time.Time
 }

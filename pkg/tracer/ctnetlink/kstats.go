@@ -21,8 +21,18 @@ type KernelStatsReader struct {
 // that only go up: each CPU's change since its last read, modulo 2^32, is
 // added; a CPU seen for the first time adds its whole value.
 type CPUTotals struct {
-	last  map[uint16]CPUStats
+	// last holds each CPU's last read, by CPU number (a slice: a map per
+	// namespace, two per namespace with the netlink backend, cost more
+	// than the few CPUs they held).
+	last  []cpuRead
 	total [NumCPUStats]uint64
+}
+
+// cpuRead is one CPU's counters at the last read; seen is false for a CPU
+// not read yet.
+type cpuRead struct {
+	values [NumCPUStats]uint32
+	seen   bool
 }
 
 // Indexes of the per-CPU counters in CPUStats.values.
@@ -42,21 +52,19 @@ const (
 
 // add adds one read of every CPU's counters and returns the totals.
 func (st *CPUTotals) Add(cpus []CPUStats) [NumCPUStats]uint64 {
-	if st.last == nil {
-		st.last = map[uint16]CPUStats{}
-	}
 	for _, c := range cpus {
-		now := c.values()
-		prev, seen := st.last[c.CPU]
-		was := prev.values()
+		if int(c.CPU) >= len(st.last) {
+			st.last = append(st.last, make([]cpuRead, int(c.CPU)+1-len(st.last))...)
+		}
+		now, prev := c.values(), &st.last[c.CPU]
 		for i := range now {
-			if seen {
-				st.total[i] += uint64(now[i] - was[i]) // modulo 2^32
+			if prev.seen {
+				st.total[i] += uint64(now[i] - prev.values[i]) // modulo 2^32
 			} else {
 				st.total[i] += uint64(now[i])
 			}
 		}
-		st.last[c.CPU] = c
+		*prev = cpuRead{values: now, seen: true}
 	}
 	return st.total
 }

@@ -3,6 +3,7 @@ package ctnetlink
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/ctagent/ctagent/internal/labnet"
 	"github.com/ctagent/ctagent/internal/tracertest"
@@ -46,6 +47,10 @@ func TestKernelStatsReaderMatchesKernel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if got.ReadAt.IsZero() || want.ReadAt.IsZero() {
+			t.Errorf("no read time: reader %v, plain read %v", got.ReadAt, want.ReadAt)
+		}
+		got.ReadAt, want.ReadAt = time.Time{}, time.Time{} // two reads, two times
 		if got != want || got.Invalid == 0 {
 			t.Errorf("reader %+v, plain read %+v (want equal, with the invalid FIN counted)", got, want)
 		}

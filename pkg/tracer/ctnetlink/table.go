@@ -2,6 +2,7 @@ package ctnetlink
 
 import (
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -89,7 +90,7 @@ func readKernelStats(ns tracer.Namespace, total func([]CPUStats) [NumCPUStats]ui
 	if err != nil {
 		return tracer.KernelStats{}, err
 	}
-	var ks tracer.KernelStats
+	ks := tracer.KernelStats{ReadAt: time.Now()}
 	if ks.Entries, ks.MaxEntries, err = s.globalStats(); err != nil {
 		return tracer.KernelStats{}, err
 	}
@@ -181,7 +182,7 @@ func (t *Table) KernelStatsOn(s *Conn, inode uint32, cpus []CPUStats) (tracer.Ke
 			return tracer.KernelStats{}, nil, err
 		}
 	}
-	var ks tracer.KernelStats
+	ks := tracer.KernelStats{ReadAt: time.Now()}
 	if ks.Entries, ks.MaxEntries, err = s.globalStats(); err != nil {
 		return tracer.KernelStats{}, nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"testing"
+	"time"
 
 	"go.uber.org/zap/zaptest"
 
@@ -76,5 +77,57 @@ func TestNetlinkTableOverListener(t *testing.T) {
 	}
 	if _, err := tr.KernelStats(tracer.Namespace{Inode: other.Inode, Path: "/nonexistent/ns/net"}); err == nil {
 		t.Errorf("netns %d has no listener, and its path opens nothing: no error", other.Inode)
+	}
+}
+
+// TestNetlinkKernelStatsInBackground: with Options.KernelStatsInterval,
+// KernelStats answers from the background reads over the listener's socket:
+// a namespace's statistics are there as soon as its listener runs, and
+// entries inserted later show in a later read, with a later ReadAt.
+func TestNetlinkKernelStatsInBackground(t *testing.T) {
+	labnet.Require(t, "ip", "conntrack")
+	n := labnet.New(t)
+	insert := func(port uint16) {
+		t.Helper()
+		src := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port)
+		if err := n.CTInsert(labnet.InsertArgs("udp", src, netip.MustParseAddrPort("192.0.2.2:53"))...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert(5000)
+	tr, err := tracer.Open(context.Background(), tracer.Options{
+		Backend:             tracer.BackendNetlink,
+		Logger:              zaptest.NewLogger(t),
+		Namespaces:          func() ([]tracer.Namespace, error) { return []tracer.Namespace{tracertest.Namespace(n)}, nil },
+		KernelStatsInterval: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	// Through a path that opens nothing: only the listener can answer.
+	gone := tracer.Namespace{Inode: n.Inode, Path: "/nonexistent/ns/net"}
+	first, err := tr.KernelStats(gone)
+	if err != nil || first.Entries != 1 || first.ReadAt.IsZero() {
+		t.Fatalf("statistics read at the listener's start: %+v, %v; want 1 entry and a read time", first, err)
+	}
+	insert(5001)
+	insert(5002)
+	var last tracer.KernelStats
+	if !labnet.WaitFor(10*time.Second, func() bool {
+		last, err = tr.KernelStats(gone)
+		return err == nil && last.Entries == 3
+	}) {
+		t.Fatalf("statistics never showed the 3 entries: %+v, %v", last, err)
+	}
+	if !last.ReadAt.After(first.ReadAt) || last.Insert < first.Insert+2 {
+		t.Errorf("later read %+v, first %+v: want a later read time and 2 more inserts", last, first)
+	}
+	fresh, err := ctnetlink.ReadKernelStats(tracertest.Namespace(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last.MaxEntries != fresh.MaxEntries || last.Insert != fresh.Insert {
+		t.Errorf("background read %+v, a fresh socket's %+v", last, fresh)
 	}
 }
