@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/ctagent/ctagent/pkg/netns"
 	"github.com/ctagent/ctagent/pkg/tracer"
@@ -586,16 +587,15 @@ func (e *Exporter) baselineGroup(ctx context.Context, tries []dumpTry, before tr
 		return nil, res
 	}
 	sums := make([]*dumpSummary, len(tries))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, dumpParallel)
+	var g errgroup.Group
+	g.SetLimit(dumpParallel)
 	for i, t := range tries {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
+		g.Go(func() error {
 			sums[i], res[i].err = e.dumpOne(t.ns)
+			return nil // per namespace, in res
 		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	if e.settle > 0 {
 		select {
 		case <-time.After(e.settle):

@@ -56,6 +56,7 @@ import (
 	"github.com/ctagent/ctagent/pkg/tracer/ctnetlink"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -465,16 +466,15 @@ func (t *netlinkTracer) eachListener(fn func(*nlListener)) {
 		ls = append(ls, l)
 	}
 	t.mu.Unlock()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, startParallel)
+	var g errgroup.Group
+	g.SetLimit(startParallel)
 	for _, l := range ls {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
+		g.Go(func() error {
 			fn(l)
+			return nil
 		})
 	}
-	wg.Wait()
+	_ = g.Wait() // fn returns nothing
 }
 
 // listener returns the listener of namespace inode, nil if none runs.
