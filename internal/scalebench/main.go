@@ -14,7 +14,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -33,6 +32,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 
 	"github.com/ctagent/ctagent/internal/nsfarm"
 )
@@ -309,21 +310,29 @@ func runOne(ctx context.Context, n int, bin, backend string, scrapes int, idle t
 	}
 
 	pid := cmd.Process.Pid
-	status := procStatus(pid)
-	r.VmHWMKiB, r.VmRSSKiB, r.Threads = status["VmHWM"], status["VmRSS"], status["Threads"]
-	r.RssAnonKiB, r.RssFileKiB = status["RssAnon"], status["RssFile"]
+	proc, err := procfs.NewProc(pid)
+	if err != nil {
+		return r, err
+	}
+	if st, err := proc.NewStatus(); err == nil {
+		r.VmHWMKiB, r.VmRSSKiB = int(st.VmHWM>>10), int(st.VmRSS>>10)
+		r.RssAnonKiB, r.RssFileKiB = int(st.RssAnon>>10), int(st.RssFile>>10)
+	}
+	if st, err := proc.Stat(); err == nil {
+		r.Threads = st.NumThreads
+	}
 	r.FDKinds = fdKinds(pid)
 	for _, c := range r.FDKinds {
 		r.FDs += c
 	}
 
-	c0, t0 := cpuTicks(pid), time.Now()
+	c0, t0 := cpuTicks(proc), time.Now()
 	select {
 	case <-time.After(idle):
 	case <-ctx.Done():
 		return r, ctx.Err()
 	}
-	c1, el := cpuTicks(pid), time.Since(t0).Seconds()
+	c1, el := cpuTicks(proc), time.Since(t0).Seconds()
 	r.IdleSeconds = el
 	r.IdleCPUPercent = float64(c1-c0) / clkTck / el * 100
 	return r, nil
@@ -333,38 +342,13 @@ func runOne(ctx context.Context, n int, bin, backend string, scrapes int, idle t
 // every architecture Linux supports today.
 const clkTck = 100
 
-func cpuTicks(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// cpuTicks is utime+stime of p in clock ticks; 0 if unreadable.
+func cpuTicks(p procfs.Proc) uint64 {
+	st, err := p.Stat()
 	if err != nil {
 		return 0
 	}
-	// Fields after the command (which may hold spaces) start at state.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseUint(f[11], 10, 64) // field 14
-	st, _ := strconv.ParseUint(f[12], 10, 64) // field 15
-	return ut + st
-}
-
-// procStatus returns the numeric fields of /proc/PID/status (kB values in KiB).
-func procStatus(pid int) map[string]int {
-	out := map[string]int{}
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return out
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		if n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB")); err == nil {
-			out[k] = n
-		}
-	}
-	return out
+	return uint64(st.UTime + st.STime)
 }
 
 // fdKinds counts the daemon's file descriptors by what readlink says:
