@@ -21,8 +21,8 @@
 #   VMTEST_ENV      extra guest environment, shell-quoted NAME=VALUE words
 #   VMTEST_FILES    like -f, shell-quoted SRC[:DST] words
 #   VMTEST_MODULES  extra kernel modules to load in the guest (space-separated)
-#   VMTEST_TIMEOUT  per-kernel boot+test timeout in seconds (default 600; a
-#                   kernel takes ~300 s under TCG). Each test binary gets
+#   VMTEST_TIMEOUT  per-kernel boot+test timeout in seconds (default 800; a
+#                   kernel takes 160-400 s under TCG here). Each test binary gets
 #                   -test.timeout of two thirds of it (VMTEST_ARGS may
 #                   override), so a hung test prints its goroutines while
 #                   the guest still runs the others.
@@ -99,7 +99,7 @@ die() {
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCRIPTS="$ROOT/scripts"
 CACHE=${VMTEST_CACHE:-$ROOT/.cache/vmtest}
-TIMEOUT=${VMTEST_TIMEOUT:-600}
+TIMEOUT=${VMTEST_TIMEOUT:-800}
 MEM=${VMTEST_MEM:-2048}
 SMP=${VMTEST_SMP:-2}
 BUSYBOX=/bin/busybox
