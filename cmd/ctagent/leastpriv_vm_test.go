@@ -560,10 +560,7 @@ func checkNamespace(fams map[string]*dto.MetricFamily, inode uint32, w nsWant, s
 	got := map[string][]*dto.Metric{}
 	for name, mf := range fams {
 		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
-			}
+			labels := labelMap(m)
 			if labels["netns"] != netns {
 				continue
 			}
@@ -573,15 +570,7 @@ func checkNamespace(fams map[string]*dto.MetricFamily, inode uint32, w nsWant, s
 			got[name] = append(got[name], m)
 		}
 	}
-	label := func(m *dto.Metric, name string) string {
-		for _, lp := range m.GetLabel() {
-			if lp.GetName() == name {
-				return lp.GetValue()
-			}
-		}
-		return ""
-	}
-	fp := func(m *dto.Metric) string { return label(m, "family") + "," + label(m, "protocol") }
+	fp := func(m *dto.Metric) string { return metricLabel(m, "family") + "," + metricLabel(m, "protocol") }
 	value := func(m *dto.Metric) float64 {
 		switch {
 		case m.Gauge != nil:
@@ -653,7 +642,7 @@ func checkNamespace(fams map[string]*dto.MetricFamily, inode uint32, w nsWant, s
 		case "conntrack_entries_by_state":
 			g := map[string]float64{}
 			for _, m := range got[name] {
-				g[label(m, "state")] = value(m)
+				g[metricLabel(m, "state")] = value(m)
 			}
 			want := map[string]float64{}
 			for _, s := range tcpStates {

@@ -411,6 +411,17 @@ func scrapeMetrics(t *testing.T, addr string) *scrape {
 	return &scrape{text: body, mfs: mfs}
 }
 
+// metricLabel is the value of m's label name; "" if m has none.
+func metricLabel(m *dto.Metric, name string) string {
+	for _, lp := range m.GetLabel() {
+		if lp.GetName() == name {
+			return lp.GetValue()
+		}
+	}
+	return ""
+}
+
+// labelMap is m's labels by name.
 func labelMap(m *dto.Metric) map[string]string {
 	l := make(map[string]string, len(m.GetLabel()))
 	for _, lp := range m.GetLabel() {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -126,7 +128,7 @@ func TestVMSideBySide(t *testing.T) {
 	targets, spaces := workload.LabTargets(t, p.Namespaces)
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
-	rep := sidebench.Report{Kernel: os.Getenv("CTAGENT_KERNEL"), Release: unix.ByteSliceToString(uts.Release[:]), CPUs: numCPU(), Params: p}
+	rep := sidebench.Report{Kernel: os.Getenv("CTAGENT_KERNEL"), Release: unix.ByteSliceToString(uts.Release[:]), CPUs: runtime.NumCPU(), Params: p}
 	t.Cleanup(http.DefaultClient.CloseIdleConnections)
 	for _, c := range sideConfigs {
 		if !slices.Contains(p.Configs, c.name) {
@@ -160,14 +162,6 @@ func TestVMSideBySide(t *testing.T) {
 		t.Logf("%-24s %-9s rate %6g: %6d events in %6.2fs (x%.2f), cpu %.2fs+%.2fs = %.1f s/1M, lost %d, counter error %g, rss %.1f MiB",
 			r.Config, r.Mode, r.TargetRate, r.Events, r.WallSeconds, r.WallRatio, r.AgentCPU, r.ConsumerCPU, r.CPUPer1M, r.Lost, r.CounterError, float64(r.AgentHWM)/(1<<20))
 	}
-}
-
-func numCPU() int {
-	var set unix.CPUSet
-	if unix.SchedGetaffinity(0, &set) != nil {
-		return 0
-	}
-	return set.Count()
 }
 
 // sideProc is a process the benchmark runs: the daemon or a consumer.
@@ -420,15 +414,6 @@ func sideRead(t *testing.T, base string, daemon *sideProc, consumers []*sideProc
 	return s
 }
 
-func metricLabel(m *dto.Metric, name string) string {
-	for _, lp := range m.GetLabel() {
-		if lp.GetName() == name {
-			return lp.GetValue()
-		}
-	}
-	return ""
-}
-
 func sideCPU(daemon *sideProc, consumers []*sideProc) (agent, consumer uint64) {
 	if daemon != nil {
 		agent, _ = procCPU(daemon.cmd.Process.Pid)
@@ -514,7 +499,7 @@ func sideRun(t *testing.T, c sideConfig, mode workload.Mode, rate float64, p sid
 		if daemon != nil {
 			nr.GotCreated = after.created[ns] - before.created[ns]
 			nr.GotDestroyed = after.destroyed[ns] - before.destroyed[ns]
-			r.CounterError += abs(nr.GotCreated-float64(tr.Created)) + abs(nr.GotDestroyed-float64(tr.Destroyed))
+			r.CounterError += math.Abs(nr.GotCreated-float64(tr.Created)) + math.Abs(nr.GotDestroyed-float64(tr.Destroyed))
 		}
 		switch {
 		case c.consumer != "":
@@ -540,11 +525,4 @@ func sideRun(t *testing.T, c sideConfig, mode workload.Mode, rate float64, p sid
 	}
 	slices.SortFunc(r.BPF, func(a, b sidebench.BPF) int { return strings.Compare(a.Hook, b.Hook) })
 	return r, nil
-}
-
-func abs(x float64) float64 {
-	if x < 0 {
-		return -x
-	}
-	return x
 }
